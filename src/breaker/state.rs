@@ -1,0 +1,608 @@
+//! The breaker's state machine: closed → open → half-open → closed, packed
+//! into one atomic word so that the admitted path is a single load.
+//!
+//! ```text
+//!            window says trip                    open_for elapsed
+//!  Closed ───────────────────────► Open ────────────────────────► HalfOpen
+//!    ▲                              ▲   (first call becomes probe 1)  │
+//!    │                              └──────── probes fail ────────────┤
+//!    └──────────────────── all probes pass ───────────────────────────┘
+//! ```
+//!
+//! The word holds the state, a generation (bumped by every transition, so
+//! that an outcome admitted under an earlier state is recognised and
+//! ignored) and, in half-open, the probe counts. Transitions that need more
+//! than the word (the open period with its backoff and jitter, the window
+//! reset) run under a mutex that only transitions take; the admitted path
+//! and the fast-fail never touch it.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::*};
+use std::time::Duration;
+
+use crate::clock::{Nanos, saturating_nanos};
+use crate::policy::{BreakerPolicy, Mode};
+use crate::reject::{Reason, Rejected};
+
+use super::window::{Sample, Totals, Window};
+
+/// Where a breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Calls go through; outcomes fill the window.
+    Closed,
+    /// Calls are rejected until the open period ends.
+    Open,
+    /// A few probe calls test the back end.
+    HalfOpen,
+    /// `mode = "forced_open"`: every call is rejected.
+    ForcedOpen,
+    /// `mode = "forced_closed"`: every call goes through.
+    ForcedClosed,
+}
+
+impl BreakerState {
+    /// The value of the `brownout_breaker_state` gauge: 0 closed,
+    /// 1 half-open, 2 open, 3 forced.
+    pub const fn gauge(self) -> f64 {
+        match self {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+            BreakerState::ForcedOpen | BreakerState::ForcedClosed => 3.0,
+        }
+    }
+
+    /// The state as a label value: `closed`, `open`, `half_open`,
+    /// `forced_open`, `forced_closed`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+            BreakerState::ForcedOpen => "forced_open",
+            BreakerState::ForcedClosed => "forced_closed",
+        }
+    }
+}
+
+// ---- the state word -------------------------------------------------------
+//
+//  63..62  tag: 0 closed, 1 open, 2 half-open
+//  61..40  generation (22 bits, wrapping)
+//  39..30  half-open: probes admitted and not cancelled
+//  29..20  half-open: probes completed
+//  19..10  half-open: probes failed
+//   9..0   half-open: probes slow
+//
+// `half_open_probes` is validated to at most `MAX_PROBES`, so the 10-bit
+// fields never overflow.
+
+/// Most probes a half-open breaker may admit (10 bits in the state word).
+pub const MAX_PROBES: u32 = 1023;
+
+const TAG_CLOSED: u64 = 0;
+const TAG_OPEN: u64 = 1;
+const TAG_HALF_OPEN: u64 = 2;
+const GEN_BITS: u32 = 22;
+const FIELD: u64 = 0x3ff;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Word(u64);
+
+impl Word {
+    const fn new(tag: u64, generation: u32) -> Self {
+        Word(tag << 62 | ((generation as u64) & ((1 << GEN_BITS) - 1)) << 40)
+    }
+    const fn tag(self) -> u64 {
+        self.0 >> 62
+    }
+    const fn generation(self) -> u32 {
+        ((self.0 >> 40) & ((1 << GEN_BITS) - 1)) as u32
+    }
+    const fn next_generation(self) -> u32 {
+        self.generation().wrapping_add(1)
+    }
+    const fn admitted(self) -> u32 {
+        ((self.0 >> 30) & FIELD) as u32
+    }
+    const fn completed(self) -> u32 {
+        ((self.0 >> 20) & FIELD) as u32
+    }
+    const fn failed(self) -> u32 {
+        ((self.0 >> 10) & FIELD) as u32
+    }
+    const fn slow(self) -> u32 {
+        (self.0 & FIELD) as u32
+    }
+    const fn with_admitted(self, n: u32) -> Self {
+        Word(self.0 & !(FIELD << 30) | (n as u64 & FIELD) << 30)
+    }
+    const fn with_probe_done(self, sample: Sample) -> Self {
+        Word(self.0 + (1 << 20) + ((sample.failed as u64) << 10) + sample.slow as u64)
+    }
+}
+
+/// What an admitted call holds until it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    generation: u32,
+    kind: TicketKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TicketKind {
+    /// Admitted by a closed breaker: the outcome goes into the window.
+    Closed,
+    /// One of half-open's probes.
+    Probe,
+    /// Admitted whatever the state (forced closed, or shadow mode in place
+    /// of a rejection): the outcome is not a sample.
+    Untracked,
+}
+
+impl Ticket {
+    const UNTRACKED: Ticket = Ticket {
+        generation: 0,
+        kind: TicketKind::Untracked,
+    };
+}
+
+/// A state change, for metrics and tracing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub(crate) from: BreakerState,
+    pub(crate) to: BreakerState,
+    /// How long the breaker will stay open, when `to` is `Open`.
+    pub(crate) open_for: Option<Duration>,
+}
+
+/// What `admit` decided.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub(crate) verdict: Result<Ticket, Rejected>,
+    /// In shadow mode: the rejection that enforce mode would have made.
+    pub(crate) would_reject: Option<Rejected>,
+    pub(crate) transition: Option<Transition>,
+}
+
+/// Thresholds in the units the hot path compares against.
+#[derive(Debug, Clone)]
+struct Thresholds {
+    failure_rate: f64,
+    slow_call_rate: f64,
+    slow_call: Nanos,
+    minimum_calls: u64,
+    open_for: Nanos,
+    multiplier: f64,
+    max_open: Nanos,
+    jitter: f64,
+    reset_after: Nanos,
+    probes: u32,
+}
+
+impl Thresholds {
+    fn new(policy: &BreakerPolicy) -> Self {
+        Self {
+            failure_rate: policy.failure_rate,
+            slow_call_rate: policy.slow_call_rate,
+            slow_call: saturating_nanos(policy.slow_call_duration),
+            minimum_calls: u64::from(policy.minimum_calls.max(1)),
+            open_for: saturating_nanos(policy.open_for),
+            multiplier: policy.open_backoff.multiplier.max(1.0),
+            max_open: saturating_nanos(policy.open_backoff.max),
+            jitter: policy.open_backoff.jitter.clamp(0.0, 0.999),
+            reset_after: saturating_nanos(
+                policy
+                    .open_backoff
+                    .reset_after
+                    .unwrap_or(policy.open_backoff.max),
+            ),
+            probes: policy.half_open_probes.clamp(1, MAX_PROBES),
+        }
+    }
+
+    /// Whether a set of calls is bad enough to open (or reopen) the breaker.
+    fn trips(&self, calls: u64, failures: u64, slow: u64) -> bool {
+        calls > 0
+            && (failures as f64 / calls as f64 >= self.failure_rate
+                || slow as f64 / calls as f64 >= self.slow_call_rate)
+    }
+}
+
+/// State that only transitions read and write.
+#[derive(Debug)]
+struct Cold {
+    /// Consecutive open periods without a lasting recovery.
+    level: u32,
+    /// When the breaker last closed after being open, if it has.
+    closed_at: Option<Nanos>,
+    /// splitmix64 state for the jitter.
+    seed: u64,
+}
+
+impl Cold {
+    /// A uniform draw in [-1, 1).
+    fn spread(&mut self) -> f64 {
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+}
+
+/// One circuit breaker's shared state.
+#[derive(Debug)]
+pub(crate) struct BreakerCore {
+    word: AtomicU64,
+    /// When the current open period ends; written only while the word is
+    /// not `Open`, under `cold`, before the word is published.
+    open_until: AtomicU64,
+    mode: AtomicU8,
+    window: Window,
+    limits: Thresholds,
+    cold: Mutex<Cold>,
+}
+
+impl BreakerCore {
+    pub(crate) fn new(policy: &BreakerPolicy, seed: u64) -> Self {
+        Self {
+            word: AtomicU64::new(Word::new(TAG_CLOSED, 0).0),
+            open_until: AtomicU64::new(0),
+            mode: AtomicU8::new(mode_to_u8(policy.mode)),
+            window: Window::new(&policy.window),
+            limits: Thresholds::new(policy),
+            cold: Mutex::new(Cold {
+                level: 0,
+                closed_at: None,
+                seed,
+            }),
+        }
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        mode_from_u8(self.mode.load(Relaxed))
+    }
+
+    pub(crate) fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode_to_u8(mode), Relaxed);
+    }
+
+    /// The state as seen by a caller at `now` (an open breaker whose period
+    /// has ended reads as half-open: the next call will probe).
+    pub(crate) fn state(&self, now: Nanos) -> BreakerState {
+        match self.mode() {
+            Mode::ForcedOpen => return BreakerState::ForcedOpen,
+            Mode::ForcedClosed => return BreakerState::ForcedClosed,
+            Mode::Enforce | Mode::Shadow => {}
+        }
+        let word = Word(self.word.load(Acquire));
+        match word.tag() {
+            TAG_CLOSED => BreakerState::Closed,
+            TAG_OPEN if now < self.open_until.load(Relaxed) => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    /// The window's contents, for tests and diagnostics.
+    #[allow(dead_code)]
+    pub(crate) fn totals(&self, now: Nanos) -> Totals {
+        self.window.totals(now)
+    }
+
+    /// Decides whether a call may go to the back end now.
+    #[inline]
+    pub(crate) fn admit(&self, now: Nanos) -> Admission {
+        let mode = self.mode();
+        match mode {
+            Mode::ForcedClosed => return admitted(Ticket::UNTRACKED),
+            Mode::ForcedOpen => {
+                return Admission {
+                    verdict: Err(Rejected::new(Reason::Open)),
+                    would_reject: None,
+                    transition: None,
+                };
+            }
+            Mode::Enforce | Mode::Shadow => {}
+        }
+        let (verdict, transition) = self.decide(now);
+        match verdict {
+            Err(rejected) if mode == Mode::Shadow => Admission {
+                verdict: Ok(Ticket::UNTRACKED),
+                would_reject: Some(rejected),
+                transition,
+            },
+            verdict => Admission {
+                verdict,
+                would_reject: None,
+                transition,
+            },
+        }
+    }
+
+    #[inline]
+    fn decide(&self, now: Nanos) -> (Result<Ticket, Rejected>, Option<Transition>) {
+        let mut current = self.word.load(Acquire);
+        loop {
+            let word = Word(current);
+            let next = match word.tag() {
+                TAG_CLOSED => {
+                    let ticket = Ticket {
+                        generation: word.generation(),
+                        kind: TicketKind::Closed,
+                    };
+                    return (Ok(ticket), None);
+                }
+                TAG_OPEN => {
+                    let until = self.open_until.load(Relaxed);
+                    if now < until {
+                        let wait = Duration::from_nanos(until - now);
+                        return (
+                            Err(Rejected::new(Reason::Open).with_retry_after(wait)),
+                            None,
+                        );
+                    }
+                    // The open period is over: this call is the first probe.
+                    Word::new(TAG_HALF_OPEN, word.next_generation()).with_admitted(1)
+                }
+                _ => {
+                    if word.admitted() >= self.limits.probes {
+                        // Every probe is out; the breaker closes or reopens
+                        // as soon as they answer.
+                        let wait = Duration::from_nanos(self.limits.open_for);
+                        return (
+                            Err(Rejected::new(Reason::Open).with_retry_after(wait)),
+                            None,
+                        );
+                    }
+                    word.with_admitted(word.admitted() + 1)
+                }
+            };
+            match self
+                .word
+                .compare_exchange_weak(current, next.0, AcqRel, Acquire)
+            {
+                Ok(_) => {
+                    let ticket = Ticket {
+                        generation: next.generation(),
+                        kind: TicketKind::Probe,
+                    };
+                    let transition = (word.tag() == TAG_OPEN).then_some(Transition {
+                        from: BreakerState::Open,
+                        to: BreakerState::HalfOpen,
+                        open_for: None,
+                    });
+                    return (Ok(ticket), transition);
+                }
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Records how an admitted call ended; `elapsed` is its duration.
+    #[inline]
+    pub(crate) fn complete(
+        &self,
+        ticket: Ticket,
+        failed: bool,
+        elapsed: Nanos,
+        now: Nanos,
+    ) -> Option<Transition> {
+        let sample = Sample {
+            failed,
+            slow: elapsed >= self.limits.slow_call,
+        };
+        match ticket.kind {
+            TicketKind::Untracked => None,
+            TicketKind::Closed => {
+                let word = Word(self.word.load(Acquire));
+                if word.tag() != TAG_CLOSED || word.generation() != ticket.generation {
+                    return None; // admitted before the breaker last moved
+                }
+                self.window.record(now, sample);
+                if !(sample.failed || sample.slow) {
+                    return None; // a success never opens the breaker
+                }
+                let totals = self.window.totals(now);
+                if totals.calls >= self.limits.minimum_calls
+                    && self
+                        .limits
+                        .trips(totals.calls, totals.failures, totals.slow)
+                {
+                    self.trip(ticket.generation, now)
+                } else {
+                    None
+                }
+            }
+            TicketKind::Probe => self.probe_done(ticket.generation, sample, now),
+        }
+    }
+
+    /// Gives back the slot of an admitted call that ended without an
+    /// outcome (its future was dropped): a probe slot is reopened for
+    /// another call; a closed-state call leaves no trace.
+    pub(crate) fn cancel(&self, ticket: Ticket) {
+        if ticket.kind != TicketKind::Probe {
+            return;
+        }
+        let mut current = self.word.load(Acquire);
+        loop {
+            let word = Word(current);
+            if word.tag() != TAG_HALF_OPEN || word.generation() != ticket.generation {
+                return;
+            }
+            let next = word.with_admitted(word.admitted().saturating_sub(1));
+            match self
+                .word
+                .compare_exchange_weak(current, next.0, AcqRel, Acquire)
+            {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    fn probe_done(&self, generation: u32, sample: Sample, now: Nanos) -> Option<Transition> {
+        let probes = self.limits.probes;
+        let mut current = self.word.load(Acquire);
+        loop {
+            let word = Word(current);
+            if word.tag() != TAG_HALF_OPEN || word.generation() != generation {
+                return None;
+            }
+            let next = word.with_probe_done(sample);
+            // Judge against the whole planned probe set: once the failures
+            // alone reach the threshold no later probe can save it.
+            let p = u64::from(probes);
+            if self
+                .limits
+                .trips(p, u64::from(next.failed()), u64::from(next.slow()))
+            {
+                return self.reopen(word, now);
+            }
+            if next.completed() >= probes {
+                return self.close(word, now);
+            }
+            match self
+                .word
+                .compare_exchange_weak(current, next.0, AcqRel, Acquire)
+            {
+                Ok(_) => return None,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Closed → open, if the word is still the closed state of `generation`.
+    fn trip(&self, generation: u32, now: Nanos) -> Option<Transition> {
+        let mut cold = self.cold.lock().unwrap_or_else(|e| e.into_inner());
+        let word = Word(self.word.load(Acquire));
+        if word.tag() != TAG_CLOSED || word.generation() != generation {
+            return None; // another call tripped it first
+        }
+        cold.level = match cold.closed_at {
+            Some(closed_at) if now.saturating_sub(closed_at) < self.limits.reset_after => {
+                cold.level.saturating_add(1)
+            }
+            _ => 0,
+        };
+        let period = self.open_period(&mut cold);
+        self.open_until.store(now.saturating_add(period), Relaxed);
+        // The closed word only changes under this lock, so a plain store is
+        // safe: admit never writes a closed word.
+        self.word
+            .store(Word::new(TAG_OPEN, word.next_generation()).0, Release);
+        Some(Transition {
+            from: BreakerState::Closed,
+            to: BreakerState::Open,
+            open_for: Some(Duration::from_nanos(period)),
+        })
+    }
+
+    /// Half-open → open with a longer period; `seen` is the word the probe
+    /// judged. Gives up if the word moved to another generation.
+    fn reopen(&self, seen: Word, now: Nanos) -> Option<Transition> {
+        let mut cold = self.cold.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.is_half_open(seen.generation()) {
+            return None; // another probe's verdict came first
+        }
+        cold.level = cold.level.saturating_add(1);
+        let period = self.open_period(&mut cold);
+        self.open_until.store(now.saturating_add(period), Relaxed);
+        let next = Word::new(TAG_OPEN, seen.next_generation());
+        self.replace_half_open(seen.generation(), next)
+            .then_some(Transition {
+                from: BreakerState::HalfOpen,
+                to: BreakerState::Open,
+                open_for: Some(Duration::from_nanos(period)),
+            })
+    }
+
+    /// Half-open → closed with a clean window.
+    fn close(&self, seen: Word, now: Nanos) -> Option<Transition> {
+        let mut cold = self.cold.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.is_half_open(seen.generation()) {
+            return None;
+        }
+        self.window.reset();
+        let next = Word::new(TAG_CLOSED, seen.next_generation());
+        if !self.replace_half_open(seen.generation(), next) {
+            return None;
+        }
+        cold.closed_at = Some(now);
+        Some(Transition {
+            from: BreakerState::HalfOpen,
+            to: BreakerState::Closed,
+            open_for: None,
+        })
+    }
+
+    /// Whether the word is still the half-open state of `generation`. Under
+    /// the cold lock the answer holds until the lock is released: only
+    /// transitions, which take the lock, change a half-open word's tag or
+    /// generation.
+    fn is_half_open(&self, generation: u32) -> bool {
+        let word = Word(self.word.load(Acquire));
+        word.tag() == TAG_HALF_OPEN && word.generation() == generation
+    }
+
+    /// Swaps the half-open word of `generation` for `next`, whatever its
+    /// probe counts have become meanwhile (probes admitted or cancelled
+    /// concurrently no longer matter once the verdict is in).
+    fn replace_half_open(&self, generation: u32, next: Word) -> bool {
+        let mut current = self.word.load(Acquire);
+        loop {
+            let word = Word(current);
+            if word.tag() != TAG_HALF_OPEN || word.generation() != generation {
+                return false;
+            }
+            match self
+                .word
+                .compare_exchange_weak(current, next.0, AcqRel, Acquire)
+            {
+                Ok(_) => return true,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// The length of the next open period at the cold state's level.
+    fn open_period(&self, cold: &mut Cold) -> Nanos {
+        let l = &self.limits;
+        let grown = l.open_for as f64 * l.multiplier.powi(cold.level.min(1_000) as i32);
+        let capped = grown
+            .min(l.max_open as f64)
+            .max(l.open_for.min(l.max_open) as f64);
+        let jittered = capped * (1.0 + l.jitter * cold.spread());
+        // Saturating float-to-int conversion.
+        (jittered.min(l.max_open as f64) as Nanos).max(1)
+    }
+}
+
+fn admitted(ticket: Ticket) -> Admission {
+    Admission {
+        verdict: Ok(ticket),
+        would_reject: None,
+        transition: None,
+    }
+}
+
+const fn mode_to_u8(mode: Mode) -> u8 {
+    match mode {
+        Mode::Enforce => 0,
+        Mode::Shadow => 1,
+        Mode::ForcedOpen => 2,
+        Mode::ForcedClosed => 3,
+    }
+}
+
+const fn mode_from_u8(value: u8) -> Mode {
+    match value {
+        1 => Mode::Shadow,
+        2 => Mode::ForcedOpen,
+        3 => Mode::ForcedClosed,
+        _ => Mode::Enforce,
+    }
+}

@@ -1,0 +1,1 @@
+//! gRPC classification. Filled in by the gRPC classification work.

@@ -1,0 +1,137 @@
+//! Metric names (stable, part of the contract with ops) and the handles a
+//! route keeps so that the hot path never builds a metric key.
+//!
+//! brownout emits through the [`metrics`] facade; the application picks the
+//! exporter (Prometheus, StatsD, …). Install the recorder before building
+//! the layers: handles are registered once, when a layer (or a route of a
+//! keyed layer) is built, and a request only bumps them. With no recorder a
+//! handle is a no-op.
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `brownout_requests_total` | counter | `route`, `outcome`, `reason` | every request's one outcome: `served`, `fallback`, `rejected`, `cancelled`; `would_reject` in shadow mode |
+//! | `brownout_breaker_state` | gauge | `route` | 0 closed, 1 half-open, 2 open, 3 forced |
+//! | `brownout_breaker_transitions_total` | counter | `route`, `from`, `to` | state changes |
+//! | `brownout_latency_seconds` | histogram | `route`, `outcome` | time to the inner answer of served calls, `outcome` = `success` or `failure` |
+
+use metrics::{Counter, Gauge, Histogram, SharedString, Unit};
+
+use crate::reject::Reason;
+
+/// Requests by outcome and reason.
+pub const REQUESTS_TOTAL: &str = "brownout_requests_total";
+/// Breaker state: 0 closed, 1 half-open, 2 open, 3 forced.
+pub const BREAKER_STATE: &str = "brownout_breaker_state";
+/// Breaker state changes, by `from` and `to`.
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "brownout_breaker_transitions_total";
+/// Time to the inner service's answer, for served requests.
+pub const LATENCY_SECONDS: &str = "brownout_latency_seconds";
+
+/// Label value of `reason` where no reason applies (served, cancelled).
+pub const NO_REASON: &str = "none";
+
+/// Describes every metric once per process, so exporters show units and help.
+pub fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        metrics::describe_counter!(
+            REQUESTS_TOTAL,
+            Unit::Count,
+            "Requests by outcome (served, fallback, rejected, cancelled, would_reject) and reason"
+        );
+        metrics::describe_gauge!(
+            BREAKER_STATE,
+            Unit::Count,
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open, 3 forced"
+        );
+        metrics::describe_counter!(
+            BREAKER_TRANSITIONS_TOTAL,
+            Unit::Count,
+            "Circuit breaker state changes by from and to"
+        );
+        metrics::describe_histogram!(
+            LATENCY_SECONDS,
+            Unit::Seconds,
+            "Time to the inner service's answer for served requests"
+        );
+    });
+}
+
+/// The outcome label values of [`REQUESTS_TOTAL`].
+pub(crate) mod outcome {
+    pub(crate) const SERVED: &str = "served";
+    pub(crate) const REJECTED: &str = "rejected";
+    pub(crate) const CANCELLED: &str = "cancelled";
+    pub(crate) const WOULD_REJECT: &str = "would_reject";
+}
+
+/// The handles one route bumps per request, registered once.
+#[derive(Debug)]
+pub(crate) struct RouteMetrics {
+    route: SharedString,
+    served: Counter,
+    cancelled: Counter,
+    rejected: [Counter; Reason::ALL.len()],
+    would_reject: [Counter; Reason::ALL.len()],
+    latency_success: Histogram,
+    latency_failure: Histogram,
+    breaker_state: Gauge,
+}
+
+impl RouteMetrics {
+    pub(crate) fn new(route: SharedString) -> Self {
+        describe();
+        let requests = |outcome: &'static str, reason: &'static str| metrics::counter!(REQUESTS_TOTAL, "route" => route.clone(), "outcome" => outcome, "reason" => reason);
+        let latency = |outcome: &'static str| metrics::histogram!(LATENCY_SECONDS, "route" => route.clone(), "outcome" => outcome);
+        Self {
+            served: requests(outcome::SERVED, NO_REASON),
+            cancelled: requests(outcome::CANCELLED, NO_REASON),
+            rejected: Reason::ALL.map(|r| requests(outcome::REJECTED, r.as_str())),
+            would_reject: Reason::ALL.map(|r| requests(outcome::WOULD_REJECT, r.as_str())),
+            latency_success: latency("success"),
+            latency_failure: latency("failure"),
+            breaker_state: metrics::gauge!(BREAKER_STATE, "route" => route.clone()),
+            route,
+        }
+    }
+
+    pub(crate) fn route(&self) -> &SharedString {
+        &self.route
+    }
+
+    #[inline]
+    pub(crate) fn served(&self, failed: bool, elapsed_secs: f64) {
+        self.served.increment(1);
+        if failed {
+            self.latency_failure.record(elapsed_secs);
+        } else {
+            self.latency_success.record(elapsed_secs);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn cancelled(&self) {
+        self.cancelled.increment(1);
+    }
+
+    #[inline]
+    pub(crate) fn rejected(&self, reason: Reason) {
+        self.rejected[reason as usize].increment(1);
+    }
+
+    #[inline]
+    pub(crate) fn would_reject(&self, reason: Reason) {
+        self.would_reject[reason as usize].increment(1);
+    }
+
+    pub(crate) fn breaker_state(&self, value: f64) {
+        self.breaker_state.set(value);
+    }
+
+    /// Counts a breaker transition. Transitions are rare, so the handle is
+    /// looked up here rather than kept.
+    pub(crate) fn breaker_transition(&self, from: &'static str, to: &'static str) {
+        metrics::counter!(BREAKER_TRANSITIONS_TOTAL, "route" => self.route.clone(), "from" => from, "to" => to)
+            .increment(1);
+    }
+}

@@ -1,0 +1,144 @@
+//! The one rejection type every brownout layer answers with.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why brownout answered a request itself instead of calling the back end.
+///
+/// The names are stable: they are the `reason` label of
+/// `brownout_requests_total` (see [`Reason::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The circuit breaker is open (or half-open with every probe in use).
+    Open,
+    /// The adaptive limit is full and the request could not wait.
+    Shed,
+    /// The waiting room is full.
+    QueueFull,
+    /// The request waited as long as the waiting room allows.
+    QueueTimeout,
+    /// The back end is inside a planned maintenance window, or forced open.
+    Maintenance,
+    /// The request's own deadline passed before it could be served.
+    Deadline,
+}
+
+impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Reason; 6] = [
+        Reason::Open,
+        Reason::Shed,
+        Reason::QueueFull,
+        Reason::QueueTimeout,
+        Reason::Maintenance,
+        Reason::Deadline,
+    ];
+
+    /// The reason as it appears in metrics labels and logs: `open`, `shed`,
+    /// `queue_full`, `queue_timeout`, `maintenance`, `deadline`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Open => "open",
+            Reason::Shed => "shed",
+            Reason::QueueFull => "queue_full",
+            Reason::QueueTimeout => "queue_timeout",
+            Reason::Maintenance => "maintenance",
+            Reason::Deadline => "deadline",
+        }
+    }
+
+    /// What a person reading the answer should understand.
+    const fn explain(self) -> &'static str {
+        match self {
+            Reason::Open => "the back end is failing and its circuit breaker is open",
+            Reason::Shed => "the back end is at its capacity and this request was shed",
+            Reason::QueueFull => "the back end is busy and its waiting room is full",
+            Reason::QueueTimeout => "the back end stayed busy for as long as a request may wait",
+            Reason::Maintenance => "the back end is in planned maintenance",
+            Reason::Deadline => "the request's deadline passed before the back end could serve it",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request brownout answered itself: the breaker was open, the limit full,
+/// the waiting room full or timed out, a maintenance window, or a deadline.
+///
+/// Layers return it boxed, as tower's `BoxError`; find it with
+/// `err.downcast_ref::<brownout::Rejected>()`. It carries the [`Reason`] and,
+/// when known, how long the caller should wait before trying again.
+///
+/// ```
+/// use std::time::Duration;
+/// use brownout::{Reason, Rejected};
+///
+/// let err: tower::BoxError = Rejected::new(Reason::Open)
+///     .with_retry_after(Duration::from_millis(2500))
+///     .into();
+/// let rejected = err.downcast_ref::<Rejected>().expect("a brownout rejection");
+/// assert_eq!(rejected.reason(), Reason::Open);
+/// assert_eq!(rejected.retry_after(), Some(Duration::from_millis(2500)));
+/// assert_eq!(rejected.retry_after_secs(), Some(3)); // what `Retry-After` says
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Rejected {
+    reason: Reason,
+    retry_after: Option<Duration>,
+}
+
+impl Rejected {
+    /// A rejection with no retry hint.
+    pub const fn new(reason: Reason) -> Self {
+        Self {
+            reason,
+            retry_after: None,
+        }
+    }
+
+    /// Sets the retry hint.
+    pub const fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = Some(retry_after);
+        self
+    }
+
+    /// Why the request was rejected.
+    pub const fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// How long the caller should wait before trying again, when known (an
+    /// open breaker knows when it will next probe).
+    pub const fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The retry hint in whole seconds, rounded up, as HTTP's `Retry-After`
+    /// header wants it; never 0 when a hint is known.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after.map(|d| {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            secs.max(1)
+        })
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "request rejected ({}): {}",
+            self.reason,
+            self.reason.explain()
+        )?;
+        if let Some(after) = self.retry_after {
+            write!(f, "; retry after {:.3}s", after.as_secs_f64())?;
+        }
+        Ok(())
+    }
+}
