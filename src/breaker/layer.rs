@@ -8,6 +8,10 @@ use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
 use crate::policy::{BreakerPolicy, Mode, PolicyError};
 
+use std::fmt;
+use std::hash::Hash;
+
+use super::keyed::{GateMap, KeyedCircuitBreakerLayer};
 use super::{BreakerState, CircuitBreaker};
 
 /// Applies a [`CircuitBreaker`] to a service.
@@ -22,6 +26,7 @@ pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
     classifier: C,
     route: SharedString,
     seed: Option<u64>,
+    clock: Clock,
 }
 
 impl CircuitBreakerLayer {
@@ -36,12 +41,14 @@ impl CircuitBreakerLayer {
             tracing::error!(%err, "brownout: invalid breaker policy, using it with its values clamped");
         }
         let route = SharedString::const_str("default");
+        let clock = Clock::detect();
         Self {
-            gate: Arc::new(Gate::new(&policy, route.clone(), Clock::detect(), None)),
+            gate: Arc::new(Gate::new(&policy, route.clone(), clock.clone(), None)),
             policy,
             classifier: ErrorsAsFailures,
             route,
             seed: None,
+            clock,
         }
     }
 
@@ -61,6 +68,7 @@ impl<C> CircuitBreakerLayer<C> {
             classifier,
             route: self.route,
             seed: self.seed,
+            clock: self.clock,
         }
     }
 
@@ -68,19 +76,20 @@ impl<C> CircuitBreakerLayer<C> {
     /// breaker afresh: call it while building the layer.
     pub fn route(mut self, route: impl Into<SharedString>) -> Self {
         self.route = route.into();
-        self.rebuild(Clock::detect())
+        self.rebuild()
     }
 
     /// Seeds the open periods' jitter, for reproducible drills. Starts the
     /// breaker afresh.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
-        self.rebuild(Clock::detect())
+        self.rebuild()
     }
 
     /// Uses `clock` instead of the detected one. Starts the breaker afresh.
-    pub fn clock(self, clock: Clock) -> Self {
-        self.rebuild(clock)
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self.rebuild()
     }
 
     /// The breaker's state now.
@@ -99,13 +108,43 @@ impl<C> CircuitBreakerLayer<C> {
         self.gate.set_mode(mode);
     }
 
-    fn rebuild(mut self, clock: Clock) -> Self {
-        self.gate = Arc::new(Gate::new(
+    /// One breaker per key instead of one for all calls: `key_of` names the
+    /// key of each request (a route, a tenant, a host); the key's `Display`
+    /// is its `route` label. At most `max_keys` keys get a breaker of their
+    /// own; later keys share one more, labelled [`OVERFLOW_KEY`](super::OVERFLOW_KEY),
+    /// so memory stays bounded whatever the callers send.
+    ///
+    /// Lookups are lock-free; a key's breaker is created the first time the
+    /// key is seen. Make the key cheap to hash and clone (an enum, a
+    /// `&'static str`, an `Arc<str>`): it is computed on every call.
+    ///
+    /// ```
+    /// use brownout::{BreakerPolicy, CircuitBreakerLayer};
+    /// use tower::ServiceBuilder;
+    ///
+    /// let layer = CircuitBreakerLayer::new(BreakerPolicy::default())
+    ///     .per_key(64, |path: &&'static str| *path);
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(layer)
+    ///     .service_fn(|path: &'static str| async move { Ok::<_, std::io::Error>(path.len()) });
+    /// # let _ = svc;
+    /// ```
+    pub fn per_key<K, F>(self, max_keys: usize, key_of: F) -> KeyedCircuitBreakerLayer<K, F, C>
+    where
+        K: Hash + Eq + Clone + fmt::Display,
+    {
+        let gates = GateMap::new(self.policy, max_keys, self.clock, self.seed);
+        KeyedCircuitBreakerLayer::from_parts(gates, key_of, self.classifier)
+    }
+
+    fn rebuild(mut self) -> Self {
+        let gate = Gate::new(
             &self.policy,
             self.route.clone(),
-            clock,
+            self.clock.clone(),
             self.seed,
-        ));
+        );
+        self.gate = Arc::new(gate);
         self
     }
 }

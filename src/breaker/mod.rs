@@ -67,6 +67,7 @@
 //! ```
 
 pub mod future;
+mod keyed;
 mod layer;
 pub(crate) mod state;
 mod window;
@@ -81,6 +82,7 @@ use crate::classify::{Classify, ErrorsAsFailures};
 use crate::policy::Mode;
 
 pub use self::future::ResponseFuture;
+pub use self::keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerLayer, OVERFLOW_KEY};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::state::{BreakerState, MAX_PROBES};
 
