@@ -1,0 +1,304 @@
+//! What a resilience layer costs per request, against a bare service and
+//! against other crates' breakers.
+//!
+//! `cargo bench --bench overhead` runs two groups:
+//!
+//! - `overhead`: one service, one request at a time (`ready().await` then
+//!   `call(..).await`) on a current-thread runtime. Criterion's time per
+//!   iteration is the time per request.
+//! - `overhead_contended`: 64 tasks on a 2-worker multi-thread runtime, each
+//!   with a clone of one service (so they share its state), each sending
+//!   [`PER_TASK`] requests. One iteration is one such round; criterion reports
+//!   the throughput in requests per second.
+//!
+//! Every inner service answers at once, so what is measured is the layer's
+//! own work: admission, the future's state machine and the outcome record.
+//!
+//! The sequential loop uses `iter_custom`: one `block_on` per sample that runs
+//! all its requests and reads the clock around the loop only, so neither
+//! entering the runtime nor reading `Instant::now()` is charged to a request.
+//! Requests and answers go through `black_box` so that nothing is folded
+//! away.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use brownout::{BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreakerLayer, Mode};
+use criterion::{
+    BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+    measurement::WallTime,
+};
+use tokio::runtime::{Builder, Runtime};
+use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
+
+/// Tasks of the contended group.
+const TASKS: u64 = 64;
+/// Requests each task sends per round of the contended group.
+const PER_TASK: u64 = 1_000;
+
+/// The service every layer wraps: answers its request at once.
+fn bare()
+-> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone + Send + 'static {
+    tower::service_fn(|x: u64| async move { Ok::<_, Infallible>(x) })
+}
+
+/// tower's own overload protection, as the drill's baseline uses it.
+fn tower_shed_limit()
+-> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    ServiceBuilder::new()
+        .load_shed()
+        .concurrency_limit(1024)
+        .service(bare())
+}
+
+/// tower-resilience's circuit breaker with its default configuration.
+fn tower_resilience_breaker()
+-> impl Service<u64, Response = u64, Error: Send, Future: Send> + Clone + Send + 'static {
+    tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .build()
+        .expect("the default tower-resilience config builds")
+        .layer(bare())
+}
+
+/// failsafe's default breaker around the inner call, through its futures API
+/// (failsafe has no tower layer, so this is the thinnest adapter).
+#[derive(Clone)]
+struct Failsafe<S, B> {
+    inner: S,
+    breaker: B,
+}
+
+impl<S, B> Service<u64> for Failsafe<S, B>
+where
+    S: Service<u64, Response = u64, Error = Infallible>,
+    B: failsafe::futures::CircuitBreaker,
+{
+    type Response = u64;
+    type Error = failsafe::Error<Infallible>;
+    type Future = failsafe::futures::ResponseFuture<
+        S::Future,
+        B::FailurePolicy,
+        B::Instrument,
+        failsafe::Any,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(failsafe::Error::Inner)
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        self.breaker.call(self.inner.call(req))
+    }
+}
+
+fn failsafe_breaker()
+-> impl Service<u64, Response = u64, Error: Send, Future: Send> + Clone + Send + 'static {
+    Failsafe {
+        inner: bare(),
+        breaker: failsafe::Config::new().build(),
+    }
+}
+
+/// brownout's breaker with the default policy (closed; slow-call detection
+/// on, as by default).
+fn brownout_breaker_closed()
+-> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let layer = CircuitBreakerLayer::new(BreakerPolicy::default());
+    assert_eq!(layer.state(), BreakerState::Closed);
+    layer.layer(bare())
+}
+
+/// brownout's breaker forced open by its policy's mode.
+fn brownout_breaker_open()
+-> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let layer = CircuitBreakerLayer::new(BreakerPolicy {
+        mode: Mode::ForcedOpen,
+        ..BreakerPolicy::default()
+    });
+    assert_eq!(layer.state(), BreakerState::ForcedOpen);
+    layer.layer(bare())
+}
+
+/// brownout's breaker opened by real failures, for an hour: the fast-fail
+/// reads the open period and computes the `Retry-After` hint.
+fn brownout_breaker_open_tripped()
+-> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let hour = Duration::from_secs(3600);
+    let policy = BreakerPolicy {
+        open_for: hour,
+        open_backoff: BackoffPolicy {
+            max: hour,
+            ..BackoffPolicy::default()
+        },
+        ..BreakerPolicy::default()
+    };
+    let minimum_calls = policy.minimum_calls;
+    let layer = CircuitBreakerLayer::new(policy);
+    // The same layer, hence the same breaker, in front of a failing back end.
+    let mut failing = layer.layer(tower::service_fn(|_: u64| async {
+        Err::<u64, _>(std::io::Error::other("back end down"))
+    }));
+    let rt = Builder::new_current_thread().build().expect("a runtime");
+    rt.block_on(async {
+        for i in 0..u64::from(minimum_calls) {
+            let ready = failing.ready().await.expect("the breaker is ready");
+            assert!(ready.call(i).await.is_err());
+        }
+    });
+    assert_eq!(layer.state(), BreakerState::Open, "the failures trip it");
+    layer.layer(bare())
+}
+
+/// Sends `n` requests one after the other, as a tower user does.
+async fn drive<S>(svc: &mut S, first: u64, n: u64)
+where
+    S: Service<u64>,
+{
+    for i in first..first + n {
+        // `ready` forwards `poll_ready`; none of these services ever errs there.
+        let ready = match svc.ready().await {
+            Ok(ready) => ready,
+            Err(_) => panic!("poll_ready failed"),
+        };
+        let answer = ready.call(black_box(i)).await;
+        black_box(answer.is_ok());
+        drop(black_box(answer));
+    }
+}
+
+fn sequential<S>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, rt: &Runtime, mut svc: S)
+where
+    S: Service<u64>,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                drive(&mut svc, 0, iters).await;
+                start.elapsed()
+            })
+        });
+    });
+}
+
+fn contended<S>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, rt: &Runtime, svc: S)
+where
+    S: Service<u64, Future: Send> + Clone + Send + 'static,
+{
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                rt.block_on(round(&svc));
+            }
+            start.elapsed()
+        });
+    });
+}
+
+/// One round of the contended group: every task sends its requests through
+/// its own clone of `svc`.
+async fn round<S>(svc: &S)
+where
+    S: Service<u64, Future: Send> + Clone + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let mut svc = svc.clone();
+        tasks.spawn(async move { drive(&mut svc, t * PER_TASK, PER_TASK).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("a bench task panicked");
+    }
+}
+
+fn overhead(c: &mut Criterion) {
+    let rt = Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut group = c.benchmark_group("overhead");
+    group.throughput(Throughput::Elements(1));
+    sequential(&mut group, "bare", &rt, bare());
+    sequential(&mut group, "tower_shed_limit", &rt, tower_shed_limit());
+    sequential(
+        &mut group,
+        "tower_resilience_breaker",
+        &rt,
+        tower_resilience_breaker(),
+    );
+    sequential(&mut group, "failsafe_breaker", &rt, failsafe_breaker());
+    sequential(
+        &mut group,
+        "brownout_breaker_closed",
+        &rt,
+        brownout_breaker_closed(),
+    );
+    sequential(
+        &mut group,
+        "brownout_breaker_open",
+        &rt,
+        brownout_breaker_open(),
+    );
+    sequential(
+        &mut group,
+        "brownout_breaker_open_tripped",
+        &rt,
+        brownout_breaker_open_tripped(),
+    );
+    group.finish();
+}
+
+fn overhead_contended(c: &mut Criterion) {
+    let rt = Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut group = c.benchmark_group("overhead_contended");
+    group.throughput(Throughput::Elements(TASKS * PER_TASK));
+    // A round takes milliseconds: flat sampling with fewer samples keeps the
+    // group within its measurement time.
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(20);
+    contended(&mut group, "bare", &rt, bare());
+    contended(&mut group, "tower_shed_limit", &rt, tower_shed_limit());
+    contended(
+        &mut group,
+        "tower_resilience_breaker",
+        &rt,
+        tower_resilience_breaker(),
+    );
+    contended(&mut group, "failsafe_breaker", &rt, failsafe_breaker());
+    contended(
+        &mut group,
+        "brownout_breaker_closed",
+        &rt,
+        brownout_breaker_closed(),
+    );
+    contended(
+        &mut group,
+        "brownout_breaker_open",
+        &rt,
+        brownout_breaker_open(),
+    );
+    contended(
+        &mut group,
+        "brownout_breaker_open_tripped",
+        &rt,
+        brownout_breaker_open_tripped(),
+    );
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .without_plots();
+    targets = overhead, overhead_contended
+}
+criterion_main!(benches);

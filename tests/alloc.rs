@@ -1,0 +1,292 @@
+//! Heap allocations per request, counted by a global allocator.
+//!
+//! The design's hot-path contract: an admitted call through a closed
+//! breaker allocates nothing, and the fast-fail of an open breaker allocates
+//! only the box of its `BoxError`.
+//!
+//! The count is per thread (a const thread-local `Cell`, which itself never
+//! allocates), so the test harness's other threads and brownout's coarse
+//! clock thread do not disturb it. Every service is driven by hand on the
+//! test's own thread: `poll_ready` and `call`, then one poll of the response
+//! future with a no-op waker (every inner future here is ready at once), so
+//! no runtime allocates or wakes anything in between.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use brownout::{
+    BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreakerLayer, Mode, Reason, Rejected,
+    WindowPolicy,
+};
+use tower::{BoxError, Layer, Service};
+
+/// `System`, counting the allocations each thread makes.
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    // `try_with`: never panic inside the allocator, even while a thread's
+    // locals are being torn down.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged; the count is a side effect that does not allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: forwarded as is; the caller upholds `alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations this thread makes while running `f`.
+fn allocations_in(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+/// Warm-up calls before counting (first-use initialisation is not per call).
+const WARM_UP: u64 = 1_000;
+/// Calls counted.
+const CALLS: u64 = 1_000;
+
+/// One request as tower drives it: `poll_ready`, `call`, then the response
+/// future polled once; every service here answers at once.
+fn call_now<S: Service<u64>>(svc: &mut S, req: u64) -> Result<S::Response, S::Error> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(_)) => panic!("poll_ready failed"),
+        Poll::Pending => panic!("poll_ready is pending"),
+    }
+    let mut response = pin!(svc.call(black_box(req)));
+    match response.as_mut().poll(&mut cx) {
+        Poll::Ready(result) => result,
+        Poll::Pending => panic!("the response future is pending"),
+    }
+}
+
+/// The back end's error: a zero-sized type, so turning it into a `BoxError`
+/// does not allocate either (a `Box` of a zero-sized value never does).
+#[derive(Debug)]
+struct Down;
+
+impl fmt::Display for Down {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("back end down")
+    }
+}
+
+impl std::error::Error for Down {}
+
+/// A back end that answers its request, and fails the requests `fails`
+/// picks. Its future never allocates.
+fn back_end(
+    fails: fn(u64) -> bool,
+) -> impl Service<u64, Response = u64, Error = Down> + Clone + Send + 'static {
+    tower::service_fn(move |x: u64| async move { if fails(x) { Err(Down) } else { Ok(x) } })
+}
+
+fn never(_: u64) -> bool {
+    false
+}
+
+fn always(_: u64) -> bool {
+    true
+}
+
+/// One call in four fails: 25%, under the default 50% failure rate, so the
+/// breaker stays closed while its failure branch (window totals, the trip
+/// check) runs.
+fn one_in_four(x: u64) -> bool {
+    x % 4 == 0
+}
+
+#[test]
+fn the_counter_sees_a_box_and_an_arc() {
+    // Without this the other tests could pass with a counter that counts
+    // nothing.
+    assert_eq!(allocations_in(|| drop(black_box(Box::new(7_u64)))), 1);
+    assert_eq!(allocations_in(|| drop(black_box(Arc::new(7_u64)))), 1);
+    assert_eq!(allocations_in(|| drop(black_box(Box::new(())))), 0);
+}
+
+#[test]
+fn admitted_calls_through_a_closed_breaker_do_not_allocate() {
+    let policies = [
+        (
+            "default (count window, slow-call detection on)",
+            BreakerPolicy::default(),
+        ),
+        (
+            "time window",
+            BreakerPolicy {
+                window: WindowPolicy::Time {
+                    size: Duration::from_secs(30),
+                    buckets: 10,
+                },
+                ..BreakerPolicy::default()
+            },
+        ),
+        (
+            "shadow mode",
+            BreakerPolicy {
+                mode: Mode::Shadow,
+                ..BreakerPolicy::default()
+            },
+        ),
+        (
+            "forced closed",
+            BreakerPolicy {
+                mode: Mode::ForcedClosed,
+                ..BreakerPolicy::default()
+            },
+        ),
+    ];
+    for (name, policy) in policies {
+        for (back_end_name, fails) in [
+            ("healthy", never as fn(u64) -> bool),
+            ("25% failing", one_in_four),
+        ] {
+            // Building the layer starts the coarse clock's thread (once per
+            // process): outside the counted section.
+            let layer = CircuitBreakerLayer::new(policy.clone());
+            let mut svc = layer.layer(back_end(fails));
+            let mut run = |range: std::ops::Range<u64>| {
+                for i in range {
+                    match call_now(&mut svc, i) {
+                        Ok(answer) => assert_eq!(answer, i),
+                        Err(err) => {
+                            assert!(fails(i), "{name}, {back_end_name}: call {i} failed: {err}");
+                            assert!(err.downcast_ref::<Down>().is_some(), "{name}: {err}");
+                        }
+                    }
+                }
+            };
+            run(0..WARM_UP);
+            let allocations = allocations_in(|| run(WARM_UP..WARM_UP + CALLS));
+            assert_eq!(
+                allocations, 0,
+                "{name}, {back_end_name} back end: {allocations} allocations in {CALLS} admitted calls"
+            );
+            let state = layer.state();
+            assert!(
+                matches!(state, BreakerState::Closed | BreakerState::ForcedClosed),
+                "{name}, {back_end_name}: every call must have been admitted, the breaker is {state:?}"
+            );
+        }
+    }
+}
+
+/// Sends rejected calls and checks each is the breaker's `Open` rejection.
+fn reject_all<S>(svc: &mut S, range: std::ops::Range<u64>)
+where
+    S: Service<u64, Error = BoxError>,
+{
+    for i in range {
+        let Err(err) = call_now(svc, i) else {
+            panic!("call {i} was admitted by an open breaker");
+        };
+        let rejected = err
+            .downcast_ref::<Rejected>()
+            .expect("an open breaker answers with `Rejected`");
+        assert_eq!(rejected.reason(), Reason::Open);
+    }
+}
+
+/// The one allocation of a fast-fail: the breaker's response future answers
+/// `Err(BoxError)`, and `BoxError` is `Box<dyn Error + Send + Sync>`, so the
+/// `Rejected` (a reason and an optional retry hint, not zero-sized) is moved
+/// into a new box. Nothing else on the rejection path allocates: no metric
+/// key, no message string, no `Arc`.
+const ALLOCATIONS_PER_REJECTION: u64 = 1;
+
+#[test]
+fn forced_open_fast_fail_allocates_only_the_boxed_rejection() {
+    let layer = CircuitBreakerLayer::new(BreakerPolicy {
+        mode: Mode::ForcedOpen,
+        ..BreakerPolicy::default()
+    });
+    assert_eq!(layer.state(), BreakerState::ForcedOpen);
+    let mut svc = layer.layer(back_end(never));
+    reject_all(&mut svc, 0..WARM_UP);
+    let allocations = allocations_in(|| reject_all(&mut svc, WARM_UP..WARM_UP + CALLS));
+    assert_eq!(
+        allocations,
+        ALLOCATIONS_PER_REJECTION * CALLS,
+        "{allocations} allocations in {CALLS} rejections: expected exactly the box of each `BoxError`"
+    );
+}
+
+#[test]
+fn tripped_open_fast_fail_allocates_only_the_boxed_rejection() {
+    let hour = Duration::from_secs(3600);
+    let policy = BreakerPolicy {
+        open_for: hour,
+        open_backoff: BackoffPolicy {
+            max: hour,
+            ..BackoffPolicy::default()
+        },
+        ..BreakerPolicy::default()
+    };
+    let minimum_calls = u64::from(policy.minimum_calls);
+    let layer = CircuitBreakerLayer::new(policy);
+    // Real failures open the breaker (the layer's services share it) ...
+    let mut failing = layer.layer(back_end(always));
+    for i in 0..minimum_calls {
+        let err = call_now(&mut failing, i).expect_err("the back end is down");
+        assert!(err.downcast_ref::<Down>().is_some(), "{err}");
+    }
+    assert_eq!(layer.state(), BreakerState::Open);
+    // ... and an hour-long open period covers the test, whatever the clock.
+    let mut svc = layer.layer(back_end(never));
+    reject_all(&mut svc, 0..WARM_UP);
+    let allocations = allocations_in(|| reject_all(&mut svc, WARM_UP..WARM_UP + CALLS));
+    assert_eq!(
+        allocations,
+        ALLOCATIONS_PER_REJECTION * CALLS,
+        "{allocations} allocations in {CALLS} rejections: expected exactly the box of each `BoxError`"
+    );
+    let Err(err) = call_now(&mut svc, 0) else {
+        panic!("admitted")
+    };
+    let retry_after = err
+        .downcast_ref::<Rejected>()
+        .and_then(Rejected::retry_after);
+    assert!(
+        retry_after.is_some_and(|d| d > Duration::ZERO && d <= hour),
+        "a tripped breaker knows when it probes: {retry_after:?}"
+    );
+}
