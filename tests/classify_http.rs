@@ -1,0 +1,218 @@
+#![cfg(feature = "http")]
+//! `ServerErrorsAsFailures`: 5xx and inner errors open the breaker, 4xx
+//! never does.
+
+use std::future::Future;
+use std::io;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use brownout::classify::ServerErrorsAsFailures;
+use brownout::{BreakerPolicy, BreakerState, CircuitBreakerLayer, Reason, Rejected, WindowPolicy};
+use http::Response;
+use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+
+/// What the back end answers: a status, or an error of its own.
+type Answer = Result<u16, &'static str>;
+
+fn layer(minimum_calls: u32) -> CircuitBreakerLayer<ServerErrorsAsFailures> {
+    CircuitBreakerLayer::new(BreakerPolicy {
+        window: WindowPolicy::Count { size: 10 },
+        minimum_calls,
+        open_for: Duration::from_secs(30),
+        ..BreakerPolicy::default()
+    })
+    .classify(ServerErrorsAsFailures)
+}
+
+fn service(
+    layer: &CircuitBreakerLayer<ServerErrorsAsFailures>,
+) -> impl Service<Answer, Response = Response<()>, Error = BoxError> + Clone {
+    layer.layer(service_fn(|answer: Answer| async move {
+        match answer {
+            Ok(status) => Ok(Response::builder().status(status).body(()).unwrap()),
+            Err(msg) => Err(io::Error::other(msg)),
+        }
+    }))
+}
+
+async fn call<S>(svc: &mut S, answer: Answer) -> Result<Response<()>, BoxError>
+where
+    S: Service<Answer, Response = Response<()>, Error = BoxError>,
+{
+    svc.ready().await?.call(answer).await
+}
+
+fn assert_open(result: Result<Response<()>, BoxError>) {
+    let err = result.expect_err("the breaker should have rejected the call");
+    let rejected = err
+        .downcast_ref::<Rejected>()
+        .unwrap_or_else(|| panic!("expected a rejection, got {err}"));
+    assert_eq!(rejected.reason(), Reason::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_errors_never_open_the_breaker() {
+    let layer = layer(5);
+    let mut svc = service(&layer);
+    for round in 0..20 {
+        for status in [400, 401, 403, 404, 409, 422, 429, 499] {
+            let response = call(&mut svc, Ok(status)).await.unwrap_or_else(|err| {
+                panic!("round {round}: {status} was rejected: {err}");
+            });
+            assert_eq!(
+                response.status().as_u16(),
+                status,
+                "passed through untouched"
+            );
+        }
+    }
+    assert_eq!(layer.state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_errors_open_the_breaker() {
+    for status in [500, 502, 503, 504, 599, 600, 999] {
+        let layer = layer(5);
+        let mut svc = service(&layer);
+        for _ in 0..5 {
+            let response = call(&mut svc, Ok(status)).await.unwrap();
+            assert_eq!(
+                response.status().as_u16(),
+                status,
+                "the 5xx itself passes through"
+            );
+        }
+        assert_eq!(layer.state(), BreakerState::Open, "status {status}");
+        assert_open(call(&mut svc, Ok(200)).await);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_errors_open_the_breaker() {
+    let layer = layer(3);
+    let mut svc = service(&layer);
+    for _ in 0..3 {
+        let err = call(&mut svc, Err("connection refused")).await.unwrap_err();
+        assert!(
+            err.downcast_ref::<Rejected>().is_none(),
+            "the back end's own error"
+        );
+        assert_eq!(err.to_string(), "connection refused");
+    }
+    assert_open(call(&mut svc, Ok(200)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn successes_and_client_errors_dilute_server_errors() {
+    // failure_rate 0.5 over the last 10 calls: 4 server errors among 6
+    // client errors stay under it; a fifth 5xx in place of a 4xx reaches it.
+    let layer = layer(10);
+    let mut svc = service(&layer);
+    for status in [503, 404, 500, 400, 502, 200, 504, 401, 201, 403] {
+        call(&mut svc, Ok(status)).await.unwrap();
+    }
+    assert_eq!(layer.state(), BreakerState::Closed);
+    // The oldest call (503) leaves the window, a 500 comes in: still 4 of 10.
+    call(&mut svc, Ok(500)).await.unwrap();
+    assert_eq!(layer.state(), BreakerState::Closed);
+    // The 404 leaves, a 500 comes in: 5 of 10.
+    call(&mut svc, Ok(500)).await.unwrap();
+    assert_eq!(layer.state(), BreakerState::Open);
+    assert_open(call(&mut svc, Ok(200)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_breaker() {
+    let layer = layer(4);
+    let svc = service(&layer);
+    for _ in 0..4 {
+        let mut clone = svc.clone();
+        call(&mut clone, Ok(503)).await.unwrap();
+    }
+    assert_open(call(&mut svc.clone(), Ok(200)).await);
+}
+
+// ---- allocations per call -------------------------------------------------
+
+/// `System`, counting the allocations each thread makes.
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: every method forwards to `System` unchanged; the count is a side
+// effect that does not allocate.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: forwarded as is.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        // SAFETY: forwarded as is.
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded as is.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations this thread makes while running `f`.
+fn allocations_in(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.with(|n| n.get());
+    f();
+    ALLOCATIONS.with(|n| n.get()) - before
+}
+
+/// Polls `f` once with a no-op waker; everything here is ready at once.
+fn now<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("not ready at once"),
+    }
+}
+
+#[test]
+fn classifying_allocates_nothing() {
+    assert_eq!(
+        allocations_in(|| drop(std::hint::black_box(Box::new(7_u64)))),
+        1
+    );
+
+    const CALLS: u16 = 1_000;
+    let status = |i: u16| match i % 4 {
+        0 => 503,
+        1 => 404,
+        _ => 200,
+    };
+    let layer = layer(20);
+    let mut svc = layer.layer(service_fn(|status: u16| {
+        let mut response = Response::new(());
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        std::future::ready(Ok::<_, io::Error>(response))
+    }));
+    let mut run = |range: std::ops::Range<u16>| {
+        for i in range {
+            now(std::future::poll_fn(|cx| svc.poll_ready(cx))).unwrap();
+            let response = now(svc.call(status(i))).unwrap();
+            assert_eq!(response.status().as_u16(), status(i));
+        }
+    };
+    run(0..CALLS);
+    let allocations = allocations_in(|| run(CALLS..2 * CALLS));
+    assert_eq!(allocations, 0, "allocations in {CALLS} calls");
+    assert_eq!(layer.state(), BreakerState::Closed, "a quarter failed");
+}
