@@ -12,7 +12,7 @@
 //! | [`ErrorsAsFailures`] (default) | the inner service returns `Err` | |
 //! | [`ClassifyFn`] / [`classify_fn`] | your closure says so | |
 //! | `ServerErrorsAsFailures` | `Err`, or an HTTP status of 500 or more (4xx is the caller's fault, not the back end's) | `http` |
-//! | `GrpcErrorsAsFailures` | `Err`, or a `grpc-status` of `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL` or `UNKNOWN`, in the headers or in the trailers | `grpc` |
+//! | `GrpcErrorsAsFailures` | `Err`, or a `grpc-status` of `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL` or `UNKNOWN`, in the headers or in the trailers (the body is wrapped in a `GrpcBody` to read them) | `grpc` |
 //!
 //! A closure:
 //!
@@ -37,6 +37,8 @@ mod grpc;
 #[cfg(feature = "http")]
 mod http;
 
+#[cfg(feature = "grpc")]
+pub use grpc::{GrpcBody, GrpcCode, GrpcErrorsAsFailures};
 #[cfg(feature = "http")]
 pub use http::ServerErrorsAsFailures;
 
