@@ -1,12 +1,128 @@
 //! Ops' policy file: the serde types, their defaults, loading and validation.
+//!
+//! A policy says how brownout treats one back end. Ops write it in TOML
+//! (the default), YAML or JSON; every section and every field is optional
+//! and falls back to the default shown below, so an empty file is
+//! [`Policy::default()`].
+//!
+//! # A full file
+//!
+//! ```toml
+//! [breaker]
+//! # Judge the back end by its last 100 calls; or by the last 30 seconds:
+//! #   window = { kind = "time", size = "30s", buckets = 10 }
+//! window = { kind = "count", size = 100 }
+//! failure_rate = 0.5          # open when >= 50% of the window failed
+//! slow_call_rate = 1.0        # ... or when >= 100% of it was slow
+//! slow_call_duration = "5s"   # a call this long is slow
+//! minimum_calls = 20          # no verdict before 20 calls
+//! open_for = "5s"             # first open period
+//! # While probes keep failing: 5s, 10s, 20s, ... up to 5m, each ±10%.
+//! open_backoff = { multiplier = 2.0, max = "5m", jitter = 0.1 }
+//! half_open_probes = 3        # calls let through to test the back end
+//! mode = "enforce"            # enforce | shadow | forced_open | forced_closed
+//! ```
+//!
+//! Durations are written the human way: `"250ms"`, `"30s"`, `"5m"`,
+//! `"1h 30m"`. The same policy in YAML:
+//!
+//! ```yaml
+//! breaker:
+//!   window: { kind: count, size: 100 }
+//!   failure_rate: 0.5
+//!   open_for: 5s
+//!   open_backoff: { multiplier: 2.0, max: 5m, jitter: 0.1 }
+//! ```
+//!
+//! and in JSON: `{"breaker": {"failure_rate": 0.5, "open_for": "5s"}}`.
+//!
+//! # Loading it
+//!
+//! [`Policy::from_path`] picks the format by the file's extension (`.toml`,
+//! `.yaml` or `.yml`, `.json`); [`Policy::from_toml`], [`Policy::from_yaml`]
+//! and [`Policy::from_json`] read text already in memory. Each needs its
+//! cargo feature: `toml` (on by default), `yaml`, `json`. Every loader
+//! rejects unknown fields and [validates](Policy::validate) what it read,
+//! so a loaded policy is always usable as it is:
+//!
+//! ```
+//! # #[cfg(feature = "toml")] {
+//! use std::time::Duration;
+//! use brownout::{CircuitBreakerLayer, Policy, WindowPolicy};
+//!
+//! let policy = Policy::from_toml(
+//!     r#"
+//!     [breaker]
+//!     window = { kind = "time", size = "30s" }
+//!     failure_rate = 0.25
+//!     open_for = "10s"
+//!     "#,
+//! )?;
+//! assert_eq!(policy.breaker.failure_rate, 0.25);
+//! assert_eq!(
+//!     policy.breaker.window,
+//!     WindowPolicy::Time { size: Duration::from_secs(30), buckets: 10 },
+//! );
+//! // Fields the file leaves out keep their defaults.
+//! assert_eq!(policy.breaker.half_open_probes, 3);
+//!
+//! let layer = CircuitBreakerLayer::new(policy.breaker);
+//! # let _ = layer;
+//! # }
+//! # Ok::<(), brownout::PolicyError>(())
+//! ```
+//!
+//! # What errors look like
+//!
+//! A [`PolicyError`] names the field by its path in the file and quotes the
+//! value. A value out of range:
+//!
+//! ```text
+//! breaker.failure_rate: 1.5 is not in (0, 1]
+//! breaker.minimum_calls: 200 is more than breaker.window.size = 100, so the breaker could never open
+//! ```
+//!
+//! A value of the wrong shape, with its line and column:
+//!
+//! ```text
+//! breaker.open_for: invalid duration "5 parsecs": unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations) (TOML line 3, column 12)
+//! breaker.minimum_calls: invalid type: string "twenty", expected u32 (TOML line 2, column 17)
+//! breaker: unknown field `failure_ratio`, expected one of `window`, `failure_rate`, ... (TOML line 2, column 1)
+//! ```
+//!
+//! Read through [`Policy::from_path`], the error starts with the file:
+//!
+//! ```text
+//! /etc/brownout/policy.toml: breaker.failure_rate: 1.5 is not in (0, 1]
+//! cannot read policy file /etc/brownout/policy.toml: No such file or directory (os error 2)
+//! /etc/brownout/policy.ini: cannot tell the policy format from the extension `.ini`: use .toml, .yaml, .yml or .json
+//! ```
+//!
+//! ```
+//! # #[cfg(feature = "toml")] {
+//! use brownout::Policy;
+//!
+//! let err = Policy::from_toml("[breaker]\nfailure_rate = 1.5\n").unwrap_err();
+//! assert_eq!(err.to_string(), "breaker.failure_rate: 1.5 is not in (0, 1]");
+//! assert_eq!(err.field(), Some("breaker.failure_rate"));
+//! # }
+//! ```
 
 mod breaker;
+mod duration;
 
 pub use breaker::{BackoffPolicy, BreakerPolicy, Mode, WindowPolicy};
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 /// The whole policy, as ops write it in TOML, YAML or JSON.
+///
+/// Every section is optional and defaults to its own `Default`; see the
+/// [module docs](self) for a full file and how to load it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
@@ -14,26 +130,506 @@ pub struct Policy {
     pub breaker: BreakerPolicy,
 }
 
-/// A policy that could not be loaded or does not validate.
-// Placeholder while the loader lands; replaced by the full error type.
+impl Policy {
+    /// Reads a TOML policy and [validates](Self::validate) it.
+    ///
+    /// ```
+    /// let policy = brownout::Policy::from_toml("[breaker]\nfailure_rate = 0.3")?;
+    /// assert_eq!(policy.breaker.failure_rate, 0.3);
+    /// # Ok::<(), brownout::PolicyError>(())
+    /// ```
+    #[cfg(feature = "toml")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "toml")))]
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let policy = parse_toml(text)?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Reads a YAML policy and [validates](Self::validate) it. An empty
+    /// document is the default policy.
+    ///
+    /// ```
+    /// let policy = brownout::Policy::from_yaml("breaker:\n  open_for: 10s\n")?;
+    /// assert_eq!(policy.breaker.open_for, std::time::Duration::from_secs(10));
+    /// # Ok::<(), brownout::PolicyError>(())
+    /// ```
+    #[cfg(feature = "yaml")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "yaml")))]
+    pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
+        let policy = parse_yaml(text)?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Reads a JSON policy and [validates](Self::validate) it. An empty (or
+    /// all-blank) text is the default policy, like an empty TOML file.
+    ///
+    /// ```
+    /// let policy = brownout::Policy::from_json(r#"{"breaker": {"minimum_calls": 5}}"#)?;
+    /// assert_eq!(policy.breaker.minimum_calls, 5);
+    /// # Ok::<(), brownout::PolicyError>(())
+    /// ```
+    #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
+    pub fn from_json(text: &str) -> Result<Self, PolicyError> {
+        let policy = parse_json(text)?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Reads a policy written in `format` and [validates](Self::validate)
+    /// it; [`PolicyError::FormatDisabled`] if this build lacks the format's
+    /// feature. Useful when the format is known some other way than by a
+    /// file name, e.g. for a policy fetched over the network.
+    pub fn from_str_as(format: Format, text: &str) -> Result<Self, PolicyError> {
+        match format {
+            #[cfg(feature = "toml")]
+            Format::Toml => Self::from_toml(text),
+            #[cfg(feature = "yaml")]
+            Format::Yaml => Self::from_yaml(text),
+            #[cfg(feature = "json")]
+            Format::Json => Self::from_json(text),
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = text;
+                Err(PolicyError::FormatDisabled { format, file: None })
+            }
+        }
+    }
+
+    /// Reads the policy file at `path`, in the format its extension names
+    /// (`.toml`, `.yaml` or `.yml`, `.json`, in any case), and
+    /// [validates](Self::validate) it. Every error names the file.
+    ///
+    /// ```no_run
+    /// let policy = brownout::Policy::from_path("/etc/brownout/policy.toml")?;
+    /// # Ok::<(), brownout::PolicyError>(())
+    /// ```
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
+        let path = path.as_ref();
+        let in_file = |err: PolicyError| err.in_file(path);
+        let format = Format::from_path(path).ok_or_else(|| PolicyError::UnknownFormat {
+            file: path.to_owned(),
+        })?;
+        if !format.is_enabled() {
+            return Err(in_file(PolicyError::FormatDisabled { format, file: None }));
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Self::from_str_as(format, &text).map_err(in_file)
+    }
+
+    /// Checks every section; the loaders call it. The error names the first
+    /// bad field (see [`BreakerPolicy::validate`]).
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        self.breaker.validate()
+    }
+}
+
+/// A policy file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Format {
+    /// TOML, feature `toml` (on by default); extension `.toml`.
+    Toml,
+    /// YAML, feature `yaml`; extension `.yaml` or `.yml`.
+    Yaml,
+    /// JSON, feature `json`; extension `.json`.
+    Json,
+}
+
+impl Format {
+    /// The format a file's extension names, in any case; `None` for any
+    /// other extension or none.
+    ///
+    /// ```
+    /// use brownout::policy::Format;
+    ///
+    /// assert_eq!(Format::from_path("policy.yml".as_ref()), Some(Format::Yaml));
+    /// assert_eq!(Format::from_path("policy.ini".as_ref()), None);
+    /// ```
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let extension = path.extension()?.to_str()?;
+        [
+            ("toml", Format::Toml),
+            ("yaml", Format::Yaml),
+            ("yml", Format::Yaml),
+            ("json", Format::Json),
+        ]
+        .into_iter()
+        .find(|(name, _)| extension.eq_ignore_ascii_case(name))
+        .map(|(_, format)| format)
+    }
+
+    /// The cargo feature of brownout that reads this format.
+    pub const fn feature(self) -> &'static str {
+        match self {
+            Format::Toml => "toml",
+            Format::Yaml => "yaml",
+            Format::Json => "json",
+        }
+    }
+
+    /// Whether this build reads this format.
+    pub const fn is_enabled(self) -> bool {
+        match self {
+            Format::Toml => cfg!(feature = "toml"),
+            Format::Yaml => cfg!(feature = "yaml"),
+            Format::Json => cfg!(feature = "json"),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Toml => "TOML",
+            Format::Yaml => "YAML",
+            Format::Json => "JSON",
+        })
+    }
+}
+
+/// A policy that could not be read or does not validate.
+///
+/// Its message names the field by its dotted path in the file
+/// (`breaker.open_backoff.jitter`) and quotes the value; read through
+/// [`Policy::from_path`], it starts with the file. See the
+/// [module docs](self#what-errors-look-like) for examples.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
-    /// A field holds a value outside its range.
-    #[error("{field}: {value} {problem}")]
+    /// A field holds a value outside its range, or one that does not fit
+    /// with another field.
+    #[error("{}{field}: {value} {problem}", FilePrefix(file))]
+    #[non_exhaustive]
     Invalid {
         /// Dotted path of the field, e.g. `breaker.failure_rate`.
         field: String,
-        /// The offending value as written.
+        /// The offending value, e.g. `1.5` or `0s`.
         value: String,
-        /// What is wrong with it.
+        /// What is wrong with it, e.g. `is not in (0, 1]`.
         problem: String,
+        /// The file it came from, when read by [`Policy::from_path`].
+        file: Option<PathBuf>,
+    },
+    /// The text is not valid TOML, YAML or JSON, or a field has the wrong
+    /// type, an unknown name, or a value that cannot be read (a bad
+    /// duration, an unknown mode).
+    #[error(
+        "{}{}{message} ({format}{})",
+        FilePrefix(file),
+        FieldPrefix(field),
+        Location(*line, *column)
+    )]
+    #[non_exhaustive]
+    Parse {
+        /// The format being read.
+        format: Format,
+        /// Dotted path of the field being read, e.g. `breaker.open_for`;
+        /// empty when the problem is at the top of the file or in its syntax.
+        field: String,
+        /// What is wrong, from the format's parser.
+        message: String,
+        /// Line of the problem, from 1, when the parser says.
+        line: Option<usize>,
+        /// Column of the problem, from 1, when the parser says.
+        column: Option<usize>,
+        /// The file it came from, when read by [`Policy::from_path`].
+        file: Option<PathBuf>,
+    },
+    /// The policy file could not be read.
+    #[error("cannot read policy file {}: {source}", file.display())]
+    #[non_exhaustive]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// [`Policy::from_path`] cannot tell the format from the file's extension.
+    #[error(
+        "{}: cannot tell the policy format from {}: use .toml, .yaml, .yml or .json",
+        file.display(),
+        Extension(file)
+    )]
+    #[non_exhaustive]
+    UnknownFormat {
+        /// The file.
+        file: PathBuf,
+    },
+    /// The policy is written in a format this build does not read.
+    #[error(
+        "{}{format} policies need brownout's `{}` cargo feature, which this build lacks",
+        FilePrefix(file),
+        format.feature()
+    )]
+    #[non_exhaustive]
+    FormatDisabled {
+        /// The format.
+        format: Format,
+        /// The file, when read by [`Policy::from_path`].
+        file: Option<PathBuf>,
     },
 }
 
-impl BreakerPolicy {
-    /// Checks every field's range.
-    pub fn validate(&self) -> Result<(), PolicyError> {
-        Ok(())
+impl PolicyError {
+    /// An [`Invalid`](Self::Invalid) error: `field` holds `value`, which
+    /// `problem` (e.g. `is not in (0, 1]`).
+    pub(crate) fn invalid(
+        field: impl Into<String>,
+        value: impl ToString,
+        problem: impl Into<String>,
+    ) -> Self {
+        PolicyError::Invalid {
+            field: field.into(),
+            value: value.to_string(),
+            problem: problem.into(),
+            file: None,
+        }
     }
+
+    /// Dotted path of the field at fault, e.g. `breaker.failure_rate`, when
+    /// the error is about one field.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            PolicyError::Invalid { field, .. } | PolicyError::Parse { field, .. }
+                if !field.is_empty() =>
+            {
+                Some(field)
+            }
+            _ => None,
+        }
+    }
+
+    /// The policy file at fault, when the policy was read by
+    /// [`Policy::from_path`].
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            PolicyError::Invalid { file, .. }
+            | PolicyError::Parse { file, .. }
+            | PolicyError::FormatDisabled { file, .. } => file.as_deref(),
+            PolicyError::Read { file, .. } | PolicyError::UnknownFormat { file } => Some(file),
+        }
+    }
+
+    /// Line and column (from 1) of the problem in the text, when the
+    /// format's parser says.
+    pub fn line_column(&self) -> Option<(usize, usize)> {
+        match *self {
+            PolicyError::Parse {
+                line: Some(line),
+                column: Some(column),
+                ..
+            } => Some((line, column)),
+            _ => None,
+        }
+    }
+
+    /// The same error, said to come from `path`.
+    fn in_file(mut self, path: &Path) -> Self {
+        match &mut self {
+            PolicyError::Invalid { file, .. }
+            | PolicyError::Parse { file, .. }
+            | PolicyError::FormatDisabled { file, .. } => *file = Some(path.to_owned()),
+            PolicyError::Read { .. } | PolicyError::UnknownFormat { .. } => {}
+        }
+        self
+    }
+
+    /// A [`Parse`](Self::Parse) error at `field` (serde_path_to_error's
+    /// rendering of the path: `.` for the top).
+    #[cfg(any(feature = "toml", feature = "yaml", feature = "json"))]
+    fn parse(
+        format: Format,
+        field: String,
+        message: String,
+        line_column: Option<(usize, usize)>,
+    ) -> Self {
+        // serde_path_to_error says `.` for the top and `?` for a place it
+        // could not name (inside a YAML syntax error, say).
+        let mut field = field.as_str();
+        while let Some(known) = field.strip_suffix(".?") {
+            field = known;
+        }
+        if field == "." || field == "?" {
+            field = "";
+        }
+        PolicyError::Parse {
+            format,
+            field: field.to_owned(),
+            message: plain_types(format, message),
+            line: line_column.map(|(line, _)| line),
+            column: line_column.map(|(_, column)| column),
+            file: None,
+        }
+    }
+}
+
+/// serde says `expected struct BreakerPolicy` when a section is not one;
+/// say it in the format's words.
+#[cfg(any(feature = "toml", feature = "yaml", feature = "json"))]
+fn plain_types(format: Format, message: String) -> String {
+    const RUST: &str = "expected struct ";
+    let Some(start) = message.find(RUST) else {
+        return message;
+    };
+    let name_end = message[start + RUST.len()..]
+        .find(|c: char| !c.is_alphanumeric() && c != '_')
+        .map_or(message.len(), |end| start + RUST.len() + end);
+    let section = match format {
+        Format::Toml => "expected a table",
+        Format::Yaml => "expected a mapping",
+        Format::Json => "expected an object",
+    };
+    format!("{}{section}{}", &message[..start], &message[name_end..])
+}
+
+struct FilePrefix<'a>(&'a Option<PathBuf>);
+
+impl fmt::Display for FilePrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(file) => write!(f, "{}: ", file.display()),
+            None => Ok(()),
+        }
+    }
+}
+
+struct FieldPrefix<'a>(&'a str);
+
+impl fmt::Display for FieldPrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, "{}: ", self.0)
+        }
+    }
+}
+
+struct Location(Option<usize>, Option<usize>);
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0, self.1) {
+            (Some(line), Some(column)) => write!(f, " line {line}, column {column}"),
+            (Some(line), None) => write!(f, " line {line}"),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct Extension<'a>(&'a Path);
+
+impl fmt::Display for Extension<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.extension() {
+            Some(extension) => write!(f, "the extension `.{}`", extension.to_string_lossy()),
+            None => f.write_str("a name without an extension"),
+        }
+    }
+}
+
+/// Line and column, from 1, of byte `offset` in `text`; the column counts
+/// characters. Never panics, whatever the offset.
+#[cfg(feature = "toml")]
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |newline| newline + 1);
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+#[cfg(feature = "toml")]
+fn parse_toml(text: &str) -> Result<Policy, PolicyError> {
+    let error = |field: String, err: toml::de::Error| {
+        PolicyError::parse(
+            Format::Toml,
+            field,
+            err.message().trim_end().to_owned(),
+            err.span().map(|span| line_column(text, span.start)),
+        )
+    };
+    let document = toml::Deserializer::parse(text).map_err(|err| error(String::new(), err))?;
+    serde_path_to_error::deserialize(document)
+        .map_err(|err| error(err.path().to_string(), err.into_inner()))
+}
+
+#[cfg(feature = "yaml")]
+fn parse_yaml(text: &str) -> Result<Policy, PolicyError> {
+    let document = serde_yaml_ng::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize(document) {
+        Ok(policy) => Ok(policy),
+        Err(err) => {
+            let field = err.path().to_string();
+            let err = err.into_inner();
+            if matches!(err.to_string().as_str(), "EOF while parsing a value") {
+                // A document with nothing in it (or only comments).
+                return Ok(Policy::default());
+            }
+            let location = err.location().map(|at| (at.line(), at.column()));
+            // serde_yaml_ng's message says the path and the place itself;
+            // keep only what is wrong, as the other formats do.
+            let mut message = err.to_string();
+            if let Some((line, column)) = location {
+                let place = format!(" at line {line} column {column}");
+                if let Some(start) = message.find(&place) {
+                    message.replace_range(start..start + place.len(), "");
+                }
+            }
+            // Its path is the section's for an unknown field, ours names the
+            // field itself: drop whichever prefix of ours it starts with.
+            let message = prefixes(&field)
+                .find_map(|path| message.strip_prefix(&format!("{path}: ")))
+                .unwrap_or(&message);
+            Err(PolicyError::parse(
+                Format::Yaml,
+                field,
+                message.to_owned(),
+                location,
+            ))
+        }
+    }
+}
+
+/// `a.b.c`, `a.b`, `a`: the paths of a field and of its sections, longest first.
+#[cfg(feature = "yaml")]
+fn prefixes(field: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(field), |path| path.rfind('.').map(|dot| &path[..dot]))
+}
+
+#[cfg(feature = "json")]
+fn parse_json(text: &str) -> Result<Policy, PolicyError> {
+    if text.trim().is_empty() {
+        return Ok(Policy::default());
+    }
+    let error = |field: String, err: serde_json::Error| {
+        let location = (err.line() > 0).then(|| (err.line(), err.column()));
+        let mut message = err.to_string();
+        if let Some((line, column)) = location {
+            let place = format!(" at line {line} column {column}");
+            if let Some(stripped) = message.strip_suffix(&place) {
+                message.truncate(stripped.len());
+            }
+        }
+        // serde_json says column 0 for the start of a line.
+        let location = location.map(|(line, column)| (line, column.max(1)));
+        PolicyError::parse(Format::Json, field, message, location)
+    };
+    let mut document = serde_json::Deserializer::from_str(text);
+    let policy = serde_path_to_error::deserialize(&mut document)
+        .map_err(|err| error(err.path().to_string(), err.into_inner()))?;
+    document.end().map_err(|err| error(String::new(), err))?;
+    Ok(policy)
 }

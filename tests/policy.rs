@@ -1,0 +1,1153 @@
+//! Ops' policy file: loading in every format, defaults, and an error that
+//! names the field and the value for every bad input.
+//!
+//! TOML is the reference format (and a default feature); the YAML and JSON
+//! tests run with their features, and without them `from_path` must say
+//! which feature is missing.
+#![cfg(feature = "toml")]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use brownout::breaker::MAX_PROBES;
+use brownout::policy::Format;
+use brownout::{BackoffPolicy, BreakerPolicy, Mode, Policy, PolicyError, WindowPolicy};
+
+/// The `[breaker]` example of DESIGN §4, verbatim.
+const DESIGN_BREAKER_TOML: &str = r#"
+[breaker]
+window = { kind = "count", size = 100 }     # or { kind = "time", size = "30s" }
+failure_rate = 0.5                          # open at >= this share of failures
+slow_call_rate = 1.0                        # open at >= this share of slow calls
+slow_call_duration = "5s"
+minimum_calls = 20                          # no verdict before this many calls
+open_for = "5s"                             # first open period
+open_backoff = { multiplier = 2.0, max = "5m", jitter = 0.1 }  # while flapping
+half_open_probes = 3                        # calls let through to test
+mode = "enforce"                            # enforce | shadow | forced_open | forced_closed
+"#;
+
+const DESIGN_BREAKER_YAML: &str = r#"
+breaker:
+  window: { kind: count, size: 100 }
+  failure_rate: 0.5
+  slow_call_rate: 1.0
+  slow_call_duration: 5s
+  minimum_calls: 20
+  open_for: 5s
+  open_backoff: { multiplier: 2.0, max: 5m, jitter: 0.1 }
+  half_open_probes: 3
+  mode: enforce
+"#;
+
+const DESIGN_BREAKER_JSON: &str = r#"{
+  "breaker": {
+    "window": { "kind": "count", "size": 100 },
+    "failure_rate": 0.5,
+    "slow_call_rate": 1.0,
+    "slow_call_duration": "5s",
+    "minimum_calls": 20,
+    "open_for": "5s",
+    "open_backoff": { "multiplier": 2.0, "max": "5m", "jitter": 0.1 },
+    "half_open_probes": 3,
+    "mode": "enforce"
+  }
+}"#;
+
+/// A policy where every field differs from its default.
+fn custom_policy() -> Policy {
+    Policy {
+        breaker: BreakerPolicy {
+            window: WindowPolicy::Time {
+                size: Duration::from_secs(30),
+                buckets: 6,
+            },
+            failure_rate: 0.25,
+            slow_call_rate: 0.75,
+            slow_call_duration: Duration::from_millis(1500),
+            minimum_calls: 7,
+            open_for: Duration::from_secs(10),
+            open_backoff: BackoffPolicy {
+                multiplier: 1.5,
+                max: Duration::from_secs(90 * 60),
+                jitter: 0.0,
+                reset_after: Some(Duration::from_secs(3600)),
+            },
+            half_open_probes: 5,
+            mode: Mode::Shadow,
+        },
+    }
+}
+
+const CUSTOM_TOML: &str = r#"
+[breaker]
+window = { kind = "time", size = "30s", buckets = 6 }
+failure_rate = 0.25
+slow_call_rate = 0.75
+slow_call_duration = "1s 500ms"
+minimum_calls = 7
+open_for = "10s"
+half_open_probes = 5
+mode = "shadow"
+
+[breaker.open_backoff]
+multiplier = 1.5
+max = "1h 30m"
+jitter = 0
+reset_after = "1h"
+"#;
+
+const CUSTOM_YAML: &str = r#"
+breaker:
+  window:
+    kind: time
+    size: 30s
+    buckets: 6
+  failure_rate: 0.25
+  slow_call_rate: 0.75
+  slow_call_duration: 1500ms
+  minimum_calls: 7
+  open_for: 10s
+  open_backoff:
+    multiplier: 1.5
+    max: 90m
+    jitter: 0.0
+    reset_after: 1h
+  half_open_probes: 5
+  mode: shadow
+"#;
+
+const CUSTOM_JSON: &str = r#"{"breaker": {
+  "window": {"kind": "time", "size": "30s", "buckets": 6},
+  "failure_rate": 0.25, "slow_call_rate": 0.75, "slow_call_duration": "1500ms",
+  "minimum_calls": 7, "open_for": "10s",
+  "open_backoff": {"multiplier": 1.5, "max": "90m", "jitter": 0.0, "reset_after": "1h"},
+  "half_open_probes": 5, "mode": "shadow"
+}}"#;
+
+// ---------------------------------------------------------------- loading
+
+#[test]
+fn design_example_is_the_default() {
+    assert_eq!(
+        Policy::from_toml(DESIGN_BREAKER_TOML).unwrap(),
+        Policy::default()
+    );
+    assert_eq!(Policy::default().breaker, BreakerPolicy::default());
+}
+
+#[test]
+fn empty_toml_is_the_default() {
+    for text in ["", "\n\n", "# nothing yet\n", "[breaker]\n"] {
+        assert_eq!(
+            Policy::from_toml(text).unwrap(),
+            Policy::default(),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn every_field_is_read_from_toml() {
+    assert_eq!(Policy::from_toml(CUSTOM_TOML).unwrap(), custom_policy());
+}
+
+#[test]
+fn a_missing_field_keeps_its_default() {
+    let policy = Policy::from_toml("[breaker.open_backoff]\njitter = 0.2\n").unwrap();
+    let expected = BreakerPolicy {
+        open_backoff: BackoffPolicy {
+            jitter: 0.2,
+            ..BackoffPolicy::default()
+        },
+        ..BreakerPolicy::default()
+    };
+    assert_eq!(policy.breaker, expected);
+
+    let time =
+        Policy::from_toml("[breaker]\nwindow = { kind = \"time\", size = \"1m\" }\n").unwrap();
+    assert_eq!(
+        time.breaker.window,
+        WindowPolicy::Time {
+            size: Duration::from_secs(60),
+            buckets: WindowPolicy::DEFAULT_BUCKETS,
+        }
+    );
+}
+
+#[test]
+fn toml_integers_are_read_as_rates() {
+    let policy = Policy::from_toml("[breaker]\nfailure_rate = 1\n").unwrap();
+    assert_eq!(policy.breaker.failure_rate, 1.0);
+}
+
+#[cfg(feature = "yaml")]
+#[test]
+fn yaml_loads_like_toml() {
+    assert_eq!(
+        Policy::from_yaml(DESIGN_BREAKER_YAML).unwrap(),
+        Policy::default()
+    );
+    assert_eq!(Policy::from_yaml(CUSTOM_YAML).unwrap(), custom_policy());
+    for text in [
+        "",
+        "# nothing yet\n",
+        "---\n",
+        "breaker:\n",
+        "breaker: {}\n",
+    ] {
+        assert_eq!(
+            Policy::from_yaml(text).unwrap(),
+            Policy::default(),
+            "{text:?}"
+        );
+    }
+}
+
+#[cfg(feature = "json")]
+#[test]
+fn json_loads_like_toml() {
+    assert_eq!(
+        Policy::from_json(DESIGN_BREAKER_JSON).unwrap(),
+        Policy::default()
+    );
+    assert_eq!(Policy::from_json(CUSTOM_JSON).unwrap(), custom_policy());
+    for text in ["", " \n", "{}", r#"{"breaker": {}}"#] {
+        assert_eq!(
+            Policy::from_json(text).unwrap(),
+            Policy::default(),
+            "{text:?}"
+        );
+    }
+    // `null` leaves an optional duration unset.
+    let policy = Policy::from_json(r#"{"breaker": {"open_backoff": {"reset_after": null}}}"#);
+    assert_eq!(policy.unwrap(), Policy::default());
+}
+
+#[test]
+fn from_str_as_picks_the_loader() {
+    assert_eq!(
+        Policy::from_str_as(Format::Toml, CUSTOM_TOML).unwrap(),
+        custom_policy()
+    );
+    #[cfg(feature = "yaml")]
+    assert_eq!(
+        Policy::from_str_as(Format::Yaml, CUSTOM_YAML).unwrap(),
+        custom_policy()
+    );
+    #[cfg(not(feature = "yaml"))]
+    assert_eq!(
+        Policy::from_str_as(Format::Yaml, CUSTOM_YAML)
+            .unwrap_err()
+            .to_string(),
+        "YAML policies need brownout's `yaml` cargo feature, which this build lacks"
+    );
+    #[cfg(feature = "json")]
+    assert_eq!(
+        Policy::from_str_as(Format::Json, CUSTOM_JSON).unwrap(),
+        custom_policy()
+    );
+}
+
+// -------------------------------------------------------------- from_path
+
+/// A fresh file in the system's temp dir, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "brownout-policy-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn from_path_reads_toml_by_extension() {
+    for name in ["policy.toml", "POLICY.TOML"] {
+        let file = TempFile::new(name, CUSTOM_TOML);
+        assert_eq!(
+            Policy::from_path(&file.0).unwrap(),
+            custom_policy(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn from_path_reads_yaml_and_json_by_extension() {
+    let cases = [
+        ("policy.yaml", CUSTOM_YAML, Format::Yaml),
+        ("policy.yml", CUSTOM_YAML, Format::Yaml),
+        ("policy.json", CUSTOM_JSON, Format::Json),
+    ];
+    for (name, text, format) in cases {
+        let file = TempFile::new(name, text);
+        let loaded = Policy::from_path(&file.0);
+        if format.is_enabled() {
+            assert_eq!(loaded.unwrap(), custom_policy(), "{name}");
+        } else {
+            let err = loaded.unwrap_err();
+            assert!(matches!(err, PolicyError::FormatDisabled { .. }), "{err:?}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{}: {format} policies need brownout's `{}` cargo feature, which this build lacks",
+                    file.0.display(),
+                    format.feature()
+                )
+            );
+        }
+    }
+}
+
+#[test]
+fn from_path_rejects_an_unknown_extension() {
+    for name in ["policy.ini", "policy"] {
+        let file = TempFile::new(name, CUSTOM_TOML);
+        let err = Policy::from_path(&file.0).unwrap_err();
+        assert!(matches!(err, PolicyError::UnknownFormat { .. }), "{err:?}");
+        assert_eq!(err.file(), Some(file.0.as_path()));
+        let what = if name.contains('.') {
+            "the extension `.ini`"
+        } else {
+            "a name without an extension"
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: cannot tell the policy format from {what}: use .toml, .yaml, .yml or .json",
+                file.0.display()
+            )
+        );
+    }
+}
+
+#[test]
+fn from_path_names_a_missing_file() {
+    let file = TempFile::new("present.toml", "");
+    let missing = file.0.with_file_name("missing.toml");
+    let err = Policy::from_path(&missing).unwrap_err();
+    let PolicyError::Read { source, .. } = &err else {
+        panic!("expected a read error, got {err:?}");
+    };
+    assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(err.file(), Some(missing.as_path()));
+    let message = err.to_string();
+    let prefix = format!("cannot read policy file {}: ", missing.display());
+    assert!(message.starts_with(&prefix), "{message}");
+}
+
+#[test]
+fn from_path_names_the_file_of_a_bad_policy() {
+    let file = TempFile::new("bad.toml", "[breaker]\nfailure_rate = 1.5\n");
+    let err = Policy::from_path(&file.0).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: breaker.failure_rate: 1.5 is not in (0, 1]",
+            file.0.display()
+        )
+    );
+    assert_eq!(err.field(), Some("breaker.failure_rate"));
+
+    let file = TempFile::new("typo.toml", "[breaker]\nopen_for = \"5 parsecs\"\n");
+    let err = Policy::from_path(&file.0).unwrap_err();
+    let message = err.to_string();
+    let prefix = format!(
+        "{}: breaker.open_for: invalid duration \"5 parsecs\"",
+        file.0.display()
+    );
+    assert!(message.starts_with(&prefix), "{message}");
+    assert_eq!(err.line_column(), Some((2, 12)));
+}
+
+// ------------------------------------------------------------- bad inputs
+
+/// TOML inputs and the exact message each must give.
+const BAD_TOML: &[(&str, &str)] = &[
+    (
+        "[breaker]\nfailure_rate = 1.5\n",
+        "breaker.failure_rate: 1.5 is not in (0, 1]",
+    ),
+    (
+        "[breaker]\nfailure_rate = 0\n",
+        "breaker.failure_rate: 0.0 is not in (0, 1]",
+    ),
+    (
+        "[breaker]\nfailure_rate = nan\n",
+        "breaker.failure_rate: NaN is not in (0, 1]",
+    ),
+    (
+        "[breaker]\nslow_call_rate = -0.5\n",
+        "breaker.slow_call_rate: -0.5 is not in (0, 1]",
+    ),
+    (
+        "[breaker]\nslow_call_rate = inf\n",
+        "breaker.slow_call_rate: inf is not in (0, 1]",
+    ),
+    (
+        "[breaker]\nslow_call_duration = \"0s\"\n",
+        "breaker.slow_call_duration: 0s must be more than zero",
+    ),
+    (
+        "[breaker]\nopen_for = \"0ms\"\n",
+        "breaker.open_for: 0s must be more than zero",
+    ),
+    (
+        "[breaker]\nopen_for = \"-5s\"\n",
+        "breaker.open_for: invalid duration \"-5s\": a duration cannot be negative (TOML line 2, column 12)",
+    ),
+    (
+        "[breaker]\nopen_for = \"5 parsecs\"\n",
+        "breaker.open_for: invalid duration \"5 parsecs\": unknown time unit \"parsecs\", supported units: \
+         ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations) (TOML line 2, column 12)",
+    ),
+    (
+        "[breaker]\nslow_call_duration = \"5\"\n",
+        "breaker.slow_call_duration: invalid duration \"5\": it needs a unit, e.g. \"5s\" or \"5ms\" (TOML line 2, column 22)",
+    ),
+    (
+        "[breaker]\nopen_for = 5\n",
+        "breaker.open_for: invalid type: integer `5`, expected a duration such as \"30s\", \"250ms\" or \"5m\" (TOML line 2, column 12)",
+    ),
+    (
+        "[breaker]\nopen_for = \"\"\n",
+        "breaker.open_for: invalid duration \"\": it is empty; expected a duration such as \"30s\", \"250ms\" or \"5m\" (TOML line 2, column 12)",
+    ),
+    (
+        "limits = { max = 10 }\n",
+        "limits: unknown field `limits`, expected `breaker` (TOML line 1, column 1)",
+    ),
+    (
+        "[breaker]\nfailure_ratio = 0.5\n",
+        "breaker.failure_ratio: unknown field `failure_ratio`, expected one of `window`, `failure_rate`, \
+         `slow_call_rate`, `slow_call_duration`, `minimum_calls`, `open_for`, `open_backoff`, \
+         `half_open_probes`, `mode` (TOML line 2, column 1)",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"count\", sizee = 100 }\n",
+        "breaker.window.sizee: unknown field `sizee`, expected one of `kind`, `size`, `buckets` (TOML line 2, column 28)",
+    ),
+    (
+        "[breaker.open_backoff]\nmaximum = \"5m\"\n",
+        "breaker.open_backoff.maximum: unknown field `maximum`, expected one of `multiplier`, `max`, `jitter`, \
+         `reset_after` (TOML line 2, column 1)",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"sliding\", size = 100 }\n",
+        "breaker.window.kind: unknown variant `sliding`, expected `count` or `time` (TOML line 2, column 19)",
+    ),
+    (
+        "[breaker]\nwindow = { size = 100 }\n",
+        "breaker.window: missing field `kind` (TOML line 2, column 10)",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"count\", size = \"30s\" }\n",
+        "breaker.window: size = \"30s\" is a duration, but kind = \"count\" counts calls: write a number of calls, \
+         or kind = \"time\" (TOML line 2, column 10)",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"time\", size = 30 }\n",
+        "breaker.window: size = 30 needs a unit for kind = \"time\", e.g. \"30s\" (TOML line 2, column 10)",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"count\", size = 100, buckets = 10 }\n",
+        "breaker.window: `buckets` only applies to kind = \"time\" (TOML line 2, column 10)",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"count\", size = -1 }\n",
+        "breaker.window.size: invalid value: integer `-1`, expected a number of calls (kind = \"count\") or a \
+         duration such as \"30s\" (kind = \"time\") (TOML line 2, column 35)",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"count\", size = 0 }\n",
+        "breaker.window.size: 0 is not in 1..=1000000",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"count\", size = 1000001 }\nminimum_calls = 1\n",
+        "breaker.window.size: 1000001 is not in 1..=1000000",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"count\", size = 5000000000 }\n",
+        "breaker.window: size = 5000000000 is not in 1..=1000000 (TOML line 2, column 10)",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"time\", size = \"0s\" }\n",
+        "breaker.window.size: 0s must be more than zero",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"time\", size = \"30s\", buckets = 0 }\n",
+        "breaker.window.buckets: 0 is not in 1..=1000",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"time\", size = \"30m\", buckets = 1001 }\n",
+        "breaker.window.buckets: 1001 is not in 1..=1000",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"time\", size = \"100ms\", buckets = 200 }\n",
+        "breaker.window.buckets: 200 cuts breaker.window.size = 100ms into buckets shorter than 1ms",
+    ),
+    (
+        "[breaker]\nwindow = { kind = \"count\", size = 10 }\nminimum_calls = 20\n",
+        "breaker.minimum_calls: 20 is more than breaker.window.size = 10, so the breaker could never open",
+    ),
+    (
+        "[breaker]\nminimum_calls = 0\n",
+        "breaker.minimum_calls: 0 must be at least 1",
+    ),
+    (
+        "[breaker]\nminimum_calls = \"twenty\"\n",
+        "breaker.minimum_calls: invalid type: string \"twenty\", expected u32 (TOML line 2, column 17)",
+    ),
+    (
+        "[breaker]\nhalf_open_probes = 0\n",
+        "breaker.half_open_probes: 0 is not in 1..=1023",
+    ),
+    (
+        "[breaker]\nhalf_open_probes = 5000\n",
+        "breaker.half_open_probes: 5000 is not in 1..=1023",
+    ),
+    (
+        "[breaker.open_backoff]\njitter = 1.0\n",
+        "breaker.open_backoff.jitter: 1.0 is not in [0, 1)",
+    ),
+    (
+        "[breaker.open_backoff]\njitter = -0.1\n",
+        "breaker.open_backoff.jitter: -0.1 is not in [0, 1)",
+    ),
+    (
+        "[breaker.open_backoff]\nmultiplier = 0.5\n",
+        "breaker.open_backoff.multiplier: 0.5 is not a finite number >= 1.0",
+    ),
+    (
+        "[breaker.open_backoff]\nmultiplier = inf\n",
+        "breaker.open_backoff.multiplier: inf is not a finite number >= 1.0",
+    ),
+    (
+        "[breaker]\nopen_for = \"10m\"\nopen_backoff = { max = \"5m\" }\n",
+        "breaker.open_backoff.max: 5m is shorter than breaker.open_for = 10m",
+    ),
+    (
+        "[breaker.open_backoff]\nreset_after = \"0s\"\n",
+        "breaker.open_backoff.reset_after: 0s must be more than zero",
+    ),
+    (
+        "[breaker]\nmode = \"sometimes\"\n",
+        "breaker.mode: unknown variant `sometimes`, expected one of `enforce`, `shadow`, `forced_open`, \
+         `forced_closed` (TOML line 2, column 8)",
+    ),
+    (
+        "breaker = 3\n",
+        "breaker: invalid type: integer `3`, expected a table (TOML line 1, column 11)",
+    ),
+    (
+        "[breaker\nfailure_rate = 0.5\n",
+        "unclosed table, expected `]` (TOML line 1, column 9)",
+    ),
+];
+
+#[test]
+fn every_bad_toml_input_gets_its_message() {
+    assert!(BAD_TOML.len() >= 12);
+    let mut wrong = Vec::new();
+    for &(text, expected) in BAD_TOML {
+        match Policy::from_toml(text) {
+            Ok(policy) => wrong.push(format!("{text:?} loaded: {policy:?}")),
+            Err(err) => {
+                let message = err.to_string();
+                if message != expected {
+                    wrong.push(format!(
+                        "{text:?}\n  said:     {message}\n  expected: {expected}"
+                    ));
+                }
+                // The field the message starts with is the one `field()` names.
+                if let Some(field) = err.field() {
+                    assert!(message.starts_with(&format!("{field}: ")), "{message}");
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn errors_expose_their_parts() {
+    let err = Policy::from_toml("[breaker]\nfailure_rate = 1.5\n").unwrap_err();
+    let PolicyError::Invalid {
+        field,
+        value,
+        problem,
+        file,
+        ..
+    } = &err
+    else {
+        panic!("expected Invalid, got {err:?}");
+    };
+    assert_eq!(field, "breaker.failure_rate");
+    assert_eq!(value, "1.5");
+    assert_eq!(problem, "is not in (0, 1]");
+    assert_eq!(file, &None);
+    assert_eq!(err.line_column(), None);
+
+    let err = Policy::from_toml("\n[breaker]\nopen_for = 'soon'\n").unwrap_err();
+    let PolicyError::Parse { format, field, .. } = &err else {
+        panic!("expected Parse, got {err:?}");
+    };
+    assert_eq!(*format, Format::Toml);
+    assert_eq!(field, "breaker.open_for");
+    assert_eq!(err.field(), Some("breaker.open_for"));
+    assert_eq!(err.line_column(), Some((3, 12)));
+
+    // A syntax error names no field.
+    let err = Policy::from_toml("[breaker\n").unwrap_err();
+    assert_eq!(err.field(), None);
+    assert_eq!(err.line_column(), Some((1, 9)));
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    let err = Policy::from_toml("# café ☕\n[breaker] # ☕\nopen_for = \"5 ☕\"\n").unwrap_err();
+    assert_eq!(err.field(), Some("breaker.open_for"));
+    assert_eq!(err.line_column(), Some((3, 12)));
+    let err = Policy::from_toml("[breaker]\nmode = \"☕☕\" ; \n").unwrap_err();
+    assert_eq!(err.line_column(), Some((2, 13)), "{err}");
+}
+
+#[cfg(feature = "yaml")]
+#[test]
+fn bad_yaml_inputs_name_field_and_value() {
+    let cases = [
+        (
+            "breaker:\n  failure_rate: 1.5\n",
+            "breaker.failure_rate: 1.5 is not in (0, 1]",
+        ),
+        (
+            "breaker:\n  failure_rate: .nan\n",
+            "breaker.failure_rate: NaN is not in (0, 1]",
+        ),
+        (
+            "breaker:\n  open_for: 5 parsecs\n",
+            "breaker.open_for: invalid duration \"5 parsecs\": unknown time unit \"parsecs\", supported units: \
+             ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations) (YAML line 2, column 13)",
+        ),
+        (
+            "breaker:\n  failure_ratio: 0.5\n",
+            "breaker.failure_ratio: unknown field `failure_ratio`, expected one of `window`, `failure_rate`, \
+             `slow_call_rate`, `slow_call_duration`, `minimum_calls`, `open_for`, `open_backoff`, \
+             `half_open_probes`, `mode` (YAML line 2, column 3)",
+        ),
+        (
+            "breaker:\n  window: { kind: count, sizee: 3 }\n",
+            "breaker.window.sizee: unknown field `sizee`, expected one of `kind`, `size`, `buckets` (YAML line 2, column 26)",
+        ),
+        (
+            "breaker:\n  minimum_calls: twenty\n",
+            "breaker.minimum_calls: invalid type: string \"twenty\", expected u32 (YAML line 2, column 18)",
+        ),
+        (
+            "breaker: [1, 2]\n",
+            "breaker: invalid type: sequence, expected a mapping (YAML line 1, column 10)",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = Policy::from_yaml(text).unwrap_err();
+        assert_eq!(err.to_string(), expected, "{text:?}");
+    }
+}
+
+#[cfg(feature = "json")]
+#[test]
+fn bad_json_inputs_name_field_and_value() {
+    let cases = [
+        (
+            r#"{"breaker": {"failure_rate": 0}}"#,
+            "breaker.failure_rate: 0.0 is not in (0, 1]",
+        ),
+        (
+            r#"{"breaker": {"half_open_probes": 5000}}"#,
+            "breaker.half_open_probes: 5000 is not in 1..=1023",
+        ),
+        (
+            r#"{"breaker": {"open_for": "5 parsecs"}}"#,
+            "breaker.open_for: invalid duration \"5 parsecs\": unknown time unit \"parsecs\", supported units: \
+             ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations) (JSON line 1, column 36)",
+        ),
+        (
+            r#"{"breaker": {"window": {"kind": "count", "sizee": 3}}}"#,
+            "breaker.window.sizee: unknown field `sizee`, expected one of `kind`, `size`, `buckets` (JSON line 1, column 48)",
+        ),
+        (
+            r#"{"breaker": {"minimum_calls": "twenty"}}"#,
+            "breaker.minimum_calls: invalid type: string \"twenty\", expected u32 (JSON line 1, column 38)",
+        ),
+        (
+            r#"{"breaker": null}"#,
+            "breaker: invalid type: null, expected an object (JSON line 1, column 16)",
+        ),
+        (
+            r#"{"breaker": {}} {"#,
+            "trailing characters (JSON line 1, column 17)",
+        ),
+        (
+            r#"{"breaker": "#,
+            "breaker: EOF while parsing a value (JSON line 1, column 12)",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = Policy::from_json(text).unwrap_err();
+        assert_eq!(err.to_string(), expected, "{text:?}");
+    }
+}
+
+// ------------------------------------------------------------- validation
+
+#[test]
+fn the_edges_of_every_range_are_valid() {
+    let edges = [
+        BreakerPolicy {
+            failure_rate: 1.0,
+            slow_call_rate: f64::MIN_POSITIVE,
+            ..BreakerPolicy::default()
+        },
+        BreakerPolicy {
+            window: WindowPolicy::Count { size: 1 },
+            minimum_calls: 1,
+            ..BreakerPolicy::default()
+        },
+        BreakerPolicy {
+            window: WindowPolicy::Count {
+                size: WindowPolicy::MAX_COUNT_SIZE,
+            },
+            minimum_calls: WindowPolicy::MAX_COUNT_SIZE,
+            ..BreakerPolicy::default()
+        },
+        BreakerPolicy {
+            window: WindowPolicy::Time {
+                size: Duration::from_secs(1),
+                buckets: WindowPolicy::MAX_BUCKETS,
+            },
+            minimum_calls: u32::MAX,
+            ..BreakerPolicy::default()
+        },
+        BreakerPolicy {
+            window: WindowPolicy::Time {
+                size: Duration::from_millis(1),
+                buckets: 1,
+            },
+            ..BreakerPolicy::default()
+        },
+        BreakerPolicy {
+            slow_call_duration: Duration::from_nanos(1),
+            open_for: Duration::from_nanos(1),
+            open_backoff: BackoffPolicy {
+                multiplier: 1.0,
+                max: Duration::from_nanos(1),
+                jitter: 0.0,
+                reset_after: Some(Duration::from_nanos(1)),
+            },
+            half_open_probes: MAX_PROBES,
+            ..BreakerPolicy::default()
+        },
+    ];
+    for policy in &edges {
+        let verdict = policy.validate();
+        assert!(verdict.is_ok(), "{policy:?}: {verdict:?}");
+    }
+    assert_eq!(MAX_PROBES, 1023);
+
+    // Just past the edges.
+    let window = |size, buckets| BreakerPolicy {
+        window: WindowPolicy::Time { size, buckets },
+        ..BreakerPolicy::default()
+    };
+    assert_eq!(
+        window(Duration::from_nanos(999_999), 1)
+            .validate()
+            .unwrap_err()
+            .to_string(),
+        "breaker.window.buckets: 1 cuts breaker.window.size = 999us 999ns into buckets shorter than 1ms"
+    );
+    assert_eq!(
+        window(Duration::from_nanos(1_000_999), 2)
+            .validate()
+            .unwrap_err()
+            .to_string(),
+        "breaker.window.buckets: 2 cuts breaker.window.size = 1ms 999ns into buckets shorter than 1ms"
+    );
+    let backoff = BreakerPolicy {
+        open_for: Duration::from_secs(5),
+        open_backoff: BackoffPolicy {
+            max: Duration::from_secs(5) - Duration::from_nanos(1),
+            ..BackoffPolicy::default()
+        },
+        ..BreakerPolicy::default()
+    };
+    assert_eq!(
+        backoff.validate().unwrap_err().to_string(),
+        "breaker.open_backoff.max: 4s 999ms 999us 999ns is shorter than breaker.open_for = 5s"
+    );
+    let rate = BreakerPolicy {
+        failure_rate: 1.0 + f64::EPSILON,
+        ..BreakerPolicy::default()
+    };
+    assert_eq!(
+        rate.validate().unwrap_err().to_string(),
+        "breaker.failure_rate: 1.0000000000000002 is not in (0, 1]"
+    );
+}
+
+#[test]
+fn an_invalid_policy_is_refused_by_try_new() {
+    let policy = BreakerPolicy {
+        half_open_probes: 0,
+        ..BreakerPolicy::default()
+    };
+    let err = brownout::CircuitBreakerLayer::try_new(policy).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "breaker.half_open_probes: 0 is not in 1..=1023"
+    );
+}
+
+// -------------------------------------------------------------- proptests
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rate() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            4 => 0.0..=1.0f64,
+            1 => Just(0.0),
+            1 => Just(1.0),
+            1 => Just(-0.0),
+            1 => Just(f64::NAN),
+            1 => Just(f64::INFINITY),
+            1 => Just(f64::NEG_INFINITY),
+            2 => -2.0..3.0f64,
+            1 => any::<f64>(),
+        ]
+    }
+
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            1 => Just(Duration::ZERO),
+            4 => (0u64..600_000).prop_map(Duration::from_millis),
+            2 => (0u64..10_000_000_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            1 => (0u64..1_000_000).prop_map(Duration::from_nanos),
+        ]
+    }
+
+    fn window() -> impl Strategy<Value = WindowPolicy> {
+        prop_oneof![
+            3 => (0u32..2_000).prop_map(|size| WindowPolicy::Count { size }),
+            1 => (999_990u32..1_000_010).prop_map(|size| WindowPolicy::Count { size }),
+            1 => any::<u32>().prop_map(|size| WindowPolicy::Count { size }),
+            3 => (duration(), prop_oneof![0u32..1_100, any::<u32>()])
+                .prop_map(|(size, buckets)| WindowPolicy::Time { size, buckets }),
+        ]
+    }
+
+    fn count(small: u32) -> impl Strategy<Value = u32> {
+        prop_oneof![4 => 0..=small, 1 => any::<u32>()]
+    }
+
+    prop_compose! {
+        fn backoff()(
+            multiplier in prop_oneof![3 => 0.0..10.0f64, 1 => rate()],
+            max in duration(),
+            jitter in rate(),
+            reset_after in proptest::option::of(duration()),
+        ) -> BackoffPolicy {
+            BackoffPolicy { multiplier, max, jitter, reset_after }
+        }
+    }
+
+    fn positive_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            (1u64..3_600_000).prop_map(Duration::from_millis),
+            (1u64..10_000_000_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        ]
+    }
+
+    prop_compose! {
+        /// A policy inside every range.
+        fn valid_breaker()(
+            window in prop_oneof![
+                (1u32..=WindowPolicy::MAX_COUNT_SIZE).prop_map(|size| WindowPolicy::Count { size }),
+                (1u64..100_000_000, 1u32..=WindowPolicy::MAX_BUCKETS).prop_map(|(ms, buckets)| {
+                    let size = Duration::from_millis(ms.max(u64::from(buckets)));
+                    WindowPolicy::Time { size, buckets }
+                }),
+            ],
+            failure_rate in prop_oneof![f64::MIN_POSITIVE..=1.0, Just(1.0)],
+            slow_call_rate in prop_oneof![f64::MIN_POSITIVE..=1.0, Just(1.0)],
+            slow_call_duration in positive_duration(),
+            minimum_calls in any::<prop::sample::Index>(),
+            open_for in positive_duration(),
+            longer in duration(),
+            multiplier in prop_oneof![1.0..100.0f64, Just(1.0)],
+            jitter in prop_oneof![0.0..1.0f64, Just(0.0)],
+            reset_after in proptest::option::of(positive_duration()),
+            half_open_probes in 1..=MAX_PROBES,
+            mode in mode(),
+        ) -> BreakerPolicy {
+            let most = match window {
+                WindowPolicy::Count { size } => size as usize,
+                WindowPolicy::Time { .. } => u32::MAX as usize,
+            };
+            BreakerPolicy {
+                window, failure_rate, slow_call_rate, slow_call_duration,
+                minimum_calls: minimum_calls.index(most) as u32 + 1,
+                open_for,
+                open_backoff: BackoffPolicy {
+                    multiplier,
+                    max: open_for.saturating_add(longer),
+                    jitter,
+                    reset_after,
+                },
+                half_open_probes, mode,
+            }
+        }
+    }
+
+    fn mode() -> impl Strategy<Value = Mode> {
+        prop_oneof![
+            Just(Mode::Enforce),
+            Just(Mode::Shadow),
+            Just(Mode::ForcedOpen),
+            Just(Mode::ForcedClosed)
+        ]
+    }
+
+    /// Valid policies, policies with one field out of its range, and
+    /// policies with anything anywhere.
+    fn breaker() -> BoxedStrategy<BreakerPolicy> {
+        // Boxed: the unboxed strategy tree overflows a test thread's stack.
+        let valid = || valid_breaker().boxed();
+        let any = || any_breaker().boxed();
+        prop_oneof![
+            1 => valid(),
+            2 => (valid(), any(), 0..12usize).prop_map(|(mut p, any, field)| {
+                match field {
+                    0 => p.window = any.window,
+                    1 => p.failure_rate = any.failure_rate,
+                    2 => p.slow_call_rate = any.slow_call_rate,
+                    3 => p.slow_call_duration = any.slow_call_duration,
+                    4 => p.minimum_calls = any.minimum_calls,
+                    5 => p.open_for = any.open_for,
+                    6 => p.open_backoff.multiplier = any.open_backoff.multiplier,
+                    7 => p.open_backoff.max = any.open_backoff.max,
+                    8 => p.open_backoff.jitter = any.open_backoff.jitter,
+                    9 => p.open_backoff.reset_after = any.open_backoff.reset_after,
+                    10 => p.half_open_probes = any.half_open_probes,
+                    _ => p.mode = any.mode,
+                }
+                p
+            }),
+            1 => any(),
+        ]
+        .boxed()
+    }
+
+    prop_compose! {
+        /// A policy with any value, mostly near or past the edges.
+        fn any_breaker()(
+            window in window(),
+            failure_rate in rate(),
+            slow_call_rate in rate(),
+            slow_call_duration in duration(),
+            minimum_calls in count(300),
+            open_for in duration(),
+            open_backoff in backoff(),
+            half_open_probes in count(1100),
+            mode in mode(),
+        ) -> BreakerPolicy {
+            BreakerPolicy {
+                window, failure_rate, slow_call_rate, slow_call_duration, minimum_calls,
+                open_for, open_backoff, half_open_probes, mode,
+            }
+        }
+    }
+
+    /// The fields that break the documented ranges, written from the spec
+    /// independently of `validate`.
+    fn bad_fields(p: &BreakerPolicy) -> Vec<&'static str> {
+        let in_rate = |r: f64| r > 0.0 && r <= 1.0;
+        let mut bad = Vec::new();
+        match p.window {
+            WindowPolicy::Count { size } => {
+                if size == 0 || size > 1_000_000 {
+                    bad.push("breaker.window.size");
+                } else if p.minimum_calls > size {
+                    bad.push("breaker.minimum_calls");
+                }
+            }
+            WindowPolicy::Time { size, buckets } => {
+                if size.is_zero() {
+                    bad.push("breaker.window.size");
+                } else if buckets == 0
+                    || buckets > 1000
+                    || size / buckets < Duration::from_millis(1)
+                {
+                    bad.push("breaker.window.buckets");
+                }
+            }
+        }
+        if !in_rate(p.failure_rate) {
+            bad.push("breaker.failure_rate");
+        }
+        if !in_rate(p.slow_call_rate) {
+            bad.push("breaker.slow_call_rate");
+        }
+        if p.slow_call_duration.is_zero() {
+            bad.push("breaker.slow_call_duration");
+        }
+        if p.minimum_calls == 0 {
+            bad.push("breaker.minimum_calls");
+        }
+        if p.open_for.is_zero() {
+            bad.push("breaker.open_for");
+        }
+        let b = &p.open_backoff;
+        if !b.multiplier.is_finite() || b.multiplier < 1.0 {
+            bad.push("breaker.open_backoff.multiplier");
+        }
+        if b.max < p.open_for {
+            bad.push("breaker.open_backoff.max");
+        }
+        if !(0.0..1.0).contains(&b.jitter) {
+            bad.push("breaker.open_backoff.jitter");
+        }
+        if b.reset_after == Some(Duration::ZERO) {
+            bad.push("breaker.open_backoff.reset_after");
+        }
+        if p.half_open_probes == 0 || p.half_open_probes > 1023 {
+            bad.push("breaker.half_open_probes");
+        }
+        bad
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn validate_agrees_with_the_spec(breaker in breaker()) {
+            let bad = bad_fields(&breaker);
+            match breaker.validate() {
+                Ok(()) => {
+                    prop_assert!(bad.is_empty(), "accepted, but {bad:?} are bad: {breaker:?}");
+                    let policy = Policy { breaker };
+                    let text = toml::to_string(&policy).unwrap();
+                    prop_assert_eq!(&Policy::from_toml(&text).unwrap(), &policy, "{}", text);
+                    #[cfg(feature = "yaml")]
+                    {
+                        let text = serde_yaml_ng::to_string(&policy).unwrap();
+                        prop_assert_eq!(&Policy::from_yaml(&text).unwrap(), &policy, "{}", text);
+                    }
+                    #[cfg(feature = "json")]
+                    {
+                        let text = serde_json::to_string(&policy).unwrap();
+                        prop_assert_eq!(&Policy::from_json(&text).unwrap(), &policy, "{}", text);
+                    }
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    let field = err.field().unwrap_or_default().to_owned();
+                    prop_assert!(message.starts_with("breaker."), "{}", message);
+                    prop_assert!(message.starts_with(&format!("{field}: ")), "{}", message);
+                    prop_assert!(bad.contains(&field.as_str()), "{message}, but the bad fields are {bad:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn an_invalid_policy_fails_to_load_with_the_same_error(breaker in breaker()) {
+            // NaN and infinities aside, any policy serializes; loading it
+            // gives back the policy or validate's own error.
+            let policy = Policy { breaker };
+            if let Ok(text) = toml::to_string(&policy) {
+                match (Policy::from_toml(&text), policy.validate()) {
+                    (Ok(loaded), Ok(())) => prop_assert_eq!(loaded, policy),
+                    (Err(loaded), Err(validated)) => prop_assert_eq!(loaded.to_string(), validated.to_string()),
+                    (loaded, validated) => prop_assert!(false, "{loaded:?} vs {validated:?} for {text}"),
+                }
+            }
+        }
+
+        #[test]
+        fn any_text_loads_or_errs_without_panicking(text in "\\PC*") {
+            check_loaders(&text)?;
+        }
+
+        #[test]
+        fn tomlish_text_loads_or_errs_without_panicking(
+            text in "(\\[breaker(\\.open_backoff)?\\]\n|[a-z_]{1,20} = (\"[0-9a-z ]{0,8}\"|-?[0-9.]{1,6}|nan|inf|\\{ ?(kind|size|buckets|max) = [0-9\"a-z]{0,6} ?\\})\n|#[^\n]*\n){0,12}"
+        ) {
+            check_loaders(&text)?;
+        }
+
+        #[test]
+        fn mutated_valid_toml_loads_or_errs_without_panicking(
+            breaker in breaker(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<char>()), 1..6),
+        ) {
+            let text = toml::to_string(&Policy { breaker }).unwrap_or_default();
+            let mut chars: Vec<char> = text.chars().collect();
+            for (at, op, c) in edits {
+                let i = if chars.is_empty() { 0 } else { at.index(chars.len()) };
+                match op {
+                    0 if !chars.is_empty() => { chars.remove(i); }
+                    1 => chars.insert(i, c),
+                    _ if !chars.is_empty() => chars[i] = c,
+                    _ => chars.push(c),
+                }
+            }
+            let text: String = chars.into_iter().collect();
+            check_loaders(&text)?;
+        }
+    }
+
+    /// Every loader either gives a valid policy or an error whose place, if
+    /// any, is inside the text or just past its end (YAML puts an
+    /// unexpected end of the text on the line after the last).
+    fn check_loaders(text: &str) -> Result<(), TestCaseError> {
+        // Lines end at `\n`, `\r\n`, or (for YAML) a lone `\r`.
+        let lines = text.replace("\r\n", "\n").split(['\n', '\r']).count() + 1;
+        let mut results = vec![Policy::from_toml(text)];
+        #[cfg(feature = "yaml")]
+        results.push(Policy::from_yaml(text));
+        #[cfg(feature = "json")]
+        results.push(Policy::from_json(text));
+        for result in results {
+            match result {
+                Ok(policy) => prop_assert!(policy.validate().is_ok()),
+                Err(err) => {
+                    prop_assert!(!err.to_string().is_empty());
+                    if let Some((line, column)) = err.line_column() {
+                        prop_assert!((1..=lines).contains(&line), "{err} in {lines} lines");
+                        prop_assert!(column >= 1, "{}", err);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
