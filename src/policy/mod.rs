@@ -87,7 +87,7 @@
 //! ```text
 //! breaker.open_for: invalid duration "5 parsecs": unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations) (TOML line 3, column 12)
 //! breaker.minimum_calls: invalid type: string "twenty", expected u32 (TOML line 2, column 17)
-//! breaker: unknown field `failure_ratio`, expected one of `window`, `failure_rate`, ... (TOML line 2, column 1)
+//! breaker.failure_ratio: unknown field `failure_ratio`, expected one of `window`, `failure_rate`, ... (TOML line 2, column 1)
 //! ```
 //!
 //! Read through [`Policy::from_path`], the error starts with the file:
