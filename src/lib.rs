@@ -18,6 +18,9 @@ pub mod clock;
 pub mod metrics;
 pub mod policy;
 mod reject;
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
+pub mod sim;
 
 pub use crate::breaker::{BreakerState, CircuitBreaker, CircuitBreakerLayer};
 pub use crate::policy::{BackoffPolicy, BreakerPolicy, Mode, Policy, PolicyError, WindowPolicy};
