@@ -2,56 +2,303 @@
 //! decides, lock-free, whether a call may reach the back end, and the
 //! [`Permit`] an admitted call carries until its outcome is known.
 //!
+//! A gate has up to three stages, each optional: the circuit breaker, the
+//! adaptive limit, and the waiting room. A call is admitted when the
+//! breaker and the limit both say yes; otherwise it waits in the room (if
+//! the gate has one and waiting can help) or is rejected.
+//!
 //! A permit is the only way an admitted call leaves a trace: it is settled
 //! once, by the classifier, with an [`Outcome`](crate::classify::Outcome);
 //! dropped unsettled (the caller went away, a classifier panicked, a
 //! streaming body was abandoned) it gives back what it held (a half-open
-//! probe slot) and is counted as `cancelled`, never as a sample.
+//! probe slot, an in-flight slot) and is counted as `cancelled`, never as a
+//! sample. Whatever a permit gives back goes to the room's next waiter
+//! first.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use metrics::SharedString;
 
 use crate::breaker::state::{BreakerCore, BreakerState, Ticket, Transition};
 use crate::classify::Outcome;
-use crate::clock::{Clock, Nanos};
+use crate::clock::{Clock, Nanos, saturating_nanos};
+use crate::limit::state::LimitCore;
 use crate::metrics::RouteMetrics;
-use crate::policy::{BreakerPolicy, Mode};
-use crate::reject::Rejected;
+use crate::policy::{BreakerPolicy, LimitPolicy, Mode, WaitingRoomPolicy};
+use crate::priority::{Classes, Priority};
+use crate::reject::{Reason, Rejected};
+use crate::waiting_room::room::{Grant, Key, Queues, Room, Standing};
+
+/// What a gate is built from: which stages it has, and how it reports.
+#[derive(Debug, Clone)]
+pub(crate) struct GateSpec<'a> {
+    pub(crate) breaker: Option<&'a BreakerPolicy>,
+    pub(crate) limit: Option<&'a LimitPolicy>,
+    pub(crate) room: Option<&'a WaitingRoomPolicy>,
+    pub(crate) classes: &'a Classes,
+    pub(crate) route: SharedString,
+    pub(crate) clock: Clock,
+    pub(crate) seed: Option<u64>,
+}
+
+/// A gate with only a breaker.
+pub(crate) fn breaker_gate(
+    policy: &BreakerPolicy,
+    route: SharedString,
+    clock: Clock,
+    seed: Option<u64>,
+) -> Gate {
+    Gate::new(GateSpec {
+        breaker: Some(policy),
+        limit: None,
+        room: None,
+        classes: &Classes::default(),
+        route,
+        clock,
+        seed,
+    })
+}
+
+/// How a call entered: admitted now, or waiting in the room.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    Now(Permit),
+    Wait(Waiter),
+}
+
+/// A call waiting in the room: its place and when its wait runs out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waiter {
+    key: Key,
+    until: Nanos,
+    /// What it is told if its wait runs out: `QueueTimeout`, or `Deadline`
+    /// when its own deadline came before the room's `max_wait`.
+    timeout: Reason,
+}
 
 /// One route's admission state, shared by every clone of its services.
+/// A stage a layer does not use is absent and costs nothing.
 #[derive(Debug)]
 pub(crate) struct Gate {
     clock: Clock,
-    breaker: BreakerCore,
+    breaker: Option<BreakerCore>,
+    limit: Option<LimitCore>,
+    room: Option<Room>,
+    classes: Classes,
     metrics: RouteMetrics,
 }
 
 impl Gate {
-    pub(crate) fn new(
-        policy: &BreakerPolicy,
-        route: SharedString,
-        clock: Clock,
-        seed: Option<u64>,
-    ) -> Self {
+    pub(crate) fn new(spec: GateSpec<'_>) -> Self {
+        let now = spec.clock.now();
+        let room = spec.room.filter(|room| room.capacity > 0);
         let gate = Self {
-            breaker: BreakerCore::new(policy, seed.unwrap_or_else(fresh_seed)),
-            metrics: RouteMetrics::new(route),
-            clock,
+            breaker: spec
+                .breaker
+                .map(|policy| BreakerCore::new(policy, spec.seed.unwrap_or_else(fresh_seed))),
+            limit: spec
+                .limit
+                .map(|policy| LimitCore::new(policy, spec.classes.len(), now)),
+            room: room.map(Room::new),
+            metrics: RouteMetrics::new(
+                spec.route,
+                spec.limit.map(|_| spec.classes),
+                room.map(|_| spec.classes),
+            ),
+            classes: spec.classes.clone(),
+            clock: spec.clock,
         };
-        gate.metrics
-            .breaker_state(gate.breaker.state(gate.clock.now()).gauge());
+        if let Some(breaker) = &gate.breaker {
+            gate.metrics.breaker_state(breaker.state(now).gauge());
+        }
+        if let Some(limit) = &gate.limit {
+            gate.metrics.limit(limit.limit(), 0);
+        }
         gate
     }
 
-    /// Decides whether a call may go to the back end now.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Decides whether a call of class `priority` may go to the back end
+    /// now; never waits.
     #[inline]
-    pub(crate) fn admit(self: &Arc<Self>) -> Result<Permit, Rejected> {
+    pub(crate) fn admit(self: &Arc<Self>, priority: Priority) -> Result<Permit, Rejected> {
         let now = self.clock.now();
-        let admission = self.breaker.admit(now);
+        match self.acquire(priority, now) {
+            Ok(ticket) => Ok(self.permit(ticket, now)),
+            Err(rejected) => Err(self.rejected(rejected, priority)),
+        }
+    }
+
+    /// Admits a call now, or seats it in the waiting room when it cannot be
+    /// admitted yet but could be before its wait runs out. `deadline` is the
+    /// request's own, if it has one.
+    #[inline]
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        priority: Priority,
+        deadline: Option<Nanos>,
+    ) -> Result<Entry, Rejected> {
+        let Some(room) = &self.room else {
+            return self.admit(priority).map(Entry::Now);
+        };
+        let now = self.clock.now();
+        if deadline.is_some_and(|deadline| deadline <= now) {
+            return Err(self.rejected(self.with_hint(Reason::Deadline, now), priority));
+        }
+        if room.waiting() == 0 {
+            // The common case: nobody waits, so nobody is overtaken.
+            match self.acquire(priority, now) {
+                Ok(ticket) => return Ok(Entry::Now(self.permit(ticket, now))),
+                Err(rejected) if !waitable(&rejected) => {
+                    return Err(self.rejected(rejected, priority));
+                }
+                Err(_) => {}
+            }
+        }
+        let seated = room.with(|queues| {
+            // Callers of the same or a more important class already wait:
+            // queue behind them rather than take a slot before them.
+            if !queues.has_waiters_at_or_above(priority) {
+                match self.acquire(priority, now) {
+                    Ok(ticket) => return Ok(Entry::Now(self.permit(ticket, now))),
+                    Err(rejected) if !waitable(&rejected) => return Err(rejected),
+                    Err(_) => {}
+                }
+            }
+            let (until, timeout) = self.wait_budget(room, queues, now, deadline);
+            if let Some(probe_at) = self.next_probe_at(now) {
+                if probe_at > until {
+                    // The breaker stays open past this wait: say so now
+                    // rather than at the end of the wait.
+                    let wait = Duration::from_nanos(probe_at - now);
+                    return Err(Rejected::new(Reason::Open).with_retry_after(wait));
+                }
+            }
+            let key = queues.push(priority, now, until)?;
+            self.metrics.waiting(priority, 1.0);
+            // A slot may have freed between the failed attempt and the
+            // seat: hand it out now, or it would wait for the next release.
+            self.pump(room, queues, now);
+            Ok(Entry::Wait(Waiter {
+                key,
+                until,
+                timeout,
+            }))
+        });
+        seated.map_err(|rejected| self.rejected(rejected, priority))
+    }
+
+    /// Where a waiter stands: `Ready` with its permit or its rejection, or
+    /// `Pending` with the time at which it must be polled again (its wait
+    /// runs out, or the breaker is due to probe).
+    pub(crate) fn poll_waiter(
+        self: &Arc<Self>,
+        waiter: &Waiter,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Permit, Rejected>> {
+        let Some(room) = &self.room else {
+            return Poll::Ready(Err(Rejected::new(waiter.timeout)));
+        };
+        let now = self.clock.now();
+        let standing = room.with(|queues| {
+            self.pump(room, queues, now);
+            match queues.poll(waiter.key, cx.waker()) {
+                Standing::Waiting if now >= waiter.until => {
+                    if let Some(priority) = queues.waiting_priority(waiter.key) {
+                        self.metrics.waiting(priority, -1.0);
+                    }
+                    let grant = queues.leave(waiter.key);
+                    debug_assert!(grant.is_none(), "a waiting slot holds no grant");
+                    Standing::Rejected(self.with_hint(waiter.timeout, now))
+                }
+                standing => standing,
+            }
+        });
+        match standing {
+            Standing::Waiting => Poll::Pending,
+            Standing::Granted(grant) => Poll::Ready(Ok(self.permit(grant.ticket, now))),
+            Standing::Rejected(rejected) => {
+                self.metrics.rejected(rejected.reason());
+                Poll::Ready(Err(rejected))
+            }
+        }
+    }
+
+    /// When a pending waiter must be polled again if nothing wakes it.
+    pub(crate) fn wake_at(&self, waiter: &Waiter) -> Nanos {
+        let now = self.clock.now();
+        match self.next_probe_at(now) {
+            Some(probe_at) => probe_at.min(waiter.until),
+            None => waiter.until,
+        }
+    }
+
+    /// A waiter's future was dropped: it leaves the room at once, and a
+    /// permit it had been granted but not taken goes to the next waiter.
+    pub(crate) fn leave(&self, waiter: &Waiter) {
+        let Some(room) = &self.room else {
+            return;
+        };
+        let grant = room.with(|queues| {
+            if let Some(priority) = queues.waiting_priority(waiter.key) {
+                self.metrics.waiting(priority, -1.0);
+            }
+            queues.leave(waiter.key)
+        });
+        self.metrics.cancelled();
+        if let Some(grant) = grant {
+            self.give_back(grant.ticket);
+        }
+    }
+
+    /// The gate's stages in order: the breaker's ticket, then an in-flight
+    /// slot. A probe taken by the breaker goes back if the limit sheds.
+    #[inline]
+    fn acquire(&self, priority: Priority, now: Nanos) -> Result<Ticket, Rejected> {
+        let ticket = match &self.breaker {
+            Some(breaker) => self.admit_breaker(breaker, now)?,
+            None => Ticket::UNTRACKED,
+        };
+        if let Some(limit) = &self.limit {
+            if let Err(shed) = limit.acquire(priority) {
+                if let Some(breaker) = &self.breaker {
+                    breaker.cancel(ticket);
+                }
+                return Err(shed);
+            }
+        }
+        Ok(ticket)
+    }
+
+    #[inline]
+    fn permit(self: &Arc<Self>, ticket: Ticket, now: Nanos) -> Permit {
+        Permit {
+            gate: Some(self.clone()),
+            ticket,
+            start: now,
+            responded: None,
+        }
+    }
+
+    /// Counts a rejection, and returns it.
+    fn rejected(&self, rejected: Rejected, priority: Priority) -> Rejected {
+        self.metrics.rejected(rejected.reason());
+        if rejected.reason() == Reason::Shed {
+            self.metrics.shed(priority);
+        }
+        rejected
+    }
+
+    #[inline]
+    fn admit_breaker(&self, breaker: &BreakerCore, now: Nanos) -> Result<Ticket, Rejected> {
+        let admission = breaker.admit(now);
         if let Some(transition) = admission.transition {
             self.report(transition);
         }
@@ -59,31 +306,104 @@ impl Gate {
             self.metrics.would_reject(would.reason());
             tracing::debug!(route = %self.metrics.route(), reason = %would.reason(), "brownout: shadow mode would have rejected this request");
         }
-        match admission.verdict {
-            Ok(ticket) => Ok(Permit {
-                gate: Some(self.clone()),
-                ticket,
-                start: now,
-                responded: None,
-            }),
-            Err(rejected) => {
-                self.metrics.rejected(rejected.reason());
-                Err(rejected)
+        admission.verdict
+    }
+
+    /// Hands freed capacity to waiters, most important first, until the
+    /// gate says no; turns away waiters the breaker will not let through
+    /// before their wait runs out. Called with the room's lock held.
+    fn pump(&self, room: &Room, queues: &mut Queues, now: Nanos) {
+        loop {
+            let newest_first = room.newest_first(queues, now);
+            let Some((priority, since)) = queues.next_out(newest_first) else {
+                return;
+            };
+            match self.acquire(priority, now) {
+                Ok(ticket) => {
+                    queues.grant_next(newest_first, Grant { ticket, at: now });
+                    self.metrics.waiting(priority, -1.0);
+                    self.metrics.waited(priority, now.saturating_sub(since));
+                }
+                Err(_) => {
+                    if let Some(probe_at) = self.next_probe_at(now) {
+                        let wait = Duration::from_nanos(probe_at - now);
+                        let metrics = &self.metrics;
+                        queues.reject_where(|priority, until| {
+                            (until < probe_at).then(|| {
+                                metrics.waiting(priority, -1.0);
+                                Rejected::new(Reason::Open).with_retry_after(wait)
+                            })
+                        });
+                    }
+                    return;
+                }
             }
         }
     }
 
+    /// When a waiter seated now must leave, and what it is told then.
+    fn wait_budget(
+        &self,
+        room: &Room,
+        queues: &Queues,
+        now: Nanos,
+        deadline: Option<Nanos>,
+    ) -> (Nanos, Reason) {
+        let mut max_wait = room.max_wait;
+        if room.newest_first(queues, now) {
+            // A standing queue: cut waits short (CoDel).
+            max_wait = max_wait.min(room.codel_target);
+        }
+        let room_until = now.saturating_add(max_wait);
+        match deadline {
+            Some(deadline) if deadline < room_until => (deadline, Reason::Deadline),
+            _ => (room_until, Reason::QueueTimeout),
+        }
+    }
+
+    /// When an open breaker will let its next probe through, if it is open.
+    fn next_probe_at(&self, now: Nanos) -> Option<Nanos> {
+        self.breaker.as_ref()?.next_probe_at(now)
+    }
+
+    /// A rejection of `reason` with the best retry hint the gate has: the
+    /// breaker's next probe, or the time the room takes to drain.
+    fn with_hint(&self, reason: Reason, now: Nanos) -> Rejected {
+        let rejected = Rejected::new(reason);
+        if let Some(probe_at) = self.next_probe_at(now) {
+            return rejected.with_retry_after(Duration::from_nanos(probe_at - now));
+        }
+        match &self.limit {
+            Some(limit) => {
+                let waiting = self.room.as_ref().map_or(0, Room::waiting) as u64;
+                let turns = 1 + waiting / u64::from(limit.limit().max(1));
+                let rtt = saturating_nanos(limit.mean_rtt()).max(1_000_000);
+                rejected.with_retry_after(Duration::from_nanos(rtt.saturating_mul(turns)))
+            }
+            None => rejected,
+        }
+    }
+
+    /// The breaker's state now (closed for a gate without a breaker).
     pub(crate) fn state(&self) -> BreakerState {
-        self.breaker.state(self.clock.now())
+        match &self.breaker {
+            Some(breaker) => breaker.state(self.clock.now()),
+            None => BreakerState::Closed,
+        }
     }
 
     pub(crate) fn mode(&self) -> Mode {
-        self.breaker.mode()
+        self.breaker
+            .as_ref()
+            .map_or(Mode::Enforce, BreakerCore::mode)
     }
 
     pub(crate) fn set_mode(&self, mode: Mode) {
+        let Some(breaker) = &self.breaker else {
+            return;
+        };
         let before = self.state();
-        self.breaker.set_mode(mode);
+        breaker.set_mode(mode);
         let after = self.state();
         if before != after {
             self.report(Transition {
@@ -92,11 +412,29 @@ impl Gate {
                 open_for: None,
             });
         }
+        self.wake_room();
     }
 
-    #[cfg(test)]
-    pub(crate) fn breaker(&self) -> &BreakerCore {
-        &self.breaker
+    /// The limiter, if this gate has one.
+    pub(crate) fn limiter(&self) -> Option<&LimitCore> {
+        self.limit.as_ref()
+    }
+
+    /// The priority classes of this gate.
+    pub(crate) fn classes(&self) -> &Classes {
+        &self.classes
+    }
+
+    /// Requests waiting in the room now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.room.as_ref().map_or(0, Room::waiting)
+    }
+
+    /// Slots the room has allocated: its memory high-water mark.
+    pub(crate) fn room_slots(&self) -> usize {
+        self.room
+            .as_ref()
+            .map_or(0, |room| room.with(|queues| queues.slots_allocated()))
     }
 
     fn settle(&self, ticket: Ticket, outcome: Outcome, start: Nanos, responded: Option<Nanos>) {
@@ -104,14 +442,45 @@ impl Gate {
         let elapsed = responded.unwrap_or(now).saturating_sub(start);
         let failed = outcome == Outcome::Failure;
         self.metrics.served(failed, elapsed as f64 * 1e-9);
-        if let Some(transition) = self.breaker.complete(ticket, failed, elapsed, now) {
-            self.report(transition);
+        if let Some(breaker) = &self.breaker {
+            if let Some(transition) = breaker.complete(ticket, failed, elapsed, now) {
+                self.report(transition);
+            }
         }
+        if let Some(limit) = &self.limit {
+            if let Some(change) = limit.complete(elapsed, failed, now) {
+                self.metrics.limit(change.limit, change.inflight);
+                tracing::trace!(route = %self.metrics.route(), limit = change.limit, inflight = change.inflight, "brownout: limit updated");
+            }
+        }
+        self.wake_room();
     }
 
     fn cancel(&self, ticket: Ticket) {
         self.metrics.cancelled();
-        self.breaker.cancel(ticket);
+        self.give_back(ticket);
+    }
+
+    /// Returns what an admitted call held, without a sample.
+    fn give_back(&self, ticket: Ticket) {
+        if let Some(breaker) = &self.breaker {
+            breaker.cancel(ticket);
+        }
+        if let Some(limit) = &self.limit {
+            limit.release();
+        }
+        self.wake_room();
+    }
+
+    /// Hands whatever is free to the room's waiters, if there are any.
+    #[inline]
+    fn wake_room(&self) {
+        if let Some(room) = &self.room {
+            if room.waiting() > 0 {
+                let now = self.clock.now();
+                room.with(|queues| self.pump(room, queues, now));
+            }
+        }
     }
 
     /// Metrics and a tracing event for a state change.
@@ -133,6 +502,17 @@ impl Gate {
                 "brownout: circuit breaker changed state"
             ),
         }
+    }
+}
+
+/// Whether waiting can help: the breaker will let calls through again, or
+/// the limit will free a slot. (A forced-open breaker says `Open` with no
+/// next probe; waiting cannot help it.)
+fn waitable(rejected: &Rejected) -> bool {
+    match rejected.reason() {
+        Reason::Shed => true,
+        Reason::Open => rejected.retry_after().is_some(),
+        _ => false,
     }
 }
 

@@ -74,6 +74,26 @@ impl Clock {
         }
     }
 
+    /// The tokio instant at which this clock will read `at`, for timers.
+    pub(crate) fn instant(&self, at: Nanos) -> tokio::time::Instant {
+        match &self.source {
+            Source::Coarse(coarse) => {
+                tokio::time::Instant::from_std(coarse.origin + Duration::from_nanos(at))
+            }
+            Source::Tokio { origin } => *origin + Duration::from_nanos(at),
+        }
+    }
+
+    /// How late a reading may lag behind a timer set for it: one tick of
+    /// the coarse clock, nothing for tokio's. Timers add it so that, when
+    /// they fire, the clock reads at least their time.
+    pub(crate) fn slack(&self) -> Duration {
+        match &self.source {
+            Source::Coarse(_) => COARSE_RESOLUTION,
+            Source::Tokio { .. } => Duration::ZERO,
+        }
+    }
+
     /// Now, in nanoseconds on this clock's time line.
     #[inline]
     pub(crate) fn now(&self) -> Nanos {
@@ -118,6 +138,8 @@ fn tokio_time_is_paused() -> bool {
 #[derive(Debug)]
 struct Coarse {
     now: AtomicU64,
+    /// The instant the readings count from.
+    origin: StdInstant,
 }
 
 impl Coarse {
@@ -127,6 +149,7 @@ impl Coarse {
             let origin = StdInstant::now() - Duration::from_secs(1);
             let coarse: &'static Coarse = Box::leak(Box::new(Coarse {
                 now: AtomicU64::new(saturating_nanos(origin.elapsed())),
+                origin,
             }));
             let spawned = std::thread::Builder::new()
                 .name("brownout-clock".into())

@@ -1,7 +1,57 @@
 //! Tower layers that keep a service useful while the system behind it is
 //! down, flapping, slow or running at reduced capacity.
 //!
-//! See the [`breaker`] module for the circuit breaker.
+//! Public-service back ends fail in a few recurring ways: down for hours,
+//! back at a quarter of their capacity, up and down for a week, slow before
+//! they die, shut for a planned upgrade. Without protection the front end
+//! hangs on a dead server, piles requests onto a recovering one, and leaves
+//! people waiting with no answer. brownout's layers give every request one
+//! clear, fast answer instead.
+//!
+//! | layer | does | module |
+//! |---|---|---|
+//! | [`CircuitBreakerLayer`] | stops calling a failing or slow back end, probes it, lets traffic back when it recovers | [`breaker`] |
+//! | [`AdaptiveLimitLayer`] | learns how many calls the back end can take at once and sheds the excess at once, least important class first | [`limit`] |
+//!
+//! Every layer rejects with one type, [`Rejected`], carrying a [`Reason`]
+//! and, when known, a retry hint. Rejections come back through the response
+//! future, never from `poll_ready`, so axum's and tonic's clone-per-request
+//! patterns work unchanged. What counts as a failure is pluggable
+//! ([`classify`]): inner errors by default, HTTP 5xx and gRPC status codes
+//! (from headers or trailers) with the `http` and `grpc` features.
+//!
+//! Ops describe all of it in a [`Policy`] file (TOML, YAML or JSON); metric
+//! names are in [`metrics`].
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use brownout::{BreakerPolicy, CircuitBreakerLayer, Rejected};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(CircuitBreakerLayer::new(BreakerPolicy::default()).route("slots"))
+//!     .service_fn(|day: u32| async move { Ok::<_, std::io::Error>(format!("slots for day {day}")) });
+//!
+//! match svc.oneshot(3).await {
+//!     Ok(slots) => assert_eq!(slots, "slots for day 3"),
+//!     Err(err) => match err.downcast_ref::<Rejected>() {
+//!         Some(rejected) => println!("try again in {:?}", rejected.retry_after()),
+//!         None => println!("back end error: {err}"),
+//!     },
+//! }
+//! # }
+//! ```
+//!
+//! # Time
+//!
+//! brownout reads time through a [`clock::Clock`]: a coarse clock in
+//! production (one atomic load per read), tokio's clock when tokio's time is
+//! paused, so tests and drills run in virtual time. Build layers after
+//! `tokio::time::pause()`.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -15,13 +65,21 @@ mod admission;
 pub mod breaker;
 pub mod classify;
 pub mod clock;
+pub mod deadline;
+pub mod future;
+pub mod limit;
 pub mod metrics;
 pub mod policy;
+pub mod priority;
 mod reject;
-#[cfg(feature = "sim")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
-pub mod sim;
+pub mod waiting_room;
 
 pub use crate::breaker::{BreakerState, CircuitBreaker, CircuitBreakerLayer};
-pub use crate::policy::{BackoffPolicy, BreakerPolicy, Mode, Policy, PolicyError, WindowPolicy};
+pub use crate::limit::{AdaptiveLimit, AdaptiveLimitLayer};
+pub use crate::policy::{
+    BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Policy, PolicyError, PriorityPolicy,
+    WaitingRoomPolicy, WindowPolicy,
+};
+pub use crate::priority::Priority;
 pub use crate::reject::{Reason, Rejected};
+pub use crate::waiting_room::{WaitingRoom, WaitingRoomLayer};

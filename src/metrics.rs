@@ -13,9 +13,15 @@
 //! | `brownout_breaker_state` | gauge | `route` | 0 closed, 1 half-open, 2 open, 3 forced |
 //! | `brownout_breaker_transitions_total` | counter | `route`, `from`, `to` | state changes |
 //! | `brownout_latency_seconds` | histogram | `route`, `outcome` | time to the inner answer of served calls, `outcome` = `success` or `failure` |
+//! | `brownout_limit` | gauge | `route` | calls the adaptive limit allows in flight |
+//! | `brownout_inflight` | gauge | `route` | calls in flight, sampled at each limit update |
+//! | `brownout_shed_total` | counter | `route`, `priority` | requests shed by the limit, by class |
+//! | `brownout_waiting` | gauge | `route`, `priority` | requests in the waiting room |
+//! | `brownout_wait_seconds` | histogram | `route`, `priority` | time in the waiting room of requests that left it with a permit |
 
 use metrics::{Counter, Gauge, Histogram, SharedString, Unit};
 
+use crate::priority::{Classes, Priority};
 use crate::reject::Reason;
 
 /// Requests by outcome and reason.
@@ -26,6 +32,16 @@ pub const BREAKER_STATE: &str = "brownout_breaker_state";
 pub const BREAKER_TRANSITIONS_TOTAL: &str = "brownout_breaker_transitions_total";
 /// Time to the inner service's answer, for served requests.
 pub const LATENCY_SECONDS: &str = "brownout_latency_seconds";
+/// The adaptive limit: calls allowed in flight.
+pub const LIMIT: &str = "brownout_limit";
+/// Calls in flight to the back end (sampled when the limit is updated).
+pub const INFLIGHT: &str = "brownout_inflight";
+/// Requests shed by the limit, by priority class.
+pub const SHED_TOTAL: &str = "brownout_shed_total";
+/// Requests waiting in the waiting room, by priority class.
+pub const WAITING: &str = "brownout_waiting";
+/// Time spent in the waiting room by requests that left it with a permit.
+pub const WAIT_SECONDS: &str = "brownout_wait_seconds";
 
 /// Label value of `reason` where no reason applies (served, cancelled).
 pub const NO_REASON: &str = "none";
@@ -54,6 +70,21 @@ pub fn describe() {
             Unit::Seconds,
             "Time to the inner service's answer for served requests"
         );
+        metrics::describe_gauge!(
+            LIMIT,
+            Unit::Count,
+            "Calls the adaptive limit allows in flight"
+        );
+        metrics::describe_gauge!(
+            INFLIGHT,
+            Unit::Count,
+            "Calls in flight to the back end, sampled at each limit update"
+        );
+        metrics::describe_counter!(
+            SHED_TOTAL,
+            Unit::Count,
+            "Requests shed by the limit, by priority class"
+        );
     });
 }
 
@@ -76,10 +107,33 @@ pub(crate) struct RouteMetrics {
     latency_success: Histogram,
     latency_failure: Histogram,
     breaker_state: Gauge,
+    limit: Gauge,
+    inflight: Gauge,
+    /// One per priority class, by rank; empty without a limit.
+    shed: Box<[Counter]>,
+    /// One per priority class, by rank; empty without a waiting room.
+    waiting: Box<[Gauge]>,
+    wait_seconds: Box<[Histogram]>,
 }
 
 impl RouteMetrics {
-    pub(crate) fn new(route: SharedString) -> Self {
+    /// Handles for `route`; `limit_classes` names the priority classes
+    /// whose sheds are counted (none for a route without a limit),
+    /// `room_classes` those whose waits are measured (none without a room).
+    pub(crate) fn new(
+        route: SharedString,
+        limit_classes: Option<&Classes>,
+        room_classes: Option<&Classes>,
+    ) -> Self {
+        let per_class = |classes: Option<&Classes>| -> Vec<String> {
+            classes
+                .map(|classes| {
+                    (0..classes.len())
+                        .map(|rank| classes.name(Priority::new(rank as u8)).to_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         describe();
         let requests = |outcome: &'static str, reason: &'static str| metrics::counter!(REQUESTS_TOTAL, "route" => route.clone(), "outcome" => outcome, "reason" => reason);
         let latency = |outcome: &'static str| metrics::histogram!(LATENCY_SECONDS, "route" => route.clone(), "outcome" => outcome);
@@ -91,6 +145,20 @@ impl RouteMetrics {
             latency_success: latency("success"),
             latency_failure: latency("failure"),
             breaker_state: metrics::gauge!(BREAKER_STATE, "route" => route.clone()),
+            limit: metrics::gauge!(LIMIT, "route" => route.clone()),
+            inflight: metrics::gauge!(INFLIGHT, "route" => route.clone()),
+            shed: per_class(limit_classes)
+                .into_iter()
+                .map(|name| metrics::counter!(SHED_TOTAL, "route" => route.clone(), "priority" => name))
+                .collect(),
+            waiting: per_class(room_classes)
+                .into_iter()
+                .map(|name| metrics::gauge!(WAITING, "route" => route.clone(), "priority" => name))
+                .collect(),
+            wait_seconds: per_class(room_classes)
+                .into_iter()
+                .map(|name| metrics::histogram!(WAIT_SECONDS, "route" => route.clone(), "priority" => name))
+                .collect(),
             route,
         }
     }
@@ -122,6 +190,32 @@ impl RouteMetrics {
     #[inline]
     pub(crate) fn would_reject(&self, reason: Reason) {
         self.would_reject[reason as usize].increment(1);
+    }
+
+    #[inline]
+    pub(crate) fn shed(&self, priority: Priority) {
+        if let Some(counter) = self.shed.get(usize::from(priority.rank())) {
+            counter.increment(1);
+        }
+    }
+
+    /// Moves the waiting gauge of `priority` by `delta`.
+    pub(crate) fn waiting(&self, priority: Priority, delta: f64) {
+        if let Some(gauge) = self.waiting.get(usize::from(priority.rank())) {
+            gauge.increment(delta);
+        }
+    }
+
+    /// Records a wait that ended with a permit.
+    pub(crate) fn waited(&self, priority: Priority, nanos: u64) {
+        if let Some(histogram) = self.wait_seconds.get(usize::from(priority.rank())) {
+            histogram.record(nanos as f64 * 1e-9);
+        }
+    }
+
+    pub(crate) fn limit(&self, limit: u32, inflight: u32) {
+        self.limit.set(f64::from(limit));
+        self.inflight.set(f64::from(inflight));
     }
 
     pub(crate) fn breaker_state(&self, value: f64) {

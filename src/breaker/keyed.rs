@@ -11,10 +11,11 @@ use arc_swap::ArcSwap;
 use metrics::SharedString;
 use tower::{BoxError, Layer, Service};
 
-use crate::admission::Gate;
+use crate::admission::{Gate, breaker_gate};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::clock::Clock;
 use crate::policy::BreakerPolicy;
+use crate::priority::Priority;
 
 use super::{BreakerState, ResponseFuture};
 
@@ -52,7 +53,7 @@ where
         Self {
             gates: ArcSwap::from_pointee(Map::default()),
             insert: Mutex::new(()),
-            overflow: Arc::new(Gate::new(
+            overflow: Arc::new(breaker_gate(
                 &policy,
                 SharedString::const_str(OVERFLOW_KEY),
                 clock.clone(),
@@ -97,7 +98,7 @@ where
             return self.overflow.clone();
         }
         let seed = self.seed.map(|s| s.wrapping_add(current.len() as u64 + 1));
-        let gate = Arc::new(Gate::new(
+        let gate = Arc::new(breaker_gate(
             &self.policy,
             SharedString::from(key.to_string()),
             self.clock.clone(),
@@ -255,7 +256,7 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let key = (self.key_of)(&req);
-        match self.gates.with(&key, |gate| gate.admit()) {
+        match self.gates.with(&key, |gate| gate.admit(Priority::HIGHEST)) {
             Ok(permit) => {
                 ResponseFuture::admitted(self.inner.call(req), permit, self.classifier.clone())
             }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use metrics::SharedString;
 use tower::Layer;
 
-use crate::admission::Gate;
+use crate::admission::{Gate, breaker_gate};
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
 use crate::policy::{BreakerPolicy, Mode, PolicyError};
@@ -43,7 +43,7 @@ impl CircuitBreakerLayer {
         let route = SharedString::const_str("default");
         let clock = Clock::detect();
         Self {
-            gate: Arc::new(Gate::new(&policy, route.clone(), clock.clone(), None)),
+            gate: Arc::new(breaker_gate(&policy, route.clone(), clock.clone(), None)),
             policy,
             classifier: ErrorsAsFailures,
             route,
@@ -138,7 +138,7 @@ impl<C> CircuitBreakerLayer<C> {
     }
 
     fn rebuild(mut self) -> Self {
-        let gate = Gate::new(
+        let gate = breaker_gate(
             &self.policy,
             self.route.clone(),
             self.clock.clone(),

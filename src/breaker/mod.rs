@@ -80,6 +80,7 @@ use tower::{BoxError, Service};
 use crate::admission::Gate;
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::policy::Mode;
+use crate::priority::Priority;
 
 pub use self::future::ResponseFuture;
 pub use self::keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerLayer, OVERFLOW_KEY};
@@ -148,7 +149,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.gate.admit() {
+        match self.gate.admit(Priority::HIGHEST) {
             Ok(permit) => {
                 ResponseFuture::admitted(self.inner.call(req), permit, self.classifier.clone())
             }

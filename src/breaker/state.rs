@@ -142,7 +142,8 @@ enum TicketKind {
 }
 
 impl Ticket {
-    const UNTRACKED: Ticket = Ticket {
+    /// The ticket of a call no breaker tracks.
+    pub(crate) const UNTRACKED: Ticket = Ticket {
         generation: 0,
         kind: TicketKind::Untracked,
     };
@@ -286,6 +287,17 @@ impl BreakerCore {
         }
     }
 
+    /// When an open breaker lets its next probe through; `None` unless the
+    /// breaker is open (by its own verdict, not forced) at `now`.
+    pub(crate) fn next_probe_at(&self, now: Nanos) -> Option<Nanos> {
+        if !matches!(self.mode(), Mode::Enforce) {
+            return None;
+        }
+        let word = Word(self.word.load(Acquire));
+        let until = self.open_until.load(Relaxed);
+        (word.tag() == TAG_OPEN && now < until).then_some(until)
+    }
+
     /// The window's contents, for tests and diagnostics.
     #[allow(dead_code)]
     pub(crate) fn totals(&self, now: Nanos) -> Totals {
@@ -402,9 +414,10 @@ impl BreakerCore {
                     return None; // admitted before the breaker last moved
                 }
                 self.window.record(now, sample);
-                if !(sample.failed || sample.slow) {
-                    return None; // a success never opens the breaker
-                }
+                // Judged after every outcome, successes included: the
+                // success that brings the window to `minimum_calls`, or
+                // one recorded after a time window dropped older
+                // successes, can be the one that makes the rates count.
                 let totals = self.window.totals(now);
                 if totals.calls >= self.limits.minimum_calls
                     && self

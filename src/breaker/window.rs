@@ -99,7 +99,7 @@ impl CountWindow {
 
     #[inline]
     fn record(&self, sample: Sample) {
-        let bits = u8::from(sample.failed) * FAILED | u8::from(sample.slow) * SLOW;
+        let bits = (u8::from(sample.failed) * FAILED) | (u8::from(sample.slow) * SLOW);
         let at = self.next.fetch_add(1, Relaxed) % self.ring.len() as u64;
         let old = self.ring[at as usize].swap(bits, Relaxed);
         if old != bits {

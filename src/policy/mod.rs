@@ -110,8 +110,14 @@
 
 mod breaker;
 mod duration;
+mod limit;
+mod priority;
+mod waiting_room;
 
 pub use breaker::{BackoffPolicy, BreakerPolicy, Mode, WindowPolicy};
+pub use limit::{Algorithm, LimitPolicy};
+pub use priority::{MAX_CLASSES, PriorityPolicy};
+pub use waiting_room::{Order, WaitingRoomPolicy};
 
 use std::fmt;
 use std::io;

@@ -1,0 +1,326 @@
+//! The limiter's shared state: an in-flight count checked against a
+//! learned limit with one compare-exchange, and a window of samples that
+//! the learning algorithm reads once per window.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::time::Duration;
+
+use crate::clock::Nanos;
+use crate::policy::LimitPolicy;
+use crate::priority::{MAX_CLASSES, Priority};
+use crate::reject::{Reason, Rejected};
+
+use super::algorithm::{Learner, WindowSample};
+
+/// Shortest window of samples; windows otherwise last one mean RTT.
+const MIN_WINDOW: Nanos = 10_000_000;
+/// Fewest samples a window needs before the limit moves.
+const MIN_SAMPLES: u64 = 8;
+/// Bits of `acc` holding the RTT sum in microseconds (the rest count
+/// samples): 2^44 µs is 200 days of summed latency per window.
+const RTT_BITS: u32 = 44;
+const RTT_MASK: u64 = (1 << RTT_BITS) - 1;
+
+/// A change of the published limit, for metrics and tracing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LimitChange {
+    pub(crate) limit: u32,
+    pub(crate) inflight: u32,
+}
+
+#[derive(Debug)]
+struct Learning {
+    learner: Learner,
+    /// The limit as the algorithm holds it (fractional steps accumulate).
+    limit: f64,
+}
+
+/// One route's limiter.
+#[derive(Debug)]
+pub(crate) struct LimitCore {
+    inflight: AtomicU32,
+    /// The published, integer limit.
+    limit: AtomicU32,
+    /// Share of the limit each class may fill, in 1/65536ths.
+    keep: [u32; MAX_CLASSES],
+    min: u32,
+    max: u32,
+    // The current window: samples and their summed RTT (packed, so that a
+    // sample is one atomic add), overload signals, peak in-flight, start.
+    acc: AtomicU64,
+    dropped: AtomicU32,
+    max_inflight: AtomicU32,
+    window_start: AtomicU64,
+    /// Length of the current window: one mean RTT, at least `MIN_WINDOW`.
+    window_len: AtomicU64,
+    /// Smoothed mean RTT in nanoseconds: the retry hint of a shed call.
+    rtt: AtomicU64,
+    learning: Mutex<Learning>,
+}
+
+impl LimitCore {
+    /// A limiter for `classes` priority classes.
+    pub(crate) fn new(policy: &LimitPolicy, classes: usize, now: Nanos) -> Self {
+        let min = policy.min.max(1);
+        let max = policy.max.max(min);
+        let initial = policy.initial.clamp(min, max);
+        Self {
+            inflight: AtomicU32::new(0),
+            limit: AtomicU32::new(initial),
+            keep: shares(policy.reserve, classes),
+            min,
+            max,
+            acc: AtomicU64::new(0),
+            dropped: AtomicU32::new(0),
+            max_inflight: AtomicU32::new(0),
+            window_start: AtomicU64::new(now),
+            window_len: AtomicU64::new(MIN_WINDOW),
+            rtt: AtomicU64::new(0),
+            learning: Mutex::new(Learning {
+                learner: Learner::new(policy),
+                limit: f64::from(initial),
+            }),
+        }
+    }
+
+    pub(crate) fn limit(&self) -> u32 {
+        self.limit.load(Relaxed)
+    }
+
+    pub(crate) fn inflight(&self) -> u32 {
+        self.inflight.load(Relaxed)
+    }
+
+    /// How many calls of class `priority` may be in flight under the
+    /// current limit: all of it for the most important class, less for
+    /// each class below, never less than one.
+    #[inline]
+    pub(crate) fn cap(&self, priority: Priority) -> u32 {
+        let keep = self.keep[usize::from(priority.rank()).min(MAX_CLASSES - 1)];
+        // Rounded to the nearest call.
+        ((u64::from(self.limit.load(Relaxed)) * u64::from(keep) + (1 << 15)) >> 16).max(1) as u32
+    }
+
+    /// Takes an in-flight slot for a call of class `priority`, or sheds it.
+    #[inline]
+    pub(crate) fn acquire(&self, priority: Priority) -> Result<(), Rejected> {
+        let cap = self.cap(priority);
+        let mut current = self.inflight.load(Relaxed);
+        loop {
+            if current >= cap {
+                return Err(self.shed());
+            }
+            match self
+                .inflight
+                .compare_exchange_weak(current, current + 1, Acquire, Relaxed)
+            {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+        if current + 1 > self.max_inflight.load(Relaxed) {
+            self.max_inflight.fetch_max(current + 1, Relaxed);
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn shed(&self) -> Rejected {
+        // The in-flight calls turn over about once per mean RTT: a slot is
+        // likely free by then.
+        let rtt = self.rtt.load(Relaxed).max(1_000_000);
+        Rejected::new(Reason::Shed).with_retry_after(Duration::from_nanos(rtt))
+    }
+
+    /// Gives back a slot whose call ended without an outcome.
+    #[inline]
+    pub(crate) fn release(&self) {
+        self.inflight.fetch_sub(1, Release);
+    }
+
+    /// Gives back a slot and records its call as a sample: `rtt` long,
+    /// `dropped` if it signalled overload. Returns the new limit when this
+    /// sample closed a window.
+    #[inline]
+    pub(crate) fn complete(&self, rtt: Nanos, dropped: bool, now: Nanos) -> Option<LimitChange> {
+        self.inflight.fetch_sub(1, Release);
+        let micros = (rtt / 1_000).min(RTT_MASK);
+        let acc = self.acc.fetch_add((1 << RTT_BITS) + micros, Relaxed) + (1 << RTT_BITS) + micros;
+        if dropped {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+        let start = self.window_start.load(Relaxed);
+        let elapsed = now.saturating_sub(start);
+        if elapsed < self.window_len.load(Relaxed) || acc >> RTT_BITS < MIN_SAMPLES {
+            return None;
+        }
+        // Whoever moves the window start closes the window; the others go.
+        if self
+            .window_start
+            .compare_exchange(start, now, AcqRel, Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        self.close_window(now)
+    }
+
+    #[cold]
+    fn close_window(&self, _now: Nanos) -> Option<LimitChange> {
+        let acc = self.acc.swap(0, AcqRel);
+        let dropped = self.dropped.swap(0, Relaxed);
+        let max_inflight = self.max_inflight.swap(self.inflight(), Relaxed);
+        let samples = (acc >> RTT_BITS) as u32;
+        if samples == 0 {
+            return None;
+        }
+        let mean_rtt_micros = (acc & RTT_MASK) as f64 / f64::from(samples);
+        let mean_rtt = mean_rtt_micros * 1e-6;
+        let window = WindowSample {
+            samples,
+            rtt: mean_rtt,
+            dropped,
+            max_inflight,
+        };
+        let mut learning = match self.learning.try_lock() {
+            Ok(guard) => guard,
+            // Another window is being closed this instant: this one's
+            // samples are dropped rather than waited for.
+            Err(_) => return None,
+        };
+        let previous_rtt = self.rtt.load(Relaxed) as f64;
+        let rtt_nanos = mean_rtt_micros * 1_000.0;
+        let smoothed = if previous_rtt == 0.0 {
+            rtt_nanos
+        } else {
+            previous_rtt * 0.8 + rtt_nanos * 0.2
+        };
+        self.rtt.store(smoothed as Nanos, Relaxed);
+        self.window_len
+            .store((rtt_nanos as Nanos).max(MIN_WINDOW), Relaxed);
+        let current = learning.limit;
+        let next = learning
+            .learner
+            .update(current, &window)
+            .clamp(f64::from(self.min), f64::from(self.max));
+        learning.limit = next;
+        let published = next as u32;
+        let before = self.limit.swap(published, Relaxed);
+        (before != published).then_some(LimitChange {
+            limit: published,
+            inflight: self.inflight(),
+        })
+    }
+
+    /// The smoothed mean response time (zero before the first window).
+    pub(crate) fn mean_rtt(&self) -> Duration {
+        Duration::from_nanos(self.rtt.load(Relaxed))
+    }
+
+    /// Starts the limit again from its minimum (a back end coming out of
+    /// maintenance or an outage is not flooded).
+    #[allow(dead_code)]
+    pub(crate) fn restart_from_min(&self) {
+        let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
+        learning.limit = f64::from(self.min);
+        self.limit.store(self.min, Relaxed);
+    }
+
+    /// The unloaded latency the algorithm has learned, if any.
+    #[allow(dead_code)]
+    pub(crate) fn baseline_rtt(&self) -> Option<Duration> {
+        let learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
+        learning.learner.baseline_rtt().map(Duration::from_secs_f64)
+    }
+}
+
+/// Each class's share of the limit in 1/65536ths: the most important class
+/// gets all of it, the least important `1 - reserve`, the ones between in
+/// proportion.
+fn shares(reserve: f64, classes: usize) -> [u32; MAX_CLASSES] {
+    let reserve = if reserve.is_finite() {
+        reserve.clamp(0.0, 0.99)
+    } else {
+        0.0
+    };
+    let lowest = classes.clamp(1, MAX_CLASSES) - 1;
+    let mut keep = [0u32; MAX_CLASSES];
+    for (rank, share) in keep.iter_mut().enumerate() {
+        let position = if lowest == 0 {
+            0.0
+        } else {
+            rank.min(lowest) as f64 / lowest as f64
+        };
+        *share = ((1.0 - reserve * position) * 65536.0).round() as u32;
+    }
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(initial: u32, reserve: f64) -> LimitCore {
+        let policy = LimitPolicy {
+            initial,
+            reserve,
+            algorithm: crate::policy::Algorithm::Fixed,
+            ..LimitPolicy::default()
+        };
+        LimitCore::new(&policy, 3, 0)
+    }
+
+    #[test]
+    fn lower_classes_get_a_smaller_share_of_the_limit() {
+        let core = core(100, 0.2);
+        assert_eq!(core.cap(Priority::new(0)), 100);
+        assert_eq!(core.cap(Priority::new(1)), 90);
+        assert_eq!(core.cap(Priority::new(2)), 80);
+        // Past the last class: treated as the last.
+        assert_eq!(core.cap(Priority::new(9)), 80);
+        // A tiny limit still admits one call of every class.
+        assert_eq!(self::core(1, 0.5).cap(Priority::new(2)), 1);
+    }
+
+    #[test]
+    fn acquire_sheds_at_the_class_cap_and_release_frees() {
+        let core = core(10, 0.2);
+        let bulk = Priority::new(2);
+        for _ in 0..8 {
+            core.acquire(bulk).unwrap();
+        }
+        let shed = core.acquire(bulk).unwrap_err();
+        assert_eq!(shed.reason(), Reason::Shed);
+        assert!(shed.retry_after().is_some());
+        // The urgent class still has room.
+        core.acquire(Priority::new(0)).unwrap();
+        core.acquire(Priority::new(0)).unwrap();
+        assert!(core.acquire(Priority::new(0)).is_err());
+        core.release();
+        core.acquire(Priority::new(0)).unwrap();
+        assert_eq!(core.inflight(), 10);
+    }
+
+    #[test]
+    fn a_window_closes_after_its_length_and_enough_samples() {
+        let policy = LimitPolicy {
+            initial: 10,
+            algorithm: crate::policy::Algorithm::Aimd,
+            ..LimitPolicy::default()
+        };
+        let core = LimitCore::new(&policy, 1, 0);
+        let ms = 1_000_000;
+        for _ in 0..10 {
+            core.acquire(Priority::new(0)).unwrap();
+        }
+        // Seven samples: not enough, whatever the time.
+        for i in 0..7 {
+            assert_eq!(core.complete(5 * ms, false, 20 * ms + i), None);
+        }
+        // The eighth closes the window: AIMD adds one.
+        let change = core.complete(5 * ms, false, 21 * ms).unwrap();
+        assert_eq!(change.limit, 11);
+        assert_eq!(core.inflight(), 2);
+    }
+}

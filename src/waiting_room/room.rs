@@ -1,0 +1,515 @@
+//! The room itself: one FIFO list per priority class over a slab of
+//! fixed-size slots, behind one mutex that only waiting requests take.
+//!
+//! Every operation is O(1) but the search for the most important non-empty
+//! class, which is O(classes) with at most 16 classes. Memory is one
+//! [`Slot`] per place, allocated as the room first fills and never freed
+//! below the peak, so a room of capacity N holds at most N slots whatever
+//! the traffic. A slot is reused under a new sequence number, so a stale
+//! key (a waiter that already left) never touches its successor.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::task::Waker;
+
+use crate::breaker::state::Ticket;
+use crate::clock::{Nanos, saturating_nanos};
+use crate::policy::{Order, WaitingRoomPolicy};
+use crate::priority::{MAX_CLASSES, Priority};
+use crate::reject::{Reason, Rejected};
+
+const NIL: u32 = u32::MAX;
+
+/// Identifies one waiter: its slot and the slot's sequence number when the
+/// waiter took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Key {
+    index: u32,
+    seq: u32,
+}
+
+/// What a granted waiter receives: the admission it would have had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) ticket: Ticket,
+    pub(crate) at: Nanos,
+}
+
+#[derive(Debug)]
+enum State {
+    Free,
+    Waiting,
+    Granted(Grant),
+    Rejected(Rejected),
+}
+
+#[derive(Debug)]
+struct Slot {
+    seq: u32,
+    prev: u32,
+    next: u32,
+    priority: Priority,
+    since: Nanos,
+    /// When the waiter's wait runs out.
+    until: Nanos,
+    waker: Option<Waker>,
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct List {
+    head: u32,
+    tail: u32,
+}
+
+const EMPTY: List = List {
+    head: NIL,
+    tail: NIL,
+};
+
+/// Where a waiter stands, as seen when it polls.
+#[derive(Debug)]
+pub(crate) enum Standing {
+    Waiting,
+    Granted(Grant),
+    Rejected(Rejected),
+}
+
+/// The room's lists and slots. Callers hold the room's mutex.
+#[derive(Debug)]
+pub(crate) struct Queues {
+    lists: [List; MAX_CLASSES],
+    slots: Vec<Slot>,
+    free: u32,
+    len: usize,
+    capacity: usize,
+    /// When the room last became non-empty (`None` while empty).
+    busy_since: Option<Nanos>,
+}
+
+impl Queues {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            lists: [EMPTY; MAX_CLASSES],
+            slots: Vec::new(),
+            free: NIL,
+            len: 0,
+            capacity,
+            busy_since: None,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// How long the room has been non-empty without a break.
+    pub(crate) fn busy_for(&self, now: Nanos) -> Nanos {
+        self.busy_since.map_or(0, |since| now.saturating_sub(since))
+    }
+
+    /// Waiters of class `priority` or more important.
+    pub(crate) fn has_waiters_at_or_above(&self, priority: Priority) -> bool {
+        let rank = usize::from(priority.rank()).min(MAX_CLASSES - 1);
+        self.lists[..=rank].iter().any(|list| list.head != NIL)
+    }
+
+    /// Adds a waiter of class `priority` at the back of its class. A full
+    /// room makes room for it by turning away the newest waiter of the
+    /// least important class below it, who is told `QueueFull`; with no one
+    /// below it, the newcomer is turned away instead.
+    pub(crate) fn push(
+        &mut self,
+        priority: Priority,
+        now: Nanos,
+        until: Nanos,
+    ) -> Result<Key, Rejected> {
+        if self.len >= self.capacity {
+            let lowest = self
+                .lists
+                .iter()
+                .rposition(|list| list.head != NIL)
+                .filter(|&rank| rank > usize::from(priority.rank()));
+            match lowest {
+                Some(rank) => {
+                    let victim = self.lists[rank].tail;
+                    self.finish(victim, State::Rejected(Rejected::new(Reason::QueueFull)));
+                }
+                None => return Err(Rejected::new(Reason::QueueFull)),
+            }
+        }
+        let index = self.take_slot();
+        let rank = usize::from(priority.rank()).min(MAX_CLASSES - 1);
+        let tail = self.lists[rank].tail;
+        let slot = &mut self.slots[index as usize];
+        slot.prev = tail;
+        slot.next = NIL;
+        slot.priority = priority;
+        slot.since = now;
+        slot.until = until;
+        slot.waker = None;
+        slot.state = State::Waiting;
+        let key = Key {
+            index,
+            seq: slot.seq,
+        };
+        match tail {
+            NIL => self.lists[rank].head = index,
+            tail => self.slots[tail as usize].next = index,
+        }
+        self.lists[rank].tail = index;
+        if self.len == 0 {
+            self.busy_since = Some(now);
+        }
+        self.len += 1;
+        Ok(key)
+    }
+
+    /// The waiter that leaves next: the most important class's oldest, or
+    /// its newest when `newest_first`.
+    pub(crate) fn next_out(&self, newest_first: bool) -> Option<(Priority, Nanos)> {
+        let list = self.lists.iter().find(|list| list.head != NIL)?;
+        let index = if newest_first { list.tail } else { list.head };
+        let slot = &self.slots[index as usize];
+        Some((slot.priority, slot.since))
+    }
+
+    /// Lets out the waiter `next_out` named, with `grant`, and wakes it.
+    pub(crate) fn grant_next(&mut self, newest_first: bool, grant: Grant) {
+        if let Some(list) = self.lists.iter().find(|list| list.head != NIL) {
+            let index = if newest_first { list.tail } else { list.head };
+            self.finish(index, State::Granted(grant));
+            if self.len == 0 {
+                self.busy_since = None;
+            }
+        }
+    }
+
+    /// Turns away every waiter for which `reject(priority, until)` returns
+    /// a rejection; returns how many left.
+    pub(crate) fn reject_where(
+        &mut self,
+        mut reject: impl FnMut(Priority, Nanos) -> Option<Rejected>,
+    ) -> usize {
+        let mut turned_away = 0;
+        for rank in 0..MAX_CLASSES {
+            let mut index = self.lists[rank].head;
+            while index != NIL {
+                let slot = &self.slots[index as usize];
+                let next = slot.next;
+                if let Some(rejected) = reject(slot.priority, slot.until) {
+                    self.finish(index, State::Rejected(rejected));
+                    turned_away += 1;
+                }
+                index = next;
+            }
+        }
+        if self.len == 0 {
+            self.busy_since = None;
+        }
+        turned_away
+    }
+
+    /// Turns away the newest waiters of the least important classes until
+    /// at most `keep` remain (a smaller room after a policy reload).
+    #[allow(dead_code)] // The reload of a smaller room calls it.
+    pub(crate) fn shrink_to(&mut self, keep: usize) -> usize {
+        let mut turned_away = 0;
+        while self.len > keep {
+            let Some(rank) = self.lists.iter().rposition(|list| list.head != NIL) else {
+                break;
+            };
+            let victim = self.lists[rank].tail;
+            self.finish(victim, State::Rejected(Rejected::new(Reason::QueueFull)));
+            turned_away += 1;
+        }
+        turned_away
+    }
+
+    /// Where `key`'s waiter stands; a waiter still waiting leaves `waker`
+    /// to be woken.
+    pub(crate) fn poll(&mut self, key: Key, waker: &Waker) -> Standing {
+        let Some(slot) = self.slot_mut(key) else {
+            // Cannot happen for a live key; answer rather than hang.
+            return Standing::Rejected(Rejected::new(Reason::QueueTimeout));
+        };
+        match &slot.state {
+            State::Waiting => {
+                match &mut slot.waker {
+                    Some(w) if w.will_wake(waker) => {}
+                    w => *w = Some(waker.clone()),
+                }
+                Standing::Waiting
+            }
+            State::Granted(_) | State::Rejected(_) | State::Free => {
+                let standing = match std::mem::replace(&mut slot.state, State::Free) {
+                    State::Granted(grant) => Standing::Granted(grant),
+                    State::Rejected(rejected) => Standing::Rejected(rejected),
+                    _ => Standing::Rejected(Rejected::new(Reason::QueueTimeout)),
+                };
+                self.release_slot(key.index);
+                standing
+            }
+        }
+    }
+
+    /// The waiter of `key` leaves (its time is up, or its future was
+    /// dropped). Returns a grant it had received but not yet taken, which
+    /// the caller must give back.
+    pub(crate) fn leave(&mut self, key: Key) -> Option<Grant> {
+        let state = match self.slot_mut(key) {
+            Some(slot) => std::mem::replace(&mut slot.state, State::Free),
+            None => return None,
+        };
+        match state {
+            State::Waiting => {
+                self.unlink(key.index);
+                self.release_slot(key.index);
+                if self.len == 0 {
+                    self.busy_since = None;
+                }
+                None
+            }
+            State::Granted(grant) => {
+                self.release_slot(key.index);
+                Some(grant)
+            }
+            State::Rejected(_) => {
+                self.release_slot(key.index);
+                None
+            }
+            State::Free => None,
+        }
+    }
+
+    /// The class of `key`'s waiter, if it is still waiting.
+    pub(crate) fn waiting_priority(&self, key: Key) -> Option<Priority> {
+        let slot = self.slots.get(key.index as usize)?;
+        (slot.seq == key.seq && matches!(slot.state, State::Waiting)).then_some(slot.priority)
+    }
+
+    fn slot_mut(&mut self, key: Key) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(key.index as usize)
+            .filter(|slot| slot.seq == key.seq)
+    }
+
+    /// Unlinks a waiting slot, sets its final state and wakes its waiter.
+    /// The slot stays taken until the waiter reads its state.
+    fn finish(&mut self, index: u32, state: State) {
+        self.unlink(index);
+        let slot = &mut self.slots[index as usize];
+        slot.state = state;
+        if let Some(waker) = slot.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn unlink(&mut self, index: u32) {
+        let (prev, next, rank) = {
+            let slot = &self.slots[index as usize];
+            (
+                slot.prev,
+                slot.next,
+                usize::from(slot.priority.rank()).min(MAX_CLASSES - 1),
+            )
+        };
+        match prev {
+            NIL => self.lists[rank].head = next,
+            prev => self.slots[prev as usize].next = next,
+        }
+        match next {
+            NIL => self.lists[rank].tail = prev,
+            next => self.slots[next as usize].prev = prev,
+        }
+        let slot = &mut self.slots[index as usize];
+        slot.prev = NIL;
+        slot.next = NIL;
+        self.len -= 1;
+    }
+
+    fn take_slot(&mut self) -> u32 {
+        if self.free != NIL {
+            let index = self.free;
+            self.free = self.slots[index as usize].next;
+            return index;
+        }
+        self.slots.push(Slot {
+            seq: 0,
+            prev: NIL,
+            next: NIL,
+            priority: Priority::HIGHEST,
+            since: 0,
+            until: 0,
+            waker: None,
+            state: State::Free,
+        });
+        (self.slots.len() - 1) as u32
+    }
+
+    fn release_slot(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        slot.seq = slot.seq.wrapping_add(1);
+        slot.state = State::Free;
+        slot.waker = None;
+        slot.next = self.free;
+        self.free = index;
+    }
+
+    /// Slots allocated: the room's peak size, its memory high-water mark.
+    pub(crate) fn slots_allocated(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// A route's waiting room: its settings, its queues behind a mutex, and a
+/// count of waiters readable without the mutex, so that the admitted path
+/// of an empty room never takes the lock.
+#[derive(Debug)]
+pub(crate) struct Room {
+    waiting: AtomicUsize,
+    queues: Mutex<Queues>,
+    pub(crate) max_wait: Nanos,
+    pub(crate) order: Order,
+    pub(crate) codel_interval: Nanos,
+    pub(crate) codel_target: Nanos,
+}
+
+impl Room {
+    pub(crate) fn new(policy: &WaitingRoomPolicy) -> Self {
+        Self {
+            waiting: AtomicUsize::new(0),
+            queues: Mutex::new(Queues::new(policy.capacity as usize)),
+            max_wait: saturating_nanos(policy.max_wait),
+            order: policy.order,
+            codel_interval: saturating_nanos(policy.codel_interval),
+            codel_target: saturating_nanos(policy.codel_target),
+        }
+    }
+
+    /// Waiters now, without the lock.
+    #[inline]
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Acquire)
+    }
+
+    /// Runs `f` on the queues under the room's lock, then publishes the
+    /// new waiter count.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Queues) -> R) -> R {
+        // A panic cannot leave the queues half-updated (no user code runs
+        // under this lock), so a poisoned lock is safe to reuse.
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let result = f(&mut queues);
+        self.waiting.store(queues.len(), Release);
+        result
+    }
+
+    /// Whether a standing queue is to be served newest first now.
+    pub(crate) fn newest_first(&self, queues: &Queues, now: Nanos) -> bool {
+        self.order == Order::AdaptiveLifo && queues.busy_for(now) >= self.codel_interval
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noop() -> Waker {
+        Waker::noop().clone()
+    }
+
+    const GRANT: Grant = Grant {
+        ticket: Ticket::UNTRACKED,
+        at: 0,
+    };
+
+    #[test]
+    fn most_important_class_first_then_arrival_order() {
+        let mut q = Queues::new(10);
+        let bulk = q.push(Priority::new(2), 1, 1_000).unwrap();
+        let normal_a = q.push(Priority::new(1), 2, 1_000).unwrap();
+        let normal_b = q.push(Priority::new(1), 3, 1_000).unwrap();
+        let urgent = q.push(Priority::new(0), 4, 1_000).unwrap();
+        let mut order = Vec::new();
+        for key in [bulk, normal_a, normal_b, urgent] {
+            assert!(matches!(q.poll(key, &noop()), Standing::Waiting));
+        }
+        while let Some((priority, since)) = q.next_out(false) {
+            order.push((priority.rank(), since));
+            q.grant_next(false, GRANT);
+        }
+        assert_eq!(order, vec![(0, 4), (1, 2), (1, 3), (2, 1)]);
+        assert!(matches!(q.poll(normal_a, &noop()), Standing::Granted(_)));
+    }
+
+    #[test]
+    fn newest_first_within_a_class_when_asked() {
+        let mut q = Queues::new(10);
+        q.push(Priority::new(1), 1, 1_000).unwrap();
+        q.push(Priority::new(1), 2, 1_000).unwrap();
+        assert_eq!(q.next_out(true).map(|(_, since)| since), Some(2));
+        assert_eq!(q.next_out(false).map(|(_, since)| since), Some(1));
+    }
+
+    #[test]
+    fn a_full_room_turns_away_the_newest_of_the_lowest_class_for_a_more_important_one() {
+        let mut q = Queues::new(2);
+        let bulk_old = q.push(Priority::new(2), 1, 1_000).unwrap();
+        let bulk_new = q.push(Priority::new(2), 2, 1_000).unwrap();
+        // Another bulk request: no one below it.
+        assert_eq!(
+            q.push(Priority::new(2), 3, 1_000).unwrap_err().reason(),
+            Reason::QueueFull
+        );
+        // An urgent one displaces the newest bulk waiter.
+        let urgent = q.push(Priority::new(0), 4, 1_000).unwrap();
+        assert!(
+            matches!(q.poll(bulk_new, &noop()), Standing::Rejected(r) if r.reason() == Reason::QueueFull)
+        );
+        assert!(matches!(q.poll(bulk_old, &noop()), Standing::Waiting));
+        assert!(matches!(q.poll(urgent, &noop()), Standing::Waiting));
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn leaving_frees_the_place_and_stale_keys_are_harmless() {
+        let mut q = Queues::new(1000);
+        let keys: Vec<_> = (0..1000)
+            .map(|i| q.push(Priority::new(1), i, 1_000).unwrap())
+            .collect();
+        assert_eq!(q.len(), 1000);
+        for key in &keys {
+            assert_eq!(q.leave(*key), None);
+        }
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.next_out(false), None);
+        // Places are reused; the old keys no longer match their slots.
+        let fresh = q.push(Priority::new(0), 5, 1_000).unwrap();
+        assert_eq!(q.leave(keys[999]), None);
+        assert!(matches!(q.poll(fresh, &noop()), Standing::Waiting));
+        assert_eq!(q.slots_allocated(), 1000);
+    }
+
+    #[test]
+    fn a_granted_waiter_that_leaves_hands_its_grant_back() {
+        let mut q = Queues::new(4);
+        let key = q.push(Priority::new(1), 1, 1_000).unwrap();
+        q.grant_next(false, GRANT);
+        assert_eq!(q.leave(key), Some(GRANT));
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn shrinking_turns_away_the_least_important_newest_first() {
+        let mut q = Queues::new(10);
+        let urgent = q.push(Priority::new(0), 1, 1_000).unwrap();
+        let bulk_a = q.push(Priority::new(2), 2, 1_000).unwrap();
+        let bulk_b = q.push(Priority::new(2), 3, 1_000).unwrap();
+        let normal = q.push(Priority::new(1), 4, 1_000).unwrap();
+        assert_eq!(q.shrink_to(2), 2);
+        assert!(matches!(q.poll(bulk_b, &noop()), Standing::Rejected(_)));
+        assert!(matches!(q.poll(bulk_a, &noop()), Standing::Rejected(_)));
+        assert!(matches!(q.poll(normal, &noop()), Standing::Waiting));
+        assert!(matches!(q.poll(urgent, &noop()), Standing::Waiting));
+    }
+}
