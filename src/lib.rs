@@ -72,6 +72,9 @@ pub mod metrics;
 pub mod policy;
 pub mod priority;
 mod reject;
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
+pub mod sim;
 pub mod waiting_room;
 
 pub use crate::breaker::{BreakerState, CircuitBreaker, CircuitBreakerLayer};
