@@ -11,8 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use brownout::breaker::MAX_PROBES;
-use brownout::policy::Format;
-use brownout::{BackoffPolicy, BreakerPolicy, Mode, Policy, PolicyError, WindowPolicy};
+use brownout::policy::{Algorithm, Format, MAX_CLASSES, Order};
+use brownout::{
+    BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Policy, PolicyError, PriorityPolicy,
+    WaitingRoomPolicy, WindowPolicy,
+};
 
 /// The `[breaker]` example of DESIGN §4, verbatim.
 const DESIGN_BREAKER_TOML: &str = r#"
@@ -77,6 +80,28 @@ fn custom_policy() -> Policy {
             half_open_probes: 5,
             mode: Mode::Shadow,
         },
+        limit: LimitPolicy {
+            algorithm: Algorithm::Vegas,
+            initial: 40,
+            min: 4,
+            max: 400,
+            reserve: 0.3,
+        },
+        waiting_room: WaitingRoomPolicy {
+            capacity: 250,
+            max_wait: Duration::from_secs(30),
+            order: Order::AdaptiveLifo,
+            codel_interval: Duration::from_millis(50),
+            codel_target: Duration::from_millis(10),
+            deadline_header: Some("x-deadline-ms".to_owned()),
+        },
+        priority: PriorityPolicy {
+            header: "x-class".to_owned(),
+            classes: ["tatkal", "regular", "bulk", "batch"]
+                .map(String::from)
+                .to_vec(),
+            default: "regular".to_owned(),
+        },
     }
 }
 
@@ -96,6 +121,26 @@ multiplier = 1.5
 max = "1h 30m"
 jitter = 0
 reset_after = "1h"
+
+[limit]
+algorithm = "vegas"
+initial = 40
+min = 4
+max = 400
+reserve = 0.3
+
+[waiting_room]
+capacity = 250
+max_wait = "30s"
+order = "adaptive_lifo"
+codel_interval = "50ms"
+codel_target = "10ms"
+deadline_header = "x-deadline-ms"
+
+[priority]
+header = "x-class"
+classes = ["tatkal", "regular", "bulk", "batch"]
+default = "regular"
 "#;
 
 const CUSTOM_YAML: &str = r#"
@@ -116,6 +161,27 @@ breaker:
     reset_after: 1h
   half_open_probes: 5
   mode: shadow
+limit:
+  algorithm: vegas
+  initial: 40
+  min: 4
+  max: 400
+  reserve: 0.3
+waiting_room:
+  capacity: 250
+  max_wait: 30s
+  order: adaptive_lifo
+  codel_interval: 50ms
+  codel_target: 10ms
+  deadline_header: x-deadline-ms
+priority:
+  header: x-class
+  classes:
+    - tatkal
+    - regular
+    - bulk
+    - batch
+  default: regular
 "#;
 
 const CUSTOM_JSON: &str = r#"{"breaker": {
@@ -124,7 +190,13 @@ const CUSTOM_JSON: &str = r#"{"breaker": {
   "minimum_calls": 7, "open_for": "10s",
   "open_backoff": {"multiplier": 1.5, "max": "90m", "jitter": 0.0, "reset_after": "1h"},
   "half_open_probes": 5, "mode": "shadow"
-}}"#;
+},
+"limit": {"algorithm": "vegas", "initial": 40, "min": 4, "max": 400, "reserve": 0.3},
+"waiting_room": {"capacity": 250, "max_wait": "30s", "order": "adaptive_lifo",
+  "codel_interval": "50ms", "codel_target": "10ms", "deadline_header": "x-deadline-ms"},
+"priority": {"header": "x-class", "classes": ["tatkal", "regular", "bulk", "batch"],
+  "default": "regular"}
+}"#;
 
 // ---------------------------------------------------------------- loading
 
@@ -1009,7 +1081,7 @@ mod props {
 
     /// The fields that break the documented ranges, written from the spec
     /// independently of `validate`.
-    fn bad_fields(p: &BreakerPolicy) -> Vec<&'static str> {
+    fn bad_breaker_fields(p: &BreakerPolicy) -> Vec<String> {
         let in_rate = |r: f64| r > 0.0 && r <= 1.0;
         let mut bad = Vec::new();
         match p.window {
@@ -1062,25 +1134,411 @@ mod props {
         if p.half_open_probes == 0 || p.half_open_probes > 1023 {
             bad.push("breaker.half_open_probes");
         }
+        bad.into_iter().map(String::from).collect()
+    }
+
+    // ------------------------------------------------------------ [limit]
+
+    fn algorithm() -> impl Strategy<Value = Algorithm> {
+        prop_oneof![
+            Just(Algorithm::Fixed),
+            Just(Algorithm::Aimd),
+            Just(Algorithm::Vegas),
+            Just(Algorithm::Gradient),
+        ]
+    }
+
+    /// A limit value, mostly small, sometimes near or past 1_000_000.
+    fn limit_value() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            4 => 0u32..2_000,
+            1 => 999_990u32..1_000_010,
+            1 => any::<u32>(),
+        ]
+    }
+
+    prop_compose! {
+        /// A `[limit]` inside every range: 1 <= min <= initial <= max <= 1e6.
+        fn valid_limit()(
+            algorithm in algorithm(),
+            mut values in [
+                prop_oneof![3 => 1u32..2_000, 1 => 1u32..=1_000_000],
+                prop_oneof![3 => 1u32..2_000, 1 => 1u32..=1_000_000],
+                prop_oneof![3 => 1u32..2_000, 1 => 1u32..=1_000_000],
+            ],
+            reserve in prop_oneof![3 => 0.0..1.0f64, 1 => Just(0.0), 1 => Just(1.0 - f64::EPSILON)],
+        ) -> LimitPolicy {
+            values.sort_unstable();
+            let [min, initial, max] = values;
+            LimitPolicy { algorithm, initial, min, max, reserve }
+        }
+    }
+
+    prop_compose! {
+        fn any_limit()(
+            algorithm in algorithm(),
+            initial in limit_value(),
+            min in limit_value(),
+            max in limit_value(),
+            reserve in rate(),
+        ) -> LimitPolicy {
+            LimitPolicy { algorithm, initial, min, max, reserve }
+        }
+    }
+
+    fn limit() -> BoxedStrategy<LimitPolicy> {
+        let valid = || valid_limit().boxed();
+        prop_oneof![
+            1 => valid(),
+            2 => (valid(), any_limit(), 0..5usize).prop_map(|(mut p, any, field)| {
+                match field {
+                    0 => p.algorithm = any.algorithm,
+                    1 => p.initial = any.initial,
+                    2 => p.min = any.min,
+                    3 => p.max = any.max,
+                    _ => p.reserve = any.reserve,
+                }
+                p
+            }),
+            1 => any_limit(),
+        ]
+        .boxed()
+    }
+
+    fn bad_limit_fields(p: &LimitPolicy) -> Vec<String> {
+        let mut bad = Vec::new();
+        if p.min == 0 {
+            bad.push("limit.min");
+        }
+        if p.max == 0 || p.max > 1_000_000 {
+            bad.push("limit.max");
+        }
+        if p.min > p.max {
+            // Either end of an empty range may be the one at fault.
+            bad.extend(["limit.min", "limit.max"]);
+        }
+        if p.initial < p.min || p.initial > p.max {
+            bad.push("limit.initial");
+        }
+        if !(0.0..1.0).contains(&p.reserve) {
+            bad.push("limit.reserve");
+        }
+        bad.into_iter().map(String::from).collect()
+    }
+
+    // ------------------------------------------------------ header names
+
+    /// Header names the `http` crate accepts (the RFC 9110 token).
+    fn valid_header() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "x-[a-z0-9-]{1,16}",
+            1 => "[!#$%&'*+.^_`|~0-9A-Za-z-]{1,12}",
+        ]
+    }
+
+    /// Anything, often almost a header name.
+    fn any_header() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => valid_header(),
+            1 => Just(String::new()),
+            2 => "[a-z -]{0,6}[ :\"(),/;<=>?@\\[\\]{}\\\\\t\u{7f}é☕][a-z-]{0,6}",
+            1 => "\\PC{0,12}",
+            1 => any::<String>(),
+        ]
+    }
+
+    fn is_header_name(name: &str) -> bool {
+        http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+    }
+
+    // ----------------------------------------------------- [waiting_room]
+
+    fn order() -> impl Strategy<Value = Order> {
+        prop_oneof![Just(Order::PriorityFifo), Just(Order::AdaptiveLifo)]
+    }
+
+    prop_compose! {
+        /// A `[waiting_room]` inside every range.
+        fn valid_waiting_room()(
+            capacity in prop_oneof![1 => Just(0u32), 4 => 1u32..5_000, 1 => 0u32..=1_000_000],
+            max_wait in positive_duration(),
+            off_wait in duration(),
+            order in order(),
+            codel_interval in positive_duration(),
+            codel_target in positive_duration(),
+            target_share in 0.0..=1.0f64,
+            deadline_header in proptest::option::of(valid_header()),
+        ) -> WaitingRoomPolicy {
+            // A room that is off may say any wait; adaptive_lifo cuts waits
+            // to at most max_wait.
+            let max_wait = if capacity == 0 { off_wait } else { max_wait };
+            let codel_target = if capacity > 0 && order == Order::AdaptiveLifo {
+                max_wait.mul_f64(target_share).max(Duration::from_nanos(1)).min(max_wait)
+            } else {
+                codel_target
+            };
+            WaitingRoomPolicy {
+                capacity, max_wait, order, codel_interval, codel_target, deadline_header,
+            }
+        }
+    }
+
+    prop_compose! {
+        fn any_waiting_room()(
+            capacity in prop_oneof![3 => 0u32..2_000, 1 => 999_990u32..1_000_010, 1 => any::<u32>()],
+            max_wait in duration(),
+            order in order(),
+            codel_interval in duration(),
+            codel_target in duration(),
+            deadline_header in proptest::option::of(any_header()),
+        ) -> WaitingRoomPolicy {
+            WaitingRoomPolicy {
+                capacity, max_wait, order, codel_interval, codel_target, deadline_header,
+            }
+        }
+    }
+
+    fn waiting_room() -> BoxedStrategy<WaitingRoomPolicy> {
+        let valid = || valid_waiting_room().boxed();
+        prop_oneof![
+            1 => valid(),
+            2 => (valid(), any_waiting_room(), 0..6usize).prop_map(|(mut p, any, field)| {
+                match field {
+                    0 => p.capacity = any.capacity,
+                    1 => p.max_wait = any.max_wait,
+                    2 => p.order = any.order,
+                    3 => p.codel_interval = any.codel_interval,
+                    4 => p.codel_target = any.codel_target,
+                    _ => p.deadline_header = any.deadline_header,
+                }
+                p
+            }),
+            1 => any_waiting_room(),
+        ]
+        .boxed()
+    }
+
+    fn bad_waiting_room_fields(p: &WaitingRoomPolicy) -> Vec<String> {
+        let mut bad = Vec::new();
+        if p.capacity > 1_000_000 {
+            bad.push("waiting_room.capacity");
+        }
+        let open = p.capacity > 0;
+        if open && p.max_wait.is_zero() {
+            bad.push("waiting_room.max_wait");
+        }
+        if p.codel_interval.is_zero() {
+            bad.push("waiting_room.codel_interval");
+        }
+        if p.codel_target.is_zero() {
+            bad.push("waiting_room.codel_target");
+        }
+        if open && p.order == Order::AdaptiveLifo && p.codel_target > p.max_wait {
+            bad.push("waiting_room.codel_target");
+        }
+        if p.deadline_header
+            .as_deref()
+            .is_some_and(|h| !is_header_name(h))
+        {
+            bad.push("waiting_room.deadline_header");
+        }
+        bad.into_iter().map(String::from).collect()
+    }
+
+    // --------------------------------------------------------- [priority]
+
+    /// Flips the case of some letters of `name`.
+    fn recase(name: &str, flips: u64) -> String {
+        name.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if flips >> (i % 64) & 1 == 1 {
+                    if c.is_ascii_lowercase() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                } else {
+                    c
+                }
+            })
+            .collect()
+    }
+
+    prop_compose! {
+        /// A `[priority]` inside every range.
+        fn valid_priority()(
+            header in valid_header(),
+            names in proptest::collection::vec(
+                prop_oneof![3 => "[a-z]{1,8}", 1 => "[!-~]{1,10}"],
+                1..=24,
+            ),
+            default in any::<prop::sample::Index>(),
+            flips in any::<u64>(),
+        ) -> PriorityPolicy {
+            let mut classes: Vec<String> = Vec::new();
+            for name in names {
+                if classes.len() < MAX_CLASSES
+                    && !classes.iter().any(|c| c.eq_ignore_ascii_case(&name))
+                {
+                    classes.push(name);
+                }
+            }
+            let default = recase(&classes[default.index(classes.len())], flips);
+            PriorityPolicy { header, classes, default }
+        }
+    }
+
+    /// A class name, often valid, often a near miss.
+    fn any_class() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[a-zA-Z]{1,6}",
+            1 => Just(String::new()),
+            1 => "[a-z]{0,3}[ \t\n\u{7f}é☕][a-z]{0,3}",
+            1 => "\\PC{0,8}",
+        ]
+    }
+
+    prop_compose! {
+        fn any_priority()(
+            header in any_header(),
+            classes in proptest::collection::vec(any_class(), 0..20),
+            default in prop_oneof![any_class(), Just("normal".to_owned())],
+            pick in proptest::option::of((any::<prop::sample::Index>(), any::<u64>())),
+        ) -> PriorityPolicy {
+            let default = match pick {
+                Some((at, flips)) if !classes.is_empty() => recase(&classes[at.index(classes.len())], flips),
+                _ => default,
+            };
+            PriorityPolicy { header, classes, default }
+        }
+    }
+
+    fn priority() -> BoxedStrategy<PriorityPolicy> {
+        let valid = || valid_priority().boxed();
+        prop_oneof![
+            1 => valid(),
+            2 => (valid(), any_priority(), 0..5usize, any::<prop::sample::Index>(), any::<u64>())
+                .prop_map(|(mut p, any, field, at, flips)| {
+                    match field {
+                        0 => p.header = any.header,
+                        1 => p.classes = any.classes,
+                        2 => p.default = any.default,
+                        // A class repeated in another case.
+                        3 => {
+                            let again = recase(&p.classes[at.index(p.classes.len())], flips);
+                            p.classes.push(again);
+                        }
+                        _ => p.classes.extend(any.classes),
+                    }
+                    p
+                }),
+            1 => any_priority(),
+        ]
+        .boxed()
+    }
+
+    fn bad_priority_fields(p: &PriorityPolicy) -> Vec<String> {
+        let mut bad = Vec::new();
+        if !is_header_name(&p.header) {
+            bad.push("priority.header".to_owned());
+        }
+        if p.classes.is_empty() || p.classes.len() > 16 {
+            bad.push("priority.classes".to_owned());
+        }
+        for (i, name) in p.classes.iter().enumerate() {
+            let printable = name.bytes().all(|b| (b'!'..=b'~').contains(&b));
+            let repeated = p.classes[..i]
+                .iter()
+                .any(|earlier| earlier.eq_ignore_ascii_case(name));
+            if name.is_empty() || !printable || repeated {
+                bad.push(format!("priority.classes[{i}]"));
+            }
+        }
+        if !p.classes.iter().any(|c| c.eq_ignore_ascii_case(&p.default)) {
+            bad.push("priority.default".to_owned());
+        }
         bad
     }
 
+    // ------------------------------------------------------ whole policies
+
+    fn valid_policy() -> BoxedStrategy<Policy> {
+        (
+            valid_breaker().boxed(),
+            valid_limit(),
+            valid_waiting_room(),
+            valid_priority(),
+        )
+            .prop_map(|(breaker, limit, waiting_room, priority)| Policy {
+                breaker,
+                limit,
+                waiting_room,
+                priority,
+            })
+            .boxed()
+    }
+
+    /// A policy, and the one section that may be bad (`None`: any may be).
+    fn policy_with_suspect() -> BoxedStrategy<(Policy, Option<&'static str>)> {
+        prop_oneof![
+            1 => valid_policy().prop_map(|p| (p, None)),
+            1 => (valid_policy(), breaker()).prop_map(|(p, breaker)| (Policy { breaker, ..p }, Some("breaker"))),
+            1 => (valid_policy(), limit()).prop_map(|(p, limit)| (Policy { limit, ..p }, Some("limit"))),
+            1 => (valid_policy(), waiting_room())
+                .prop_map(|(p, waiting_room)| (Policy { waiting_room, ..p }, Some("waiting_room"))),
+            1 => (valid_policy(), priority()).prop_map(|(p, priority)| (Policy { priority, ..p }, Some("priority"))),
+            1 => (breaker(), limit(), waiting_room(), priority())
+                .prop_map(|(breaker, limit, waiting_room, priority)| {
+                    (Policy { breaker, limit, waiting_room, priority }, None)
+                }),
+        ]
+        .boxed()
+    }
+
+    fn policy() -> BoxedStrategy<Policy> {
+        policy_with_suspect().prop_map(|(p, _)| p).boxed()
+    }
+
+    fn bad_fields(p: &Policy) -> Vec<String> {
+        let mut bad = bad_breaker_fields(&p.breaker);
+        bad.extend(bad_limit_fields(&p.limit));
+        bad.extend(bad_waiting_room_fields(&p.waiting_room));
+        bad.extend(bad_priority_fields(&p.priority));
+        bad
+    }
+
+    #[cfg(feature = "json")]
+    fn floats_are_finite(p: &Policy) -> bool {
+        let b = &p.breaker;
+        [
+            b.failure_rate,
+            b.slow_call_rate,
+            b.open_backoff.multiplier,
+            b.open_backoff.jitter,
+            p.limit.reserve,
+        ]
+        .iter()
+        .all(|x| x.is_finite())
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2_000))]
+        #![proptest_config(ProptestConfig::with_cases(3_000))]
 
         #[test]
-        fn validate_agrees_with_the_spec(breaker in breaker()) {
-            let bad = bad_fields(&breaker);
-            match breaker.validate() {
+        fn validate_agrees_with_the_spec((policy, suspect) in policy_with_suspect()) {
+            let bad = bad_fields(&policy);
+            match policy.validate() {
                 Ok(()) => {
-                    prop_assert!(bad.is_empty(), "accepted, but {bad:?} are bad: {breaker:?}");
-                    let policy = Policy { breaker };
+                    prop_assert!(bad.is_empty(), "accepted, but {bad:?} are bad: {policy:?}");
                     let text = toml::to_string(&policy).unwrap();
                     prop_assert_eq!(&Policy::from_toml(&text).unwrap(), &policy, "{}", text);
                     #[cfg(feature = "yaml")]
                     {
                         let text = serde_yaml_ng::to_string(&policy).unwrap();
-                        prop_assert_eq!(&Policy::from_yaml(&text).unwrap(), &policy, "{}", text);
+                        let loaded = Policy::from_yaml(&text);
+                        prop_assert!(loaded.is_ok(), "{loaded:?}\n{text}");
+                        prop_assert_eq!(&loaded.unwrap(), &policy, "{}", text);
                     }
                     #[cfg(feature = "json")]
                     {
@@ -1091,20 +1549,48 @@ mod props {
                 Err(err) => {
                     let message = err.to_string();
                     let field = err.field().unwrap_or_default().to_owned();
-                    prop_assert!(message.starts_with("breaker."), "{}", message);
                     prop_assert!(message.starts_with(&format!("{field}: ")), "{}", message);
-                    prop_assert!(bad.contains(&field.as_str()), "{message}, but the bad fields are {bad:?}");
+                    prop_assert!(bad.contains(&field), "{message}, but the bad fields are {bad:?}");
+                    if let Some(section) = suspect {
+                        prop_assert!(field.starts_with(&format!("{section}.")), "{message} is not about {section}");
+                    }
+                    // Each section's own validate names the same field.
+                    let section = field.split(['.', '[']).next().unwrap_or_default();
+                    let own = match section {
+                        "breaker" => policy.breaker.validate(),
+                        "limit" => policy.limit.validate(),
+                        "waiting_room" => policy.waiting_room.validate(),
+                        "priority" => policy.priority.validate(),
+                        _ => Ok(()),
+                    };
+                    prop_assert_eq!(own.map_err(|e| e.to_string()), Err(message));
                 }
             }
         }
 
         #[test]
-        fn an_invalid_policy_fails_to_load_with_the_same_error(breaker in breaker()) {
+        fn header_names_are_what_the_http_crate_accepts(header in any_header()) {
+            let priority = PriorityPolicy { header: header.clone(), ..PriorityPolicy::default() };
+            let room = WaitingRoomPolicy { deadline_header: Some(header.clone()), ..WaitingRoomPolicy::default() };
+            prop_assert_eq!(priority.validate().is_ok(), is_header_name(&header), "{:?}", header);
+            prop_assert_eq!(room.validate().is_ok(), is_header_name(&header), "{:?}", header);
+        }
+
+        #[test]
+        fn an_invalid_policy_fails_to_load_with_the_same_error(policy in policy()) {
             // NaN and infinities aside, any policy serializes; loading it
             // gives back the policy or validate's own error.
-            let policy = Policy { breaker };
             if let Ok(text) = toml::to_string(&policy) {
                 match (Policy::from_toml(&text), policy.validate()) {
+                    (Ok(loaded), Ok(())) => prop_assert_eq!(&loaded, &policy),
+                    (Err(loaded), Err(validated)) => prop_assert_eq!(loaded.to_string(), validated.to_string()),
+                    (loaded, validated) => prop_assert!(false, "{loaded:?} vs {validated:?} for {text}"),
+                }
+            }
+            // JSON writes NaN and infinities as `null`.
+            #[cfg(feature = "json")]
+            if let (true, Ok(text)) = (floats_are_finite(&policy), serde_json::to_string(&policy)) {
+                match (Policy::from_json(&text), policy.validate()) {
                     (Ok(loaded), Ok(())) => prop_assert_eq!(loaded, policy),
                     (Err(loaded), Err(validated)) => prop_assert_eq!(loaded.to_string(), validated.to_string()),
                     (loaded, validated) => prop_assert!(false, "{loaded:?} vs {validated:?} for {text}"),
@@ -1119,17 +1605,17 @@ mod props {
 
         #[test]
         fn tomlish_text_loads_or_errs_without_panicking(
-            text in "(\\[breaker(\\.open_backoff)?\\]\n|[a-z_]{1,20} = (\"[0-9a-z ]{0,8}\"|-?[0-9.]{1,6}|nan|inf|\\{ ?(kind|size|buckets|max) = [0-9\"a-z]{0,6} ?\\})\n|#[^\n]*\n){0,12}"
+            text in "(\\[(breaker(\\.open_backoff)?|limit|waiting_room|priority)\\]\n|[a-z_]{1,20} = (\"[0-9a-z -]{0,8}\"|-?[0-9.]{1,6}|nan|inf|\\[(\"[a-zA-Z ]{0,4}\", ?){0,3}\\]|\\{ ?(kind|size|buckets|max) = [0-9\"a-z]{0,6} ?\\})\n|(initial|min|max|capacity|reserve) = -?[0-9.]{1,8}\n|(max_wait|codel_target|codel_interval) = \"[0-9]{0,3}(ms|s|m)?\"\n|(header|deadline_header|default) = \"[a-z -]{0,8}\"\n|#[^\n]*\n){0,14}"
         ) {
             check_loaders(&text)?;
         }
 
         #[test]
         fn mutated_valid_toml_loads_or_errs_without_panicking(
-            breaker in breaker(),
+            policy in policy(),
             edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<char>()), 1..6),
         ) {
-            let text = toml::to_string(&Policy { breaker }).unwrap_or_default();
+            let text = toml::to_string(&policy).unwrap_or_default();
             let mut chars: Vec<char> = text.chars().collect();
             for (at, op, c) in edits {
                 let i = if chars.is_empty() { 0 } else { at.index(chars.len()) };

@@ -7,6 +7,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::PolicyError;
+use super::check::{float, positive, rate, share_below_one};
 use super::duration;
 use crate::breaker::MAX_PROBES;
 
@@ -139,37 +140,6 @@ impl BreakerPolicy {
         }
         Ok(())
     }
-}
-
-/// A share of calls, in (0, 1]; NaN is not.
-fn rate(field: &str, value: f64) -> Result<(), PolicyError> {
-    if value > 0.0 && value <= 1.0 {
-        Ok(())
-    } else {
-        Err(PolicyError::invalid(
-            field,
-            float(value),
-            "is not in (0, 1]",
-        ))
-    }
-}
-
-/// A duration that must be more than zero.
-fn positive(field: &str, value: Duration) -> Result<(), PolicyError> {
-    if value.is_zero() {
-        Err(PolicyError::invalid(
-            field,
-            duration::display(value),
-            "must be more than zero",
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-/// A float as ops would write it: `1.0`, `0.5`, `NaN`, `inf`.
-fn float(value: f64) -> String {
-    format!("{value:?}")
 }
 
 /// The window of recent calls a breaker judges the back end by.
@@ -404,13 +374,7 @@ impl BackoffPolicy {
                 ),
             ));
         }
-        if !(self.jitter >= 0.0 && self.jitter < 1.0) {
-            return Err(PolicyError::invalid(
-                format!("{at}.jitter"),
-                float(self.jitter),
-                "is not in [0, 1)",
-            ));
-        }
+        share_below_one(&format!("{at}.jitter"), self.jitter)?;
         if let Some(reset_after) = self.reset_after {
             positive(&format!("{at}.reset_after"), reset_after)?;
         }

@@ -7,6 +7,8 @@
 //!
 //! # A full file
 //!
+//! Every value below is the default, so this file is [`Policy::default()`]:
+//!
 //! ```toml
 //! [breaker]
 //! # Judge the back end by its last 100 calls; or by the last 30 seconds:
@@ -21,10 +23,30 @@
 //! open_backoff = { multiplier = 2.0, max = "5m", jitter = 0.1 }
 //! half_open_probes = 3        # calls let through to test the back end
 //! mode = "enforce"            # enforce | shadow | forced_open | forced_closed
+//!
+//! [limit]
+//! algorithm = "gradient"      # fixed | aimd | vegas | gradient
+//! initial = 20                # calls in flight allowed at start
+//! min = 1                     # 1 <= min <= initial <= max <= 1000000
+//! max = 1000
+//! reserve = 0.2               # the last class may use 80% of the limit
+//!
+//! [waiting_room]
+//! capacity = 1000             # 0 = never wait
+//! max_wait = "10s"
+//! order = "priority_fifo"     # priority_fifo | adaptive_lifo
+//! codel_interval = "100ms"    # adaptive_lifo: a queue this old is standing...
+//! codel_target = "5ms"        # ... and waits are cut to this (<= max_wait)
+//! # deadline_header = "x-request-timeout"   # unset: only grpc-timeout is read
+//!
+//! [priority]
+//! header = "x-priority"                   # where HTTP requests say their class
+//! classes = ["urgent", "normal", "bulk"]  # most to least important; shed from the last
+//! default = "normal"
 //! ```
 //!
 //! Durations are written the human way: `"250ms"`, `"30s"`, `"5m"`,
-//! `"1h 30m"`. The same policy in YAML:
+//! `"1h 30m"`. Part of it in YAML:
 //!
 //! ```yaml
 //! breaker:
@@ -32,9 +54,19 @@
 //!   failure_rate: 0.5
 //!   open_for: 5s
 //!   open_backoff: { multiplier: 2.0, max: 5m, jitter: 0.1 }
+//! limit: { algorithm: gradient, initial: 20, min: 1, max: 1000 }
+//! waiting_room: { capacity: 1000, max_wait: 10s, order: priority_fifo }
+//! priority:
+//!   header: x-priority
+//!   classes: [urgent, normal, bulk]
+//!   default: normal
 //! ```
 //!
-//! and in JSON: `{"breaker": {"failure_rate": 0.5, "open_for": "5s"}}`.
+//! and in JSON: `{"breaker": {"failure_rate": 0.5, "open_for": "5s"},
+//! "waiting_room": {"capacity": 0}}`.
+//!
+//! The `[[maintenance]]` windows and `[routes."…"]` overrides of the design
+//! are not read yet: a file with them is refused as having an unknown field.
 //!
 //! # Loading it
 //!
@@ -75,11 +107,15 @@
 //! # What errors look like
 //!
 //! A [`PolicyError`] names the field by its path in the file and quotes the
-//! value. A value out of range:
+//! value. A value out of range, or one that does not fit with another:
 //!
 //! ```text
 //! breaker.failure_rate: 1.5 is not in (0, 1]
 //! breaker.minimum_calls: 200 is more than breaker.window.size = 100, so the breaker could never open
+//! limit.initial: 5 is below limit.min (10)
+//! waiting_room.codel_target: 20s is longer than waiting_room.max_wait (10s)
+//! priority.header: "x priority" is not a valid HTTP header name: it contains ' '; use letters, digits and !#$%&'*+-.^_`|~
+//! priority.default: "vip" is not one of priority.classes ["urgent", "normal", "bulk"]
 //! ```
 //!
 //! A value of the wrong shape, with its line and column:
@@ -109,6 +145,7 @@
 //! ```
 
 mod breaker;
+mod check;
 mod duration;
 mod limit;
 mod priority;
@@ -132,8 +169,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
-    /// The `[breaker]` section.
+    /// The `[breaker]` section: when the circuit opens, for how long, and
+    /// how it probes.
     pub breaker: BreakerPolicy,
+    /// The `[limit]` section: how many calls may be in flight, learned from
+    /// the back end's latency and failures.
+    pub limit: LimitPolicy,
+    /// The `[waiting_room]` section: how many requests may wait, for how
+    /// long, and in which order they leave.
+    pub waiting_room: WaitingRoomPolicy,
+    /// The `[priority]` section: the classes requests come in and where an
+    /// HTTP request says its class.
+    pub priority: PriorityPolicy,
 }
 
 impl Policy {
@@ -228,10 +275,16 @@ impl Policy {
         Self::from_str_as(format, &text).map_err(in_file)
     }
 
-    /// Checks every section; the loaders call it. The error names the first
-    /// bad field (see [`BreakerPolicy::validate`]).
+    /// Checks every section, in the order of the file (`breaker`, `limit`,
+    /// `waiting_room`, `priority`); the loaders call it. The error names the
+    /// first bad field: see [`BreakerPolicy::validate`],
+    /// [`LimitPolicy::validate`], [`WaitingRoomPolicy::validate`] and
+    /// [`PriorityPolicy::validate`] for what each section checks.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        self.breaker.validate()
+        self.breaker.validate()?;
+        self.limit.validate()?;
+        self.waiting_room.validate()?;
+        self.priority.validate()
     }
 }
 
