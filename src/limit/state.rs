@@ -13,10 +13,12 @@ use crate::reject::{Reason, Rejected};
 
 use super::algorithm::{Learner, WindowSample};
 
-/// Shortest window of samples; windows otherwise last one mean RTT.
+/// Shortest window of samples; windows otherwise last two of their mean
+/// RTTs, so that their mean is not biased towards the calls that happened
+/// to finish first.
 const MIN_WINDOW: Nanos = 10_000_000;
 /// Fewest samples a window needs before the limit moves.
-const MIN_SAMPLES: u64 = 8;
+const MIN_SAMPLES: u64 = 64;
 /// Bits of `acc` holding the RTT sum in microseconds (the rest count
 /// samples): 2^44 µs is 200 days of summed latency per window.
 const RTT_BITS: u32 = 44;
@@ -52,8 +54,6 @@ pub(crate) struct LimitCore {
     dropped: AtomicU32,
     max_inflight: AtomicU32,
     window_start: AtomicU64,
-    /// Length of the current window: one mean RTT, at least `MIN_WINDOW`.
-    window_len: AtomicU64,
     /// Smoothed mean RTT in nanoseconds: the retry hint of a shed call.
     rtt: AtomicU64,
     learning: Mutex<Learning>,
@@ -75,7 +75,6 @@ impl LimitCore {
             dropped: AtomicU32::new(0),
             max_inflight: AtomicU32::new(0),
             window_start: AtomicU64::new(now),
-            window_len: AtomicU64::new(MIN_WINDOW),
             rtt: AtomicU64::new(0),
             learning: Mutex::new(Learning {
                 learner: Learner::new(policy),
@@ -150,9 +149,15 @@ impl LimitCore {
         if dropped {
             self.dropped.fetch_add(1, Relaxed);
         }
+        let samples = acc >> RTT_BITS;
+        if samples < MIN_SAMPLES {
+            return None;
+        }
         let start = self.window_start.load(Relaxed);
         let elapsed = now.saturating_sub(start);
-        if elapsed < self.window_len.load(Relaxed) || acc >> RTT_BITS < MIN_SAMPLES {
+        // Two mean RTTs of this window's own samples (µs sum ×2000 / n ns).
+        let two_rtts = (acc & RTT_MASK).saturating_mul(2_000) / samples;
+        if elapsed < two_rtts.max(MIN_WINDOW) {
             return None;
         }
         // Whoever moves the window start closes the window; the others go.
@@ -197,8 +202,6 @@ impl LimitCore {
             previous_rtt * 0.8 + rtt_nanos * 0.2
         };
         self.rtt.store(smoothed as Nanos, Relaxed);
-        self.window_len
-            .store((rtt_nanos as Nanos).max(MIN_WINDOW), Relaxed);
         let current = learning.limit;
         let next = learning
             .learner
@@ -305,22 +308,23 @@ mod tests {
     #[test]
     fn a_window_closes_after_its_length_and_enough_samples() {
         let policy = LimitPolicy {
-            initial: 10,
+            initial: 64,
             algorithm: crate::policy::Algorithm::Aimd,
             ..LimitPolicy::default()
         };
         let core = LimitCore::new(&policy, 1, 0);
         let ms = 1_000_000;
-        for _ in 0..10 {
+        for _ in 0..64 {
             core.acquire(Priority::new(0)).unwrap();
         }
-        // Seven samples: not enough, whatever the time.
-        for i in 0..7 {
+        // 63 samples: not enough, whatever the time.
+        for i in 0..63 {
             assert_eq!(core.complete(5 * ms, false, 20 * ms + i), None);
         }
-        // The eighth closes the window: AIMD adds one.
+        // The 64th closes the window (10 ms, two mean RTTs, have passed):
+        // AIMD adds one.
         let change = core.complete(5 * ms, false, 21 * ms).unwrap();
-        assert_eq!(change.limit, 11);
-        assert_eq!(core.inflight(), 2);
+        assert_eq!(change.limit, 65);
+        assert_eq!(core.inflight(), 0);
     }
 }
