@@ -63,6 +63,20 @@ pub(crate) fn breaker_gate(
     })
 }
 
+/// A layer's gate, built on first use (the first service the layer wraps,
+/// or the first question about its state) rather than when the layer is
+/// created, so that builder calls (a route name, a clock) do not leave the
+/// metrics of a gate nobody uses behind. Clones of a layer share it; a
+/// builder call that changes the gate's settings starts a new one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LazyGate(Arc<std::sync::OnceLock<Arc<Gate>>>);
+
+impl LazyGate {
+    pub(crate) fn get(&self, build: impl FnOnce() -> Gate) -> &Arc<Gate> {
+        self.0.get_or_init(|| Arc::new(build()))
+    }
+}
+
 /// How a call entered: admitted now, or waiting in the room.
 #[derive(Debug)]
 pub(crate) enum Entry {

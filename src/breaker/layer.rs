@@ -1,9 +1,9 @@
-use std::sync::Arc;
-
 use metrics::SharedString;
 use tower::Layer;
 
-use crate::admission::{Gate, breaker_gate};
+use std::sync::Arc;
+
+use crate::admission::{Gate, LazyGate, breaker_gate};
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
 use crate::policy::{BreakerPolicy, Mode, PolicyError};
@@ -16,17 +16,18 @@ use super::{BreakerState, CircuitBreaker};
 
 /// Applies a [`CircuitBreaker`] to a service.
 ///
-/// The breaker's state is created with the layer: every service the layer
-/// wraps, and every clone of those, shares it. Build one layer per back end
-/// you want judged separately.
+/// Every service the layer wraps, and every clone of those, shares one
+/// breaker (created when the layer first wraps a service). Build one layer
+/// per back end you want judged separately, or use
+/// [`per_key`](Self::per_key).
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
     policy: BreakerPolicy,
-    gate: Arc<Gate>,
+    gate: LazyGate,
     classifier: C,
     route: SharedString,
     seed: Option<u64>,
-    clock: Clock,
+    clock: Option<Clock>,
 }
 
 impl CircuitBreakerLayer {
@@ -40,15 +41,13 @@ impl CircuitBreakerLayer {
         if let Err(err) = policy.validate() {
             tracing::error!(%err, "brownout: invalid breaker policy, using it with its values clamped");
         }
-        let route = SharedString::const_str("default");
-        let clock = Clock::detect();
         Self {
-            gate: Arc::new(breaker_gate(&policy, route.clone(), clock.clone(), None)),
+            gate: LazyGate::default(),
             policy,
             classifier: ErrorsAsFailures,
-            route,
+            route: SharedString::const_str("default"),
             seed: None,
-            clock,
+            clock: None,
         }
     }
 
@@ -76,36 +75,40 @@ impl<C> CircuitBreakerLayer<C> {
     /// breaker afresh: call it while building the layer.
     pub fn route(mut self, route: impl Into<SharedString>) -> Self {
         self.route = route.into();
-        self.rebuild()
+        self.gate = LazyGate::default();
+        self
     }
 
     /// Seeds the open periods' jitter, for reproducible drills. Starts the
     /// breaker afresh.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
-        self.rebuild()
+        self.gate = LazyGate::default();
+        self
     }
 
-    /// Uses `clock` instead of the detected one. Starts the breaker afresh.
+    /// Uses `clock` instead of the one [detected](Clock::detect) when the
+    /// breaker is created. Starts the breaker afresh.
     pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
-        self.rebuild()
+        self.clock = Some(clock);
+        self.gate = LazyGate::default();
+        self
     }
 
     /// The breaker's state now.
     pub fn state(&self) -> BreakerState {
-        self.gate.state()
+        self.gate().state()
     }
 
     /// The breaker's mode.
     pub fn mode(&self) -> Mode {
-        self.gate.mode()
+        self.gate().mode()
     }
 
     /// Changes the mode of the running breaker (and of every service built
     /// from this layer); takes effect on the next request.
     pub fn set_mode(&self, mode: Mode) {
-        self.gate.set_mode(mode);
+        self.gate().set_mode(mode);
     }
 
     /// One breaker per key instead of one for all calls: `key_of` names the
@@ -129,23 +132,21 @@ impl<C> CircuitBreakerLayer<C> {
     ///     .service_fn(|path: &'static str| async move { Ok::<_, std::io::Error>(path.len()) });
     /// # let _ = svc;
     /// ```
-    pub fn per_key<K, F>(self, max_keys: usize, key_of: F) -> KeyedCircuitBreakerLayer<K, F, C>
+    pub fn per_key<Req, K, F>(self, max_keys: usize, key_of: F) -> KeyedCircuitBreakerLayer<K, F, C>
     where
         K: Hash + Eq + Clone + fmt::Display,
+        F: Fn(&Req) -> K,
     {
-        let gates = GateMap::new(self.policy, max_keys, self.clock, self.seed);
+        let clock = self.clock.unwrap_or_else(Clock::detect);
+        let gates = GateMap::new(self.policy, max_keys, clock, self.seed);
         KeyedCircuitBreakerLayer::from_parts(gates, key_of, self.classifier)
     }
 
-    fn rebuild(mut self) -> Self {
-        let gate = breaker_gate(
-            &self.policy,
-            self.route.clone(),
-            self.clock.clone(),
-            self.seed,
-        );
-        self.gate = Arc::new(gate);
-        self
+    fn gate(&self) -> &Arc<Gate> {
+        self.gate.get(|| {
+            let clock = self.clock.clone().unwrap_or_else(Clock::detect);
+            breaker_gate(&self.policy, self.route.clone(), clock, self.seed)
+        })
     }
 }
 
@@ -153,6 +154,6 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::from_parts(inner, self.gate.clone(), self.classifier.clone())
+        CircuitBreaker::from_parts(inner, self.gate().clone(), self.classifier.clone())
     }
 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use metrics::SharedString;
 use tower::Layer;
 
-use crate::admission::{Gate, GateSpec};
+use crate::admission::{Gate, GateSpec, LazyGate};
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
 use crate::policy::{LimitPolicy, PriorityPolicy};
@@ -13,15 +13,15 @@ use super::AdaptiveLimit;
 
 /// Applies an [`AdaptiveLimit`] to a service.
 ///
-/// The limit's state is created with the layer and shared by every service
-/// it wraps and their clones.
+/// Every service the layer wraps, and their clones, share one limit
+/// (created when the layer first wraps a service).
 #[derive(Debug, Clone)]
 pub struct AdaptiveLimitLayer<P = DefaultPriority, C = ErrorsAsFailures> {
     policy: LimitPolicy,
     classes: Classes,
     route: SharedString,
-    clock: Clock,
-    gate: Arc<Gate>,
+    clock: Option<Clock>,
+    gate: LazyGate,
     priority: P,
     classifier: C,
 }
@@ -32,39 +32,24 @@ impl AdaptiveLimitLayer {
     /// [`priority`](Self::priority) reader says otherwise) and the default
     /// classifier (inner errors are overload).
     pub fn new(policy: LimitPolicy) -> Self {
-        let classes = Classes::default();
-        let route = SharedString::const_str("default");
-        let clock = Clock::detect();
-        let gate = build(&policy, &classes, route.clone(), clock.clone());
         Self {
             policy,
-            classes,
-            route,
-            clock,
-            gate,
+            classes: Classes::default(),
+            route: SharedString::const_str("default"),
+            clock: None,
+            gate: LazyGate::default(),
             priority: DefaultPriority,
             classifier: ErrorsAsFailures,
         }
     }
 }
 
-fn build(policy: &LimitPolicy, classes: &Classes, route: SharedString, clock: Clock) -> Arc<Gate> {
-    Arc::new(Gate::new(GateSpec {
-        breaker: None,
-        limit: Some(policy),
-        room: None,
-        classes,
-        route,
-        clock,
-        seed: None,
-    }))
-}
-
 impl<P, C> AdaptiveLimitLayer<P, C> {
     /// Uses the classes of `policy`. Starts the limit afresh.
     pub fn priorities(mut self, policy: &PriorityPolicy) -> Self {
         self.classes = Classes::from_policy(policy);
-        self.rebuild()
+        self.gate = LazyGate::default();
+        self
     }
 
     /// Finds each request's class with `priority` (a
@@ -98,13 +83,16 @@ impl<P, C> AdaptiveLimitLayer<P, C> {
     /// Names the route in metrics and logs. Starts the limit afresh.
     pub fn route(mut self, route: impl Into<SharedString>) -> Self {
         self.route = route.into();
-        self.rebuild()
+        self.gate = LazyGate::default();
+        self
     }
 
-    /// Uses `clock` instead of the detected one. Starts the limit afresh.
+    /// Uses `clock` instead of the one [detected](Clock::detect) when the
+    /// limit is created. Starts the limit afresh.
     pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
-        self.rebuild()
+        self.clock = Some(clock);
+        self.gate = LazyGate::default();
+        self
     }
 
     /// The classes requests are sorted into.
@@ -114,22 +102,26 @@ impl<P, C> AdaptiveLimitLayer<P, C> {
 
     /// The current limit.
     pub fn limit(&self) -> u32 {
-        self.gate.limiter().map_or(0, |limit| limit.limit())
+        self.gate().limiter().map_or(0, |limit| limit.limit())
     }
 
     /// Calls in flight now.
     pub fn inflight(&self) -> u32 {
-        self.gate.limiter().map_or(0, |limit| limit.inflight())
+        self.gate().limiter().map_or(0, |limit| limit.inflight())
     }
 
-    fn rebuild(mut self) -> Self {
-        self.gate = build(
-            &self.policy,
-            &self.classes,
-            self.route.clone(),
-            self.clock.clone(),
-        );
-        self
+    fn gate(&self) -> &Arc<Gate> {
+        self.gate.get(|| {
+            Gate::new(GateSpec {
+                breaker: None,
+                limit: Some(&self.policy),
+                room: None,
+                classes: &self.classes,
+                route: self.route.clone(),
+                clock: self.clock.clone().unwrap_or_else(Clock::detect),
+                seed: None,
+            })
+        })
     }
 }
 
@@ -139,7 +131,7 @@ impl<S, P: Clone, C: Clone> Layer<S> for AdaptiveLimitLayer<P, C> {
     fn layer(&self, inner: S) -> Self::Service {
         AdaptiveLimit {
             inner,
-            gate: self.gate.clone(),
+            gate: self.gate().clone(),
             classes: self.classes.clone(),
             priority: self.priority.clone(),
             classifier: self.classifier.clone(),

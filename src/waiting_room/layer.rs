@@ -3,7 +3,7 @@ use std::sync::Arc;
 use metrics::SharedString;
 use tower::Layer;
 
-use crate::admission::{Gate, GateSpec};
+use crate::admission::{Gate, GateSpec, LazyGate};
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
 use crate::deadline::NoDeadline;
@@ -20,8 +20,8 @@ use super::WaitingRoom;
 /// either, every request is admitted at once and nobody waits. The
 /// composed [`BrownoutLayer`](crate) gives it both from one policy.
 ///
-/// The state is created with the layer and shared by every service it
-/// wraps and their clones.
+/// Every service the layer wraps, and their clones, share one room (created
+/// when the layer first wraps a service).
 #[derive(Debug, Clone)]
 pub struct WaitingRoomLayer<P = DefaultPriority, D = NoDeadline, C = ErrorsAsFailures> {
     room: WaitingRoomPolicy,
@@ -29,9 +29,9 @@ pub struct WaitingRoomLayer<P = DefaultPriority, D = NoDeadline, C = ErrorsAsFai
     limit: Option<LimitPolicy>,
     classes: Classes,
     route: SharedString,
-    clock: Clock,
+    clock: Option<Clock>,
     seed: Option<u64>,
-    gate: Arc<Gate>,
+    gate: LazyGate,
     priority: P,
     deadline: D,
     classifier: C,
@@ -42,21 +42,13 @@ impl WaitingRoomLayer {
     /// [`limit`](Self::limit) and [`breaker`](Self::breaker) it waits for.
     pub fn new(policy: WaitingRoomPolicy) -> Self {
         Self {
-            gate: Arc::new(Gate::new(GateSpec {
-                breaker: None,
-                limit: None,
-                room: Some(&policy),
-                classes: &Classes::default(),
-                route: SharedString::const_str("default"),
-                clock: Clock::detect(),
-                seed: None,
-            })),
+            gate: LazyGate::default(),
             room: policy,
             breaker: None,
             limit: None,
             classes: Classes::default(),
             route: SharedString::const_str("default"),
-            clock: Clock::detect(),
+            clock: None,
             seed: None,
             priority: DefaultPriority,
             deadline: NoDeadline,
@@ -69,37 +61,43 @@ impl<P, D, C> WaitingRoomLayer<P, D, C> {
     /// Waits for a circuit breaker following `policy`. Starts afresh.
     pub fn breaker(mut self, policy: BreakerPolicy) -> Self {
         self.breaker = Some(policy);
-        self.rebuild()
+        self.gate = LazyGate::default();
+        self
     }
 
     /// Waits for an adaptive limit following `policy`. Starts afresh.
     pub fn limit(mut self, policy: LimitPolicy) -> Self {
         self.limit = Some(policy);
-        self.rebuild()
+        self.gate = LazyGate::default();
+        self
     }
 
     /// Uses the classes of `policy`. Starts afresh.
     pub fn priorities(mut self, policy: &PriorityPolicy) -> Self {
         self.classes = Classes::from_policy(policy);
-        self.rebuild()
+        self.gate = LazyGate::default();
+        self
     }
 
     /// Names the route in metrics and logs. Starts afresh.
     pub fn route(mut self, route: impl Into<SharedString>) -> Self {
         self.route = route.into();
-        self.rebuild()
+        self.gate = LazyGate::default();
+        self
     }
 
     /// Uses `clock` instead of the detected one. Starts afresh.
     pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
-        self.rebuild()
+        self.clock = Some(clock);
+        self.gate = LazyGate::default();
+        self
     }
 
     /// Seeds the breaker's jitter, for reproducible drills. Starts afresh.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
-        self.rebuild()
+        self.gate = LazyGate::default();
+        self
     }
 
     /// Finds each request's class with `priority`.
@@ -160,41 +158,42 @@ impl<P, D, C> WaitingRoomLayer<P, D, C> {
 
     /// Requests waiting now.
     pub fn waiting(&self) -> usize {
-        self.gate.waiting()
+        self.gate().waiting()
     }
 
     /// Places the room has allocated so far: its memory high-water mark,
     /// never more than its capacity.
     pub fn places_allocated(&self) -> usize {
-        self.gate.room_slots()
+        self.gate().room_slots()
     }
 
     /// The current limit (0 without one).
     pub fn limit_now(&self) -> u32 {
-        self.gate.limiter().map_or(0, |limit| limit.limit())
+        self.gate().limiter().map_or(0, |limit| limit.limit())
     }
 
     /// Calls in flight now (0 without a limit).
     pub fn inflight(&self) -> u32 {
-        self.gate.limiter().map_or(0, |limit| limit.inflight())
+        self.gate().limiter().map_or(0, |limit| limit.inflight())
     }
 
     /// The breaker's state now (closed without one).
     pub fn state(&self) -> crate::BreakerState {
-        self.gate.state()
+        self.gate().state()
     }
 
-    fn rebuild(mut self) -> Self {
-        self.gate = Arc::new(Gate::new(GateSpec {
-            breaker: self.breaker.as_ref(),
-            limit: self.limit.as_ref(),
-            room: Some(&self.room),
-            classes: &self.classes,
-            route: self.route.clone(),
-            clock: self.clock.clone(),
-            seed: self.seed,
-        }));
-        self
+    fn gate(&self) -> &Arc<Gate> {
+        self.gate.get(|| {
+            Gate::new(GateSpec {
+                breaker: self.breaker.as_ref(),
+                limit: self.limit.as_ref(),
+                room: Some(&self.room),
+                classes: &self.classes,
+                route: self.route.clone(),
+                clock: self.clock.clone().unwrap_or_else(Clock::detect),
+                seed: self.seed,
+            })
+        })
     }
 }
 
@@ -204,7 +203,7 @@ impl<S, P: Clone, D: Clone, C: Clone> Layer<S> for WaitingRoomLayer<P, D, C> {
     fn layer(&self, inner: S) -> Self::Service {
         WaitingRoom {
             inner,
-            gate: self.gate.clone(),
+            gate: self.gate().clone(),
             priority: self.priority.clone(),
             deadline: self.deadline.clone(),
             classifier: self.classifier.clone(),
