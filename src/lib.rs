@@ -67,6 +67,7 @@ pub mod classify;
 pub mod clock;
 pub mod deadline;
 pub mod future;
+mod gates;
 pub mod limit;
 pub mod metrics;
 pub mod policy;

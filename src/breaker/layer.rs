@@ -11,8 +11,11 @@ use crate::policy::{BreakerPolicy, Mode, PolicyError};
 use std::fmt;
 use std::hash::Hash;
 
-use super::keyed::{GateMap, KeyedCircuitBreakerLayer};
+use std::hash::BuildHasher;
+
+use super::keyed::KeyedCircuitBreakerLayer;
 use super::{BreakerState, CircuitBreaker};
+use crate::gates::{GateMap, OVERFLOW_KEY};
 
 /// Applies a [`CircuitBreaker`] to a service.
 ///
@@ -134,11 +137,21 @@ impl<C> CircuitBreakerLayer<C> {
     /// ```
     pub fn per_key<Req, K, F>(self, max_keys: usize, key_of: F) -> KeyedCircuitBreakerLayer<K, F, C>
     where
-        K: Hash + Eq + Clone + fmt::Display,
+        K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
         F: Fn(&Req) -> K,
     {
         let clock = self.clock.unwrap_or_else(Clock::detect);
-        let gates = GateMap::new(self.policy, max_keys, clock, self.seed);
+        let (policy, seed) = (self.policy, self.seed);
+        let gates = GateMap::new(max_keys, move |key: Option<&K>| {
+            let route = match key {
+                Some(key) => SharedString::from(key.to_string()),
+                None => SharedString::const_str(OVERFLOW_KEY),
+            };
+            // Distinct but reproducible jitter per key when seeded.
+            let seed =
+                seed.map(|s| s ^ foldhash::fast::FixedState::with_seed(s).hash_one(route.as_ref()));
+            breaker_gate(&policy, route, clock.clone(), seed)
+        });
         KeyedCircuitBreakerLayer::from_parts(gates, key_of, self.classifier)
     }
 
