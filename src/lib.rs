@@ -12,6 +12,7 @@
 //! |---|---|---|
 //! | [`CircuitBreakerLayer`] | stops calling a failing or slow back end, probes it, lets traffic back when it recovers | [`breaker`] |
 //! | [`AdaptiveLimitLayer`] | learns how many calls the back end can take at once and sheds the excess at once, least important class first | [`limit`] |
+//! | [`WaitingRoomLayer`] | holds requests through short outages and bursts, lets them out in priority order at the pace the limit allows | [`waiting_room`] |
 //!
 //! Every layer rejects with one type, [`Rejected`], carrying a [`Reason`]
 //! and, when known, a retry hint. Rejections come back through the response
@@ -77,6 +78,11 @@ mod reject;
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod waiting_room;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use crate::breaker::{BreakerState, CircuitBreaker, CircuitBreakerLayer};
 pub use crate::limit::{AdaptiveLimit, AdaptiveLimitLayer};
