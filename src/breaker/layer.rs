@@ -1,21 +1,17 @@
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+
 use metrics::SharedString;
 use tower::Layer;
 
-use std::sync::Arc;
-
-use crate::admission::{Gate, LazyGate, breaker_gate};
+use crate::admission::{GateConfig, breaker_gate};
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
+use crate::gates::{GateMap, OVERFLOW_KEY};
 use crate::policy::{BreakerPolicy, Mode, PolicyError};
-
-use std::fmt;
-use std::hash::Hash;
-
-use std::hash::BuildHasher;
 
 use super::keyed::KeyedCircuitBreakerLayer;
 use super::{BreakerState, CircuitBreaker};
-use crate::gates::{GateMap, OVERFLOW_KEY};
 
 /// Applies a [`CircuitBreaker`] to a service.
 ///
@@ -25,12 +21,8 @@ use crate::gates::{GateMap, OVERFLOW_KEY};
 /// [`per_key`](Self::per_key).
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerLayer<C = ErrorsAsFailures> {
-    policy: BreakerPolicy,
-    gate: LazyGate,
+    config: GateConfig,
     classifier: C,
-    route: SharedString,
-    seed: Option<u64>,
-    clock: Option<Clock>,
 }
 
 impl CircuitBreakerLayer {
@@ -45,12 +37,8 @@ impl CircuitBreakerLayer {
             tracing::error!(%err, "brownout: invalid breaker policy, using it with its values clamped");
         }
         Self {
-            gate: LazyGate::default(),
-            policy,
+            config: GateConfig::default().breaker(policy),
             classifier: ErrorsAsFailures,
-            route: SharedString::const_str("default"),
-            seed: None,
-            clock: None,
         }
     }
 
@@ -65,53 +53,46 @@ impl<C> CircuitBreakerLayer<C> {
     /// Uses `classifier` to tell failures from successes.
     pub fn classify<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
         CircuitBreakerLayer {
-            policy: self.policy,
-            gate: self.gate,
+            config: self.config,
             classifier,
-            route: self.route,
-            seed: self.seed,
-            clock: self.clock,
         }
     }
 
     /// Names the route in metrics (`route` label) and logs. Starts the
     /// breaker afresh: call it while building the layer.
     pub fn route(mut self, route: impl Into<SharedString>) -> Self {
-        self.route = route.into();
-        self.gate = LazyGate::default();
+        self.config = self.config.route(route.into());
         self
     }
 
     /// Seeds the open periods' jitter, for reproducible drills. Starts the
     /// breaker afresh.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self.gate = LazyGate::default();
+        self.config = self.config.seed(seed);
         self
     }
 
     /// Uses `clock` instead of the one [detected](Clock::detect) when the
     /// breaker is created. Starts the breaker afresh.
     pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = Some(clock);
-        self.gate = LazyGate::default();
+        self.config = self.config.clock(clock);
         self
     }
 
     /// The breaker's state now.
     pub fn state(&self) -> BreakerState {
-        self.gate().state()
+        self.config.gate().state()
     }
 
     /// The breaker's mode.
     pub fn mode(&self) -> Mode {
-        self.gate().mode()
+        self.config.gate().mode()
     }
 
     /// Changes the mode of the running breaker (and of every service built
     /// from this layer); takes effect on the next request.
     pub fn set_mode(&self, mode: Mode) {
-        self.gate().set_mode(mode);
+        self.config.gate().set_mode(mode);
     }
 
     /// One breaker per key instead of one for all calls: `key_of` names the
@@ -140,8 +121,9 @@ impl<C> CircuitBreakerLayer<C> {
         K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static,
         F: Fn(&Req) -> K,
     {
-        let clock = self.clock.unwrap_or_else(Clock::detect);
-        let (policy, seed) = (self.policy, self.seed);
+        let clock = self.config.clock_or_detect();
+        let seed = self.config.seed_value();
+        let policy = self.config.breaker_policy().cloned().unwrap_or_default();
         let gates = GateMap::new(max_keys, move |key: Option<&K>| {
             let route = match key {
                 Some(key) => SharedString::from(key.to_string()),
@@ -154,19 +136,12 @@ impl<C> CircuitBreakerLayer<C> {
         });
         KeyedCircuitBreakerLayer::from_parts(gates, key_of, self.classifier)
     }
-
-    fn gate(&self) -> &Arc<Gate> {
-        self.gate.get(|| {
-            let clock = self.clock.clone().unwrap_or_else(Clock::detect);
-            breaker_gate(&self.policy, self.route.clone(), clock, self.seed)
-        })
-    }
 }
 
 impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::from_parts(inner, self.gate().clone(), self.classifier.clone())
+        CircuitBreaker::from_parts(inner, self.config.gate().clone(), self.classifier.clone())
     }
 }
