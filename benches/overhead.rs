@@ -11,6 +11,9 @@
 //!   [`PER_TASK`] requests. One iteration is one such round; criterion reports
 //!   the throughput in requests per second.
 //!
+//! `bare_boxed_reject` is the floor of a fast-fail: a service that answers
+//! every request with a boxed `Rejected`, as an open breaker does.
+//!
 //! Every inner service answers at once, so what is measured is the layer's
 //! own work: admission, the future's state machine and the outcome record.
 //!
@@ -42,6 +45,16 @@ const PER_TASK: u64 = 1_000;
 fn bare()
 -> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone + Send + 'static {
     tower::service_fn(|x: u64| async move { Ok::<_, Infallible>(x) })
+}
+
+/// The floor of any fast-fail under tower's `Error = BoxError` convention: a
+/// service that answers every request with a boxed `Rejected` at once (one
+/// allocation and one free per request, as brownout's open breaker).
+fn bare_boxed_reject()
+-> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    tower::service_fn(|_: u64| async move {
+        Err::<u64, BoxError>(brownout::Rejected::new(brownout::Reason::Open).into())
+    })
 }
 
 /// tower's own overload protection, as the drill's baseline uses it.
@@ -222,6 +235,7 @@ fn overhead(c: &mut Criterion) {
     let mut group = c.benchmark_group("overhead");
     group.throughput(Throughput::Elements(1));
     sequential(&mut group, "bare", &rt, bare());
+    sequential(&mut group, "bare_boxed_reject", &rt, bare_boxed_reject());
     sequential(&mut group, "tower_shed_limit", &rt, tower_shed_limit());
     sequential(
         &mut group,
@@ -264,6 +278,7 @@ fn overhead_contended(c: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat);
     group.sample_size(20);
     contended(&mut group, "bare", &rt, bare());
+    contended(&mut group, "bare_boxed_reject", &rt, bare_boxed_reject());
     contended(&mut group, "tower_shed_limit", &rt, tower_shed_limit());
     contended(
         &mut group,
