@@ -548,8 +548,10 @@ impl Gate {
         let elapsed = responded.unwrap_or(now).saturating_sub(start);
         let failed = outcome == Outcome::Failure;
         self.metrics.served(failed, elapsed as f64 * 1e-9);
+        let mut opened = false;
         if let Some(breaker) = &self.breaker {
             if let Some(transition) = breaker.complete(ticket, failed, elapsed, now) {
+                opened = transition.to == BreakerState::Open;
                 self.report(transition);
             }
         }
@@ -560,6 +562,15 @@ impl Gate {
             }
         }
         self.wake_room();
+        if opened {
+            // Waiters seated while calls went through sleep until their
+            // wait runs out: wake them to sleep until the next probe.
+            if let Some(room) = &self.room {
+                if room.waiting() > 0 {
+                    room.with(Queues::wake_waiting);
+                }
+            }
+        }
     }
 
     fn cancel(&self, ticket: Ticket) {

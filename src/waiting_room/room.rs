@@ -4,9 +4,12 @@
 //! Every operation is O(1) but the search for the most important non-empty
 //! class, which is O(classes) with at most 16 classes. Memory is one
 //! [`Slot`] per place, allocated as the room first fills and never freed
-//! below the peak, so a room of capacity N holds at most N slots whatever
-//! the traffic. A slot is reused under a new sequence number, so a stale
-//! key (a waiter that already left) never touches its successor.
+//! below the peak. A waiter holds its slot from its arrival until it reads
+//! its answer, so a room of capacity N holds at most N waiting slots plus
+//! one per waiter that has been answered (granted or turned away) but not
+//! yet polled: woken tasks, which read their answer when they next run. A
+//! slot is reused under a new sequence number, so a stale key (a waiter
+//! that already left) never touches its successor.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::*};
@@ -124,20 +127,7 @@ impl Queues {
         now: Nanos,
         until: Nanos,
     ) -> Result<Key, Rejected> {
-        if self.len >= self.capacity {
-            let lowest = self
-                .lists
-                .iter()
-                .rposition(|list| list.head != NIL)
-                .filter(|&rank| rank > usize::from(priority.rank()));
-            match lowest {
-                Some(rank) => {
-                    let victim = self.lists[rank].tail;
-                    self.finish(victim, State::Rejected(Rejected::new(Reason::QueueFull)));
-                }
-                None => return Err(Rejected::new(Reason::QueueFull)),
-            }
-        }
+        self.make_room(priority)?;
         let index = self.take_slot();
         let rank = usize::from(priority.rank()).min(MAX_CLASSES - 1);
         let tail = self.lists[rank].tail;
@@ -163,6 +153,31 @@ impl Queues {
         }
         self.len += 1;
         Ok(key)
+    }
+
+    /// Makes a place for a waiter of class `priority` if the room is full,
+    /// by turning away the newest waiter of the least important class below
+    /// it, who is told `QueueFull`; returns that waiter's class, so that the
+    /// caller can count it out. With no one below it, the newcomer is
+    /// turned away instead.
+    pub(crate) fn make_room(&mut self, priority: Priority) -> Result<Option<Priority>, Rejected> {
+        if self.len < self.capacity {
+            return Ok(None);
+        }
+        let lowest = self
+            .lists
+            .iter()
+            .rposition(|list| list.head != NIL)
+            .filter(|&rank| rank > usize::from(priority.rank()));
+        match lowest {
+            Some(rank) => {
+                let victim = self.lists[rank].tail;
+                let displaced = self.slots[victim as usize].priority;
+                self.finish(victim, State::Rejected(Rejected::new(Reason::QueueFull)));
+                Ok(Some(displaced))
+            }
+            None => Err(Rejected::new(Reason::QueueFull)),
+        }
     }
 
     /// The waiter that leaves next: the most important class's oldest, or
@@ -208,6 +223,22 @@ impl Queues {
             self.busy_since = None;
         }
         turned_away
+    }
+
+    /// Wakes every waiter that is still waiting, so that each looks again
+    /// at when it must next be polled (the breaker opened under them, and
+    /// its next probe may come before their wait runs out).
+    pub(crate) fn wake_waiting(&mut self) {
+        for rank in 0..MAX_CLASSES {
+            let mut index = self.lists[rank].head;
+            while index != NIL {
+                let slot = &mut self.slots[index as usize];
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
+                index = slot.next;
+            }
+        }
     }
 
     /// Turns away the newest waiters of the least important classes until
