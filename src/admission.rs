@@ -228,7 +228,7 @@ impl Gate {
 
     /// Decides whether a call of class `priority` may go to the back end
     /// now; never waits.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn admit(self: &Arc<Self>, priority: Priority) -> Result<Permit, Rejected> {
         let now = self.clock.now();
         match self.acquire(priority, now) {
@@ -543,6 +543,7 @@ impl Gate {
             .map_or(0, |room| room.with(|queues| queues.slots_allocated()))
     }
 
+    #[inline(always)]
     fn settle(&self, ticket: Ticket, outcome: Outcome, start: Nanos, responded: Option<Nanos>) {
         let now = self.clock.now();
         let elapsed = responded.unwrap_or(now).saturating_sub(start);
@@ -573,6 +574,7 @@ impl Gate {
         }
     }
 
+    #[inline]
     fn cancel(&self, ticket: Ticket) {
         self.metrics.cancelled();
         self.give_back(ticket);
@@ -660,6 +662,7 @@ pub struct Permit {
 
 impl Permit {
     /// Settles the call with its outcome.
+    #[inline(always)]
     pub fn record(mut self, outcome: Outcome) {
         if let Some(gate) = self.gate.take() {
             gate.settle(self.ticket, outcome, self.start, self.responded);
@@ -687,6 +690,7 @@ impl Permit {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         if let Some(gate) = self.gate.take() {
             gate.cancel(self.ticket);

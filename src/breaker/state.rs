@@ -263,6 +263,7 @@ impl BreakerCore {
         }
     }
 
+    #[inline]
     pub(crate) fn mode(&self) -> Mode {
         mode_from_u8(self.mode.load(Relaxed))
     }
@@ -436,6 +437,7 @@ impl BreakerCore {
     /// Gives back the slot of an admitted call that ended without an
     /// outcome (its future was dropped): a probe slot is reopened for
     /// another call; a closed-state call leaves no trace.
+    #[inline]
     pub(crate) fn cancel(&self, ticket: Ticket) {
         if ticket.kind != TicketKind::Probe {
             return;
