@@ -47,17 +47,23 @@ impl<K: Hash + Eq + Clone> GateMap<K> {
         }
     }
 
-    /// Runs `f` with the gate of `key`, creating it on first sight.
+    /// Runs `f` with the gate of `key`, creating it on first sight (with
+    /// the key `own(key)` makes).
     #[inline]
-    pub(crate) fn with<Q, R>(&self, key: &Q, f: impl FnOnce(&Arc<Gate>) -> R) -> R
+    pub(crate) fn with<Q, R>(
+        &self,
+        key: &Q,
+        own: impl FnOnce(&Q) -> K,
+        f: impl FnOnce(&Arc<Gate>) -> R,
+    ) -> R
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        Q: Hash + Eq + ?Sized,
     {
         if let Some(gate) = self.gates.load().get(key) {
             return f(gate);
         }
-        let gate = self.insert(key);
+        let gate = self.insert(key, own);
         f(&gate)
     }
 
@@ -76,10 +82,10 @@ impl<K: Hash + Eq + Clone> GateMap<K> {
     }
 
     #[cold]
-    fn insert<Q>(&self, key: &Q) -> Arc<Gate>
+    fn insert<Q>(&self, key: &Q, own: impl FnOnce(&Q) -> K) -> Arc<Gate>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        Q: Hash + Eq + ?Sized,
     {
         let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.gates.load();
@@ -93,7 +99,7 @@ impl<K: Hash + Eq + Clone> GateMap<K> {
             );
             return self.overflow.clone();
         }
-        let owned = key.to_owned();
+        let owned = own(key);
         let gate = Arc::new((self.factory)(Some(&owned)));
         let mut next = Map::clone(&current);
         next.insert(owned, gate.clone());

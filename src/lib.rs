@@ -67,6 +67,7 @@ pub mod breaker;
 pub mod classify;
 pub mod clock;
 pub mod deadline;
+pub mod fallback;
 pub mod future;
 mod gates;
 pub mod limit;
@@ -77,6 +78,7 @@ mod reject;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
+pub mod stack;
 pub mod waiting_room;
 
 /// The README's examples, compiled and run as doc tests.
@@ -85,6 +87,7 @@ pub mod waiting_room;
 struct ReadmeDoctests;
 
 pub use crate::breaker::{BreakerState, CircuitBreaker, CircuitBreakerLayer};
+pub use crate::fallback::FallbackLayer;
 pub use crate::limit::{AdaptiveLimit, AdaptiveLimitLayer};
 pub use crate::policy::{
     BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Policy, PolicyError, PriorityPolicy,
@@ -92,4 +95,5 @@ pub use crate::policy::{
 };
 pub use crate::priority::Priority;
 pub use crate::reject::{Reason, Rejected};
+pub use crate::stack::{Brownout, BrownoutLayer};
 pub use crate::waiting_room::{WaitingRoom, WaitingRoomLayer};

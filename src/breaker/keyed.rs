@@ -152,7 +152,10 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let key = (self.key_of)(&req);
-        match self.gates.with(&key, |gate| gate.admit(Priority::HIGHEST)) {
+        match self
+            .gates
+            .with(&key, K::clone, |gate| gate.admit(Priority::HIGHEST))
+        {
             Ok(permit) => {
                 ResponseFuture::admitted(self.inner.call(req), permit, self.classifier.clone())
             }

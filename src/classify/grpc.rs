@@ -383,6 +383,24 @@ pin_project! {
     }
 }
 
+impl<B> GrpcBody<B> {
+    /// A body with no call to settle: an answer brownout made itself (a
+    /// fallback), given the type of the classified responses.
+    pub fn unclassified(inner: B) -> Self {
+        Self {
+            inner,
+            permit: None,
+            classifier: GrpcErrorsAsFailures::new(),
+        }
+    }
+}
+
+impl<B: Default> Default for GrpcBody<B> {
+    fn default() -> Self {
+        Self::unclassified(B::default())
+    }
+}
+
 impl<B: Body> Body for GrpcBody<B> {
     type Data = B::Data;
     type Error = B::Error;

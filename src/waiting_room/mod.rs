@@ -66,8 +66,6 @@
 mod layer;
 pub(crate) mod room;
 
-pub mod future;
-
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -77,11 +75,14 @@ use crate::admission::{Entry, Gate};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::clock::saturating_nanos;
 use crate::deadline::{DeadlineOf, NoDeadline};
-use crate::future::ResponseFuture as AdmittedFuture;
+use crate::fallback::RejectAsError;
 use crate::priority::{DefaultPriority, PriorityOf};
 
-pub use self::future::ResponseFuture;
 pub use self::layer::WaitingRoomLayer;
+
+/// The waiting room's response future: the composed stack's, with
+/// rejections as errors.
+pub type ResponseFuture<S, Req, C> = crate::stack::ResponseFuture<S, Req, C, RejectAsError>;
 
 /// A waiting room in front of a service; see the [module docs](self).
 /// Clones share the room.
@@ -141,23 +142,23 @@ where
                 .now()
                 .saturating_add(saturating_nanos(left))
         });
-        let gate = self.gate.clone();
         match self.gate.enter(priority, deadline) {
-            Ok(Entry::Now(permit)) => {
-                let call = self.inner.call(req);
-                ResponseFuture::running(
-                    AdmittedFuture::admitted(call, permit, self.classifier.clone()),
-                    gate,
-                )
-            }
+            Ok(Entry::Now(permit)) => ResponseFuture::calling(
+                self.inner.call(req),
+                permit,
+                self.classifier.clone(),
+                RejectAsError,
+            ),
             Ok(Entry::Wait(waiter)) => {
                 // Keep the service that was polled ready for this request,
                 // and leave a fresh clone for the next one.
                 let fresh = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, fresh);
-                ResponseFuture::waiting(waiter, ready, req, self.classifier.clone(), gate)
+                let gate = self.gate.clone();
+                let classifier = self.classifier.clone();
+                ResponseFuture::waiting(gate, waiter, ready, req, classifier, RejectAsError)
             }
-            Err(rejected) => ResponseFuture::running(AdmittedFuture::rejected(rejected), gate),
+            Err(rejected) => ResponseFuture::answering(std::future::ready(Err(rejected.into()))),
         }
     }
 }

@@ -1,0 +1,227 @@
+//! The composed stack's response future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::Service;
+
+use crate::admission::{Gate, Permit, Waiter};
+use crate::classify::Classify;
+use crate::fallback::Fallback;
+
+pin_project! {
+    /// A request through the stack: waiting in the room, calling the inner
+    /// service with its permit, or being answered by the fallback.
+    ///
+    /// Dropping it while it waits frees its place at once (a permit it had
+    /// just been granted goes to the next waiter); while it calls, its
+    /// permit is released and the call counted as cancelled.
+    pub struct ResponseFuture<S, Req, C, F>
+    where
+        S: Service<Req>,
+        C: Classify<S::Response, S::Error>,
+        F: Fallback<Req, C::Response, S::Error>,
+    {
+        #[pin]
+        state: State<S, Req, C, F>,
+    }
+
+    impl<S, Req, C, F> PinnedDrop for ResponseFuture<S, Req, C, F>
+    where
+        S: Service<Req>,
+        C: Classify<S::Response, S::Error>,
+        F: Fallback<Req, C::Response, S::Error>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            if let StateProj::Waiting { gate, waiter, .. } = this.project().state.project() {
+                gate.leave(waiter);
+            }
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Req, C, F>
+    where
+        S: Service<Req>,
+        C: Classify<S::Response, S::Error>,
+        F: Fallback<Req, C::Response, S::Error>,
+    {
+        Waiting {
+            gate: Arc<Gate>,
+            waiter: Waiter,
+            // The service, polled ready before `call`, and the request,
+            // kept for when a permit comes (or handed to the fallback).
+            inner: Option<S>,
+            req: Option<Req>,
+            classifier: Option<C>,
+            fallback: Option<F>,
+            #[pin]
+            sleep: Option<Sleep>,
+        },
+        Calling {
+            #[pin]
+            call: S::Future,
+            permit: Option<Permit>,
+            classifier: C,
+            fallback: F,
+        },
+        Answering {
+            #[pin]
+            answer: F::Future,
+        },
+    }
+}
+
+impl<S, Req, C, F> ResponseFuture<S, Req, C, F>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error>,
+    F: Fallback<Req, C::Response, S::Error>,
+{
+    pub(crate) fn calling(call: S::Future, permit: Permit, classifier: C, fallback: F) -> Self {
+        Self {
+            state: State::Calling {
+                call,
+                permit: Some(permit),
+                classifier,
+                fallback,
+            },
+        }
+    }
+
+    pub(crate) fn answering(answer: F::Future) -> Self {
+        Self {
+            state: State::Answering { answer },
+        }
+    }
+
+    pub(crate) fn waiting(
+        gate: Arc<Gate>,
+        waiter: Waiter,
+        inner: S,
+        req: Req,
+        classifier: C,
+        fallback: F,
+    ) -> Self {
+        Self {
+            state: State::Waiting {
+                gate,
+                waiter,
+                inner: Some(inner),
+                req: Some(req),
+                classifier: Some(classifier),
+                fallback: Some(fallback),
+                sleep: None,
+            },
+        }
+    }
+}
+
+impl<S, Req, C, F> std::fmt::Debug for ResponseFuture<S, Req, C, F>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error>,
+    F: Fallback<Req, C::Response, S::Error>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Waiting { .. } => "waiting",
+            State::Calling { .. } => "calling",
+            State::Answering { .. } => "answering",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, Req, C, F> Future for ResponseFuture<S, Req, C, F>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error>,
+    F: Fallback<Req, C::Response, S::Error>,
+{
+    type Output = Result<C::Response, F::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Answering { answer } => return answer.poll(cx),
+                StateProj::Calling {
+                    call,
+                    permit,
+                    classifier,
+                    fallback,
+                } => {
+                    let result = ready!(call.poll(cx));
+                    let permit = permit.take().expect("polled after completion");
+                    return Poll::Ready(
+                        classifier
+                            .classify(result, permit)
+                            .map_err(|e| fallback.inner_error(e)),
+                    );
+                }
+                StateProj::Waiting {
+                    gate,
+                    waiter,
+                    inner,
+                    req,
+                    classifier,
+                    fallback,
+                    mut sleep,
+                } => match gate.poll_waiter(waiter, cx) {
+                    Poll::Ready(verdict) => {
+                        let (Some(mut inner), Some(req), Some(classifier), Some(fallback)) =
+                            (inner.take(), req.take(), classifier.take(), fallback.take())
+                        else {
+                            unreachable!("a waiting future holds its call until it leaves");
+                        };
+                        match verdict {
+                            Ok(permit) => State::Calling {
+                                call: inner.call(req),
+                                permit: Some(permit),
+                                classifier,
+                                fallback,
+                            },
+                            Err(rejected) => State::Answering {
+                                answer: fallback.fallback(rejected, Some(req)),
+                            },
+                        }
+                    }
+                    Poll::Pending => {
+                        // Poll again when the wait runs out or the breaker
+                        // is due to probe, whichever comes first; a permit
+                        // freed before then wakes the waker directly.
+                        let clock = gate.clock();
+                        let at = clock.instant(gate.wake_at(waiter)) + clock.slack();
+                        match sleep.as_mut().as_pin_mut() {
+                            // Fired for this very time and the gate still
+                            // says wait: never spin, look again a tick later.
+                            Some(timer) if timer.deadline() >= at && timer.is_elapsed() => {
+                                let later = timer.deadline() + Duration::from_millis(1);
+                                timer.reset(later);
+                            }
+                            Some(timer) if timer.deadline() == at => {}
+                            Some(timer) => timer.reset(at),
+                            None => sleep.set(Some(tokio::time::sleep_until(at))),
+                        }
+                        let timer = sleep.as_pin_mut().expect("the timer was just set");
+                        match timer.poll(cx) {
+                            Poll::Ready(()) => continue,
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                },
+            };
+            this.state.set(next);
+        }
+    }
+}

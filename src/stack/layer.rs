@@ -1,0 +1,290 @@
+use std::sync::Arc;
+
+use metrics::SharedString;
+use tower::Layer;
+
+use crate::admission::{Gate, GateSpec};
+use crate::classify::ErrorsAsFailures;
+use crate::clock::Clock;
+use crate::deadline::NoDeadline;
+use crate::fallback::RejectAsError;
+use crate::gates::{GateMap, OVERFLOW_KEY};
+use crate::policy::Policy;
+use crate::priority::{Classes, DefaultPriority};
+
+use super::{Brownout, SingleRoute};
+
+/// Routes with a gate of their own before new ones share the overflow gate.
+pub const DEFAULT_MAX_ROUTES: usize = 256;
+
+/// What every clone of a stack shares: the gates of its routes.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) gates: GateMap<Arc<str>>,
+    pub(crate) classes: Classes,
+}
+
+/// The composed stack: fallback → admission (breaker × limit × waiting
+/// room, per route) → inner service, from one [`Policy`]; see the
+/// [module docs](super).
+///
+/// [`from_policy`](Self::from_policy) gives the generic stack: one route,
+/// default classes, no deadlines, inner errors as failures, and rejections
+/// as the service's error ([`RejectAsError`]). The builder methods swap
+/// each part; [`http`](Self::http) and [`grpc`](Self::grpc) set them all
+/// for HTTP and gRPC services.
+#[derive(Debug, Clone)]
+pub struct BrownoutLayer<
+    F = RejectAsError,
+    R = SingleRoute,
+    P = DefaultPriority,
+    D = NoDeadline,
+    C = ErrorsAsFailures,
+> {
+    policy: Arc<Policy>,
+    shared: Arc<Shared>,
+    fallback: F,
+    route: R,
+    priority: P,
+    deadline: D,
+    classifier: C,
+}
+
+impl BrownoutLayer {
+    /// The stack `policy` describes. Build it after `tokio::time::pause()`
+    /// in tests, so that it follows virtual time.
+    ///
+    /// A policy that does not validate is used with its bad values brought
+    /// into range, and an error is logged; load policies with
+    /// [`Policy::from_path`] and friends, which validate.
+    pub fn from_policy(policy: &Policy) -> Self {
+        Self::with_settings(policy, DEFAULT_MAX_ROUTES, None)
+    }
+
+    fn with_settings(policy: &Policy, max_routes: usize, clock: Option<Clock>) -> Self {
+        if let Err(err) = policy.validate() {
+            tracing::error!(%err, "brownout: invalid policy, using it with its values clamped");
+        }
+        let policy = Arc::new(policy.clone());
+        let classes = Classes::from_policy(&policy.priority);
+        let clock = clock.unwrap_or_else(Clock::detect);
+        let gates = {
+            let policy = policy.clone();
+            let classes = classes.clone();
+            GateMap::new(max_routes, move |route: Option<&Arc<str>>| {
+                let label = match route {
+                    Some(route) => SharedString::from(route.to_string()),
+                    None => SharedString::const_str(OVERFLOW_KEY),
+                };
+                Gate::new(GateSpec {
+                    breaker: Some(&policy.breaker),
+                    limit: Some(&policy.limit),
+                    room: Some(&policy.waiting_room),
+                    classes: &classes,
+                    route: label,
+                    clock: clock.clone(),
+                    seed: None,
+                })
+            })
+        };
+        Self {
+            shared: Arc::new(Shared { gates, classes }),
+            policy,
+            fallback: RejectAsError,
+            route: SingleRoute,
+            priority: DefaultPriority,
+            deadline: NoDeadline,
+            classifier: ErrorsAsFailures,
+        }
+    }
+}
+
+impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
+    /// At most `max_routes` routes get gates of their own (default
+    /// [`DEFAULT_MAX_ROUTES`]); later ones share one, labelled `overflow`.
+    /// Starts the stack afresh.
+    pub fn max_routes(self, max_routes: usize) -> Self {
+        let fresh = BrownoutLayer::with_settings(&self.policy, max_routes, None);
+        self.with_shared(fresh.shared)
+    }
+
+    /// Uses `clock` instead of the detected one. Starts the stack afresh.
+    pub fn clock(self, clock: Clock) -> Self {
+        let max = DEFAULT_MAX_ROUTES;
+        let fresh = BrownoutLayer::with_settings(&self.policy, max, Some(clock));
+        self.with_shared(fresh.shared)
+    }
+
+    fn with_shared(mut self, shared: Arc<Shared>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The policy the stack follows.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The priority classes requests are sorted into.
+    pub fn classes(&self) -> &Classes {
+        &self.shared.classes
+    }
+
+    /// The breaker state of `route` (`"default"` for requests without a
+    /// route), if the route has been seen.
+    pub fn state(&self, route: &str) -> Option<crate::BreakerState> {
+        self.shared.gates.get(route).map(|gate| gate.state())
+    }
+
+    /// The current limit of `route`, if the route has been seen.
+    pub fn limit(&self, route: &str) -> Option<u32> {
+        let gate = self.shared.gates.get(route)?;
+        gate.limiter().map(|limit| limit.limit())
+    }
+
+    /// Requests waiting on `route` now (0 if it has not been seen).
+    pub fn waiting(&self, route: &str) -> usize {
+        self.shared
+            .gates
+            .get(route)
+            .map_or(0, |gate| gate.waiting())
+    }
+
+    /// Answers rejections with `fallback`.
+    pub fn fallback<F2>(self, fallback: F2) -> BrownoutLayer<F2, R, P, D, C> {
+        BrownoutLayer {
+            policy: self.policy,
+            shared: self.shared,
+            fallback,
+            route: self.route,
+            priority: self.priority,
+            deadline: self.deadline,
+            classifier: self.classifier,
+        }
+    }
+
+    /// Names each request's route with `route`.
+    pub fn route_by<R2>(self, route: R2) -> BrownoutLayer<F, R2, P, D, C> {
+        BrownoutLayer {
+            policy: self.policy,
+            shared: self.shared,
+            fallback: self.fallback,
+            route,
+            priority: self.priority,
+            deadline: self.deadline,
+            classifier: self.classifier,
+        }
+    }
+
+    /// Finds each request's class with `priority`.
+    pub fn priority<P2>(self, priority: P2) -> BrownoutLayer<F, R, P2, D, C> {
+        BrownoutLayer {
+            policy: self.policy,
+            shared: self.shared,
+            fallback: self.fallback,
+            route: self.route,
+            priority,
+            deadline: self.deadline,
+            classifier: self.classifier,
+        }
+    }
+
+    /// Finds each request's own deadline with `deadline`.
+    pub fn deadline<D2>(self, deadline: D2) -> BrownoutLayer<F, R, P, D2, C> {
+        BrownoutLayer {
+            policy: self.policy,
+            shared: self.shared,
+            fallback: self.fallback,
+            route: self.route,
+            priority: self.priority,
+            deadline,
+            classifier: self.classifier,
+        }
+    }
+
+    /// Uses `classifier` to tell failures from successes.
+    pub fn classify<C2>(self, classifier: C2) -> BrownoutLayer<F, R, P, D, C2> {
+        BrownoutLayer {
+            policy: self.policy,
+            shared: self.shared,
+            fallback: self.fallback,
+            route: self.route,
+            priority: self.priority,
+            deadline: self.deadline,
+            classifier,
+        }
+    }
+}
+
+#[cfg(feature = "http")]
+impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
+    /// Everything an HTTP service needs: rejections answered with
+    /// [`ProblemJson`](crate::fallback::ProblemJson) (503, `Retry-After`),
+    /// routes by [`HttpRoute`](super::HttpRoute), classes from the policy's
+    /// `priority.header`, deadlines from `grpc-timeout` or the policy's
+    /// `waiting_room.deadline_header`, 5xx as failures.
+    #[allow(clippy::type_complexity)]
+    pub fn http(
+        self,
+    ) -> BrownoutLayer<
+        crate::fallback::ProblemJson,
+        super::HttpRoute,
+        crate::priority::HeaderPriority,
+        crate::deadline::HeaderDeadline,
+        crate::classify::ServerErrorsAsFailures,
+    > {
+        let priority = crate::priority::HeaderPriority::from_policy(&self.policy.priority);
+        let deadline = crate::deadline::HeaderDeadline::new(
+            self.policy.waiting_room.deadline_header.as_deref(),
+        );
+        self.fallback(crate::fallback::ProblemJson)
+            .route_by(super::HttpRoute)
+            .priority(priority)
+            .deadline(deadline)
+            .classify(crate::classify::ServerErrorsAsFailures)
+    }
+}
+
+#[cfg(feature = "grpc")]
+impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
+    /// Everything a gRPC server needs: rejections answered with
+    /// [`GrpcUnavailable`](crate::fallback::GrpcUnavailable) (`UNAVAILABLE`,
+    /// `RESOURCE_EXHAUSTED` when shed, retry pushback), one route per
+    /// method, classes from the policy's `priority.header`, deadlines from
+    /// `grpc-timeout`, and `grpc-status` read from headers or trailers.
+    #[allow(clippy::type_complexity)]
+    pub fn grpc(
+        self,
+    ) -> BrownoutLayer<
+        crate::fallback::GrpcUnavailable,
+        super::HttpRoute,
+        crate::priority::HeaderPriority,
+        crate::deadline::HeaderDeadline,
+        crate::classify::GrpcErrorsAsFailures,
+    > {
+        let priority = crate::priority::HeaderPriority::from_policy(&self.policy.priority);
+        self.fallback(crate::fallback::GrpcUnavailable)
+            .route_by(super::HttpRoute)
+            .priority(priority)
+            .deadline(crate::deadline::HeaderDeadline::new(None))
+            .classify(crate::classify::GrpcErrorsAsFailures::new())
+    }
+}
+
+impl<S, F: Clone, R: Clone, P: Clone, D: Clone, C: Clone> Layer<S>
+    for BrownoutLayer<F, R, P, D, C>
+{
+    type Service = Brownout<S, F, R, P, D, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Brownout {
+            inner,
+            shared: self.shared.clone(),
+            fallback: self.fallback.clone(),
+            route: self.route.clone(),
+            priority: self.priority.clone(),
+            deadline: self.deadline.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The composed stack: one layer, built from one policy file, that gives
+//! every request a clear answer.
+//!
+//! ```text
+//! request ─► route, priority, deadline
+//!         ─► admission: breaker × adaptive limit (per route)
+//!               permit now ────────► inner service
+//!               no permit, may wait ► waiting room ─► permit later ─► inner
+//!               no permit, can't wait ► fallback (answers with the request in hand)
+//!         ◄─ outcome classified (success / failure / slow) feeds breaker + limit
+//! ```
+//!
+//! Each route has its own breaker, limit and waiting room, shared by every
+//! clone of the service, following the policy's top-level sections (and,
+//! once route overrides land, its `[routes."…"]` sections).
+//!
+//! # HTTP (axum)
+//!
+//! With the `http` feature, [`BrownoutLayer::http`] reads the class from
+//! the policy's `priority.header`, the deadline from `grpc-timeout` or
+//! `waiting_room.deadline_header`, counts 5xx as failures, routes by axum's
+//! `MatchedPath` (feature `axum`) or the URI path, and answers rejections
+//! with `503` + `Retry-After` + an RFC 9457 problem document. The stack
+//! keeps the inner service's error type, so it goes straight into
+//! `Router::layer` with no `HandleErrorLayer`:
+//!
+//! ```
+//! # #[cfg(feature = "http")] {
+//! use brownout::{BrownoutLayer, Policy};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let policy = Policy::from_toml(r#"
+//!     [breaker]
+//!     mode = "forced_open"
+//! "#).unwrap();
+//! let app = ServiceBuilder::new()
+//!     .layer(BrownoutLayer::from_policy(&policy).http())
+//!     .service_fn(|_: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("slots")))
+//!     });
+//! let response = app.oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! assert_eq!(response.headers()["content-type"], "application/problem+json");
+//! # }
+//! # }
+//! ```
+
+mod future;
+mod layer;
+mod route;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::Service;
+
+use crate::admission::Entry;
+use crate::classify::Classify;
+use crate::clock::saturating_nanos;
+use crate::deadline::DeadlineOf;
+use crate::fallback::Fallback;
+use crate::priority::PriorityOf;
+
+pub use self::future::ResponseFuture;
+pub use self::layer::{BrownoutLayer, DEFAULT_MAX_ROUTES};
+#[cfg(feature = "http")]
+pub use self::route::HttpRoute;
+pub use self::route::{RouteFn, RouteOf, SingleRoute, route_fn};
+
+use self::layer::Shared;
+
+/// The route label of requests without a route.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// The composed stack in front of a service; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Brownout<S, F, R, P, D, C> {
+    inner: S,
+    shared: Arc<Shared>,
+    fallback: F,
+    route: R,
+    priority: P,
+    deadline: D,
+    classifier: C,
+}
+
+impl<S, F, R, P, D, C> Brownout<S, F, R, P, D, C> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, F, R, P, D, C, Req> Service<Req> for Brownout<S, F, R, P, D, C>
+where
+    S: Service<Req> + Clone,
+    C: Classify<S::Response, S::Error> + Clone,
+    F: Fallback<Req, C::Response, S::Error> + Clone,
+    R: RouteOf<Req>,
+    P: PriorityOf<Req>,
+    D: DeadlineOf<Req>,
+{
+    type Response = C::Response;
+    type Error = F::Error;
+    type Future = ResponseFuture<S, Req, C, F>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| self.fallback.inner_error(e))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let priority = self.priority.priority_of(&req, &self.shared.classes);
+        let left = self.deadline.deadline_of(&req);
+        let key = self.route.route_of(&req).unwrap_or(DEFAULT_ROUTE);
+        let entered = self.shared.gates.with(
+            key,
+            |key: &str| Arc::<str>::from(key),
+            |gate| {
+                let deadline =
+                    left.map(|left| gate.clock().now().saturating_add(saturating_nanos(left)));
+                gate.enter(priority, deadline).map(|entry| match entry {
+                    Entry::Now(permit) => (Entry::Now(permit), None),
+                    wait => (wait, Some(gate.clone())),
+                })
+            },
+        );
+        match entered {
+            Ok((Entry::Now(permit), _)) => ResponseFuture::calling(
+                self.inner.call(req),
+                permit,
+                self.classifier.clone(),
+                self.fallback.clone(),
+            ),
+            Ok((Entry::Wait(waiter), Some(gate))) => {
+                // Keep the service that was polled ready for this request,
+                // and leave a fresh clone for the next one.
+                let fresh = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, fresh);
+                ResponseFuture::waiting(
+                    gate,
+                    waiter,
+                    ready,
+                    req,
+                    self.classifier.clone(),
+                    self.fallback.clone(),
+                )
+            }
+            Ok((Entry::Wait(_), None)) => unreachable!("a waiter keeps its gate"),
+            Err(rejected) => ResponseFuture::answering(self.fallback.fallback(rejected, Some(req))),
+        }
+    }
+}
