@@ -117,7 +117,7 @@ fn cancel() -> impl Strategy<Value = Cancel> {
 
 fn arrival() -> impl Strategy<Value = Arrival> {
     (
-        0..8_000u64,
+        0..6_000u64,
         0..3u8,
         prop::option::weighted(0.3, 0..3_000u64),
         cancel(),
@@ -136,7 +136,7 @@ fn outage() -> impl Strategy<Value = (u64, u64, Outage)> {
         Just(Outage::Hang),
         (2.0..20.0f64).prop_map(Outage::Slow),
     ];
-    (0..8_000u64, 1..3_000u64, kind)
+    (0..6_000u64, 1..3_000u64, kind)
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -154,7 +154,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
     let backend = (1..10usize, 1..200u64, any::<bool>(), any::<u64>());
     let traffic = (
         prop::collection::vec(outage(), 0..4),
-        prop::collection::vec(arrival(), 1..60),
+        prop::collection::vec(arrival(), 1..150),
     );
     (room, limit, breaker, backend, traffic).prop_map(
         |(
@@ -399,6 +399,8 @@ struct Figures {
     gradient_cases: u64,
     gradient_peak_max: u32,
     gradient_limit_max: u32,
+    /// Gradient cases whose limit moved during the run.
+    gradient_moved: u64,
     /// Most places allocated beyond a room's capacity.
     places_over_capacity: usize,
     /// Waits before reaching the back end, by class: (count, sum, max).
@@ -452,6 +454,7 @@ fn run(s: &Scenario, figures: &mut Figures) {
                     Cancel::Never | Cancel::Abort(_) => PATIENCE,
                 };
                 let svc = svc.clone();
+                let gate = layer.clone();
                 let task = tokio::spawn(async move {
                     let t0 = Instant::now();
                     let outcome = match tokio::time::timeout(patience, svc.oneshot(call)).await {
@@ -462,6 +465,18 @@ fn run(s: &Scenario, figures: &mut Figures) {
                         },
                         Err(_) => Outcome::Cancelled,
                     };
+                    if let Outcome::Rejected(Reason::QueueTimeout | Reason::Deadline) = outcome {
+                        // A waiter runs out of time only if nobody could be
+                        // let out: the room hands out a free permit before
+                        // it turns anyone away.
+                        let idle = gate.state() == brownout::BreakerState::Closed
+                            && gate.inflight() == 0
+                            && !t0.elapsed().is_zero();
+                        assert!(
+                            !idle,
+                            "request {i} ran out of time with the breaker closed and nothing in flight"
+                        );
+                    }
                     (t0, outcome, t0.elapsed())
                 });
                 if let Cancel::Abort(after) = a.cancel {
@@ -639,6 +654,9 @@ fn run(s: &Scenario, figures: &mut Figures) {
         figures.gradient_cases += 1;
         figures.gradient_peak_max = figures.gradient_peak_max.max(peak);
         figures.gradient_limit_max = figures.gradient_limit_max.max(max_limit);
+        if starts.iter().any(|st| st.limit != s.limit) || limit_at_end != s.limit {
+            figures.gradient_moved += 1;
+        }
     } else {
         for st in &starts {
             assert_eq!(st.limit, s.limit, "a fixed limit never moves");
@@ -784,8 +802,8 @@ fn random_traffic_keeps_every_request_accounted_for() {
         &f.fixed_peak_over_limit[..f.fixed_peak_over_limit.len().min(12)]
     );
     eprintln!(
-        "gradient: {} cases, largest peak {} vs largest limit {}",
-        f.gradient_cases, f.gradient_peak_max, f.gradient_limit_max
+        "gradient: {} cases ({} with a moving limit), largest peak {} vs largest limit {}",
+        f.gradient_cases, f.gradient_moved, f.gradient_peak_max, f.gradient_limit_max
     );
     for (class, (n, sum, max)) in f.waits.iter().enumerate() {
         let mean = if *n > 0 {
@@ -896,4 +914,123 @@ async fn waiters_for_the_limit_get_the_probe_when_the_breaker_opens_under_them()
         vec![(0, ms(0)), (1, ms(1100))],
         "the waiter goes as the probe when the breaker lets one through"
     );
+}
+
+fn lifo_room() -> WaitingRoomPolicy {
+    WaitingRoomPolicy {
+        capacity: 100,
+        max_wait: Duration::from_secs(10),
+        order: Order::AdaptiveLifo,
+        codel_interval: ms(100),
+        codel_target: ms(5),
+        ..WaitingRoomPolicy::default()
+    }
+}
+
+/// One call at a time, 10 ms each: a normal call runs from t = 0 and 19
+/// wait behind it; two urgent ones arrive at 95 and 96 ms, and one more
+/// normal one at 153 ms. Returns the starts and the late one's answer and
+/// wait.
+async fn standing_queue(order: Order) -> (Vec<(u32, Duration)>, Option<Reason>, Duration) {
+    let origin = Instant::now();
+    let started = Started::default();
+    let layer = WaitingRoomLayer::new(WaitingRoomPolicy {
+        order,
+        ..lifo_room()
+    })
+    .limit(fixed(1))
+    .priority(priority_fn(by_class));
+    let svc = layer.layer(steered(origin, started.clone()));
+
+    let mut tasks = Vec::new();
+    for id in 0..20 {
+        tasks.push(tokio::spawn(svc.clone().oneshot(job(id, 1, ms(10)))));
+        settle().await;
+    }
+    assert_eq!(layer.waiting(), 19);
+    for (id, at) in [(50, 95), (51, 96)] {
+        tokio::time::sleep_until(origin + ms(at)).await;
+        tasks.push(tokio::spawn(svc.clone().oneshot(job(id, 0, ms(10)))));
+    }
+    tokio::time::sleep_until(origin + ms(153)).await;
+    let late = tokio::spawn(async move {
+        let t0 = Instant::now();
+        let result = svc.oneshot(job(100, 1, ms(10))).await;
+        (result.err().as_ref().and_then(reason_of), t0.elapsed())
+    });
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let (reason, waited) = late.await.unwrap();
+    assert_eq!(layer.waiting(), 0);
+    assert_eq!(layer.inflight(), 0);
+    let started = started.lock().unwrap().clone();
+    (started, reason, waited)
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_lifo_lets_the_newest_out_first_once_a_queue_stands_and_cuts_new_waits() {
+    let (started, reason, waited) = standing_queue(Order::AdaptiveLifo).await;
+    // The room has not been empty since t = 0. Until 100 ms (the CoDel
+    // interval) it is first come, first served; from then on the newest
+    // of the most important class leaves first.
+    let mut expected: Vec<(u32, Duration)> =
+        (0..10).map(|id| (id, ms(10 * u64::from(id)))).collect();
+    expected.push((51, ms(100)));
+    expected.push((50, ms(110)));
+    for (k, id) in (10..20).rev().enumerate() {
+        expected.push((id, ms(120 + 10 * k as u64)));
+    }
+    assert_eq!(started, expected);
+    // Seated into a standing queue, the late one may wait 5 ms (the CoDel
+    // target), not 10 s: it leaves at 158 ms, before the next slot frees.
+    assert_eq!(reason, Some(Reason::QueueTimeout));
+    assert_eq!(waited, ms(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn priority_fifo_serves_the_same_standing_queue_in_arrival_order() {
+    let (started, reason, waited) = standing_queue(Order::PriorityFifo).await;
+    let mut expected: Vec<(u32, Duration)> =
+        (0..10).map(|id| (id, ms(10 * u64::from(id)))).collect();
+    expected.push((50, ms(100)));
+    expected.push((51, ms(110)));
+    for (k, id) in (10..20).enumerate() {
+        expected.push((id, ms(120 + 10 * k as u64)));
+    }
+    expected.push((100, ms(220)));
+    assert_eq!(started, expected);
+    assert_eq!(reason, None, "served");
+    assert_eq!(waited, ms(67 + 10), "waited 67 ms, then served in 10 ms");
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_lifo_stays_first_come_first_served_while_the_room_empties_regularly() {
+    let origin = Instant::now();
+    let started = Started::default();
+    let layer = WaitingRoomLayer::new(lifo_room())
+        .limit(fixed(1))
+        .priority(priority_fn(by_class));
+    let svc = layer.layer(steered(origin, started.clone()));
+
+    // Ten bursts of five, 50 ms apart, 9 ms a call: the room fills at each
+    // burst and is empty again 36 ms later, for 500 ms in all, five times
+    // the CoDel interval.
+    let mut tasks = Vec::new();
+    let mut expected = Vec::new();
+    for burst in 0..10u32 {
+        let at = 50 * u64::from(burst);
+        tokio::time::sleep_until(origin + ms(at)).await;
+        for k in 0..5u32 {
+            let id = burst * 10 + k;
+            tasks.push(tokio::spawn(svc.clone().oneshot(job(id, 1, ms(9)))));
+            settle().await;
+            expected.push((id, ms(at + 9 * u64::from(k))));
+        }
+        assert_eq!(layer.waiting(), 4);
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(*started.lock().unwrap(), expected);
 }
