@@ -1,7 +1,7 @@
 //! What a resilience layer costs per request, against a bare service and
 //! against other crates' breakers.
 //!
-//! `cargo bench --bench overhead` runs two groups:
+//! `cargo bench --bench overhead` runs three groups:
 //!
 //! - `overhead`: one service, one request at a time (`ready().await` then
 //!   `call(..).await`) on a current-thread runtime. Criterion's time per
@@ -28,7 +28,11 @@ use std::hint::black_box;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use brownout::{BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreakerLayer, Mode};
+use brownout::policy::Algorithm;
+use brownout::{
+    AdaptiveLimitLayer, BackoffPolicy, BreakerPolicy, BreakerState, BrownoutLayer,
+    CircuitBreakerLayer, LimitPolicy, Mode, Policy, WaitingRoomLayer, WaitingRoomPolicy,
+};
 use criterion::{
     BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
     measurement::WallTime,
@@ -164,6 +168,52 @@ fn brownout_breaker_open_tripped()
     layer.layer(bare())
 }
 
+/// A limit high enough never to shed in the bench: what is measured is the
+/// admission itself (one compare-exchange in, one sample out).
+fn roomy_limit() -> LimitPolicy {
+    LimitPolicy {
+        initial: 1000,
+        max: 1000,
+        ..LimitPolicy::default()
+    }
+}
+
+/// brownout's adaptive limit alone (gradient).
+fn brownout_limit()
+-> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    AdaptiveLimitLayer::new(roomy_limit()).layer(bare())
+}
+
+/// brownout's breaker in front of its limit, as two layers.
+fn brownout_breaker_limit()
+-> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    ServiceBuilder::new()
+        .layer(CircuitBreakerLayer::new(BreakerPolicy::default()))
+        .layer(AdaptiveLimitLayer::new(roomy_limit()))
+        .service(bare())
+}
+
+/// The waiting room with its breaker and limit, empty: one gate, and one
+/// atomic load more than the breaker and the limit.
+fn brownout_waiting_room_empty()
+-> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    WaitingRoomLayer::new(WaitingRoomPolicy::default())
+        .breaker(BreakerPolicy::default())
+        .limit(roomy_limit())
+        .layer(bare())
+}
+
+/// The composed stack from a policy: route lookup, breaker, limit, empty
+/// room, metrics handles (no recorder), rejections as errors.
+fn brownout_stack()
+-> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let policy = Policy {
+        limit: roomy_limit(),
+        ..Policy::default()
+    };
+    BrownoutLayer::from_policy(&policy).layer(bare())
+}
+
 /// Sends `n` requests one after the other, as a tower user does.
 async fn drive<S>(svc: &mut S, first: u64, n: u64)
 where
@@ -262,6 +312,20 @@ fn overhead(c: &mut Criterion) {
         &rt,
         brownout_breaker_open_tripped(),
     );
+    sequential(&mut group, "brownout_limit", &rt, brownout_limit());
+    sequential(
+        &mut group,
+        "brownout_breaker_limit",
+        &rt,
+        brownout_breaker_limit(),
+    );
+    sequential(
+        &mut group,
+        "brownout_waiting_room_empty",
+        &rt,
+        brownout_waiting_room_empty(),
+    );
+    sequential(&mut group, "brownout_stack", &rt, brownout_stack());
     group.finish();
 }
 
@@ -305,6 +369,66 @@ fn overhead_contended(c: &mut Criterion) {
         &rt,
         brownout_breaker_open_tripped(),
     );
+    contended(&mut group, "brownout_limit", &rt, brownout_limit());
+    contended(
+        &mut group,
+        "brownout_breaker_limit",
+        &rt,
+        brownout_breaker_limit(),
+    );
+    contended(
+        &mut group,
+        "brownout_waiting_room_empty",
+        &rt,
+        brownout_waiting_room_empty(),
+    );
+    contended(&mut group, "brownout_stack", &rt, brownout_stack());
+    group.finish();
+}
+
+/// Waiters per round of the waiting-room group.
+const WAITERS: u64 = 1000;
+
+/// Enqueue and release: behind a limit of one, `WAITERS` calls take a place
+/// in the room, then each finished call hands its permit to the next.
+/// Reported per waiter.
+fn waiting_room(c: &mut Criterion) {
+    let rt = Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut group = c.benchmark_group("waiting_room");
+    group.throughput(Throughput::Elements(WAITERS));
+    let one_at_a_time = LimitPolicy {
+        algorithm: Algorithm::Fixed,
+        initial: 1,
+        ..LimitPolicy::default()
+    };
+    let room = WaitingRoomPolicy {
+        capacity: WAITERS as u32,
+        ..WaitingRoomPolicy::default()
+    };
+    let layer = rt.block_on(async { WaitingRoomLayer::new(room).limit(one_at_a_time) });
+    let mut svc = layer.layer(bare());
+    group.bench_function("enqueue_release", |b| {
+        b.iter_custom(|rounds| {
+            rt.block_on(async {
+                let start = Instant::now();
+                let mut calls = Vec::with_capacity(WAITERS as usize);
+                for _ in 0..rounds {
+                    calls.clear();
+                    for i in 0..WAITERS {
+                        let ready = svc.ready().await.expect("always ready");
+                        calls.push(ready.call(black_box(i)));
+                    }
+                    for call in calls.drain(..) {
+                        black_box(call.await.expect("served"));
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
     group.finish();
 }
 
@@ -314,6 +438,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2))
         .without_plots();
-    targets = overhead, overhead_contended
+    targets = overhead, overhead_contended, waiting_room
 }
 criterion_main!(benches);

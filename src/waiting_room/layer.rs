@@ -119,8 +119,9 @@ impl<P, D, C> WaitingRoomLayer<P, D, C> {
         self.config.gate().waiting()
     }
 
-    /// Places the room has allocated so far: its memory high-water mark,
-    /// never more than its capacity.
+    /// Places the room has allocated so far: its memory high-water mark.
+    /// It stays within the capacity plus the few waiters that have been
+    /// answered but have not yet read their answer.
     pub fn places_allocated(&self) -> usize {
         self.config.gate().room_slots()
     }
