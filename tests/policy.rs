@@ -102,6 +102,7 @@ fn custom_policy() -> Policy {
                 .to_vec(),
             default: "regular".to_owned(),
         },
+        ..Policy::default()
     }
 }
 
@@ -1475,6 +1476,7 @@ mod props {
                 limit,
                 waiting_room,
                 priority,
+                ..Policy::default()
             })
             .boxed()
     }
@@ -1490,7 +1492,7 @@ mod props {
             1 => (valid_policy(), priority()).prop_map(|(p, priority)| (Policy { priority, ..p }, Some("priority"))),
             1 => (breaker(), limit(), waiting_room(), priority())
                 .prop_map(|(breaker, limit, waiting_room, priority)| {
-                    (Policy { breaker, limit, waiting_room, priority }, None)
+                    (Policy { breaker, limit, waiting_room, priority, ..Policy::default() }, None)
                 }),
         ]
         .boxed()

@@ -43,6 +43,9 @@
 //! header = "x-priority"                   # where HTTP requests say their class
 //! classes = ["urgent", "normal", "bulk"]  # most to least important; shed from the last
 //! default = "normal"
+//!
+//! # No [routes."…"] sections: every route uses the sections above.
+//! # See "Per-route overrides" below.
 //! ```
 //!
 //! Durations are written the human way: `"250ms"`, `"30s"`, `"5m"`,
@@ -65,8 +68,50 @@
 //! and in JSON: `{"breaker": {"failure_rate": 0.5, "open_for": "5s"},
 //! "waiting_room": {"capacity": 0}}`.
 //!
-//! The `[[maintenance]]` windows and `[routes."…"]` overrides of the design
-//! are not read yet: a file with them is refused as having an unknown field.
+//! The `[[maintenance]]` windows of the design are not read yet: a file
+//! with them is refused as having an unknown field.
+//!
+//! # Per-route overrides
+//!
+//! A `[routes."<path>"]` section changes the `breaker`, `limit` or
+//! `waiting_room` of one route. It names only the fields it changes; every
+//! other field is inherited from the top-level section (which itself
+//! defaults), field by field, also inside `open_backoff`:
+//!
+//! ```toml
+//! [waiting_room]
+//! capacity = 1000
+//! max_wait = "10s"
+//!
+//! [routes."/payments"]
+//! waiting_room = { capacity = 0 }          # never hold a payment; max_wait is inherited ("10s")
+//! breaker = { failure_rate = 0.2 }
+//!
+//! [routes."/slots"]
+//! limit = { initial = 50, max = 400 }
+//!
+//! [routes."/booking.Booking/Book"]         # a gRPC method
+//! breaker = { open_backoff = { max = "1m" } }
+//! ```
+//!
+//! A key is the request's path and starts with `/`, as HTTP paths and gRPC
+//! methods (`/package.Service/Method`) do. Priority classes are global: a
+//! route cannot have a `priority` section. [`Policy::route`] gives a
+//! route's effective policy (a route not listed gets the top-level
+//! sections); [`Policy::routes`] keeps only what each route wrote, so a
+//! policy written back to a file does not turn inherited values into
+//! written ones.
+//!
+//! Each route's merged sections are validated; the errors name the field
+//! under its route, and a value the route inherits says where from:
+//!
+//! ```text
+//! routes."/payments".limit.initial: 5 is below routes."/payments".limit.min (10)
+//! routes."/slots".breaker.minimum_calls: 20 (inherited from breaker.minimum_calls) is more than routes."/slots".breaker.window.size = 10, so the breaker could never open
+//! routes."/payments".waiting_room.capcity: unknown field `capcity`, expected one of `capacity`, `max_wait`, ... (TOML line 6, column 18)
+//! routes."/payments".priority: priority classes are global and cannot be set per route; set them in the top-level `priority` section (TOML line 7, column 1)
+//! routes: "payments" does not start with "/": a route key is a request path, and HTTP paths ("/payments") and gRPC methods ("/booking.Booking/Book") both start with "/"; write "/payments"
+//! ```
 //!
 //! # Loading it
 //!
@@ -149,13 +194,18 @@ mod check;
 mod duration;
 mod limit;
 mod priority;
+mod route;
 mod waiting_room;
 
 pub use breaker::{BackoffPolicy, BreakerPolicy, Mode, WindowPolicy};
 pub use limit::{Algorithm, LimitPolicy};
 pub use priority::{MAX_CLASSES, PriorityPolicy};
+pub use route::{
+    BackoffOverride, BreakerOverride, LimitOverride, RoutePolicy, WaitingRoomOverride,
+};
 pub use waiting_room::{Order, WaitingRoomPolicy};
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -179,8 +229,20 @@ pub struct Policy {
     /// long, and in which order they leave.
     pub waiting_room: WaitingRoomPolicy,
     /// The `[priority]` section: the classes requests come in and where an
-    /// HTTP request says its class.
+    /// HTTP request says its class. Global: routes share it.
     pub priority: PriorityPolicy,
+    /// The `[routes."…"]` sections, by route key: per-route overrides of
+    /// `breaker`, `limit` and `waiting_room`, each keeping only what was
+    /// written; empty by default (and then left out when the policy is
+    /// written back).
+    ///
+    /// A key is the request's path, starting with `/`: an HTTP path
+    /// (`"/payments"`) or a gRPC method (`"/booking.Booking/Book"`).
+    /// [`Policy::route`] gives a route's effective policy: the top-level
+    /// sections with the route's overrides applied. See the
+    /// [module docs](self#per-route-overrides).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, RoutePolicy>,
 }
 
 impl Policy {
@@ -276,15 +338,89 @@ impl Policy {
     }
 
     /// Checks every section, in the order of the file (`breaker`, `limit`,
-    /// `waiting_room`, `priority`); the loaders call it. The error names the
-    /// first bad field: see [`BreakerPolicy::validate`],
-    /// [`LimitPolicy::validate`], [`WaitingRoomPolicy::validate`] and
-    /// [`PriorityPolicy::validate`] for what each section checks.
+    /// `waiting_room`, `priority`), then every route in key order; the
+    /// loaders call it. The error names the first bad field: see
+    /// [`BreakerPolicy::validate`], [`LimitPolicy::validate`],
+    /// [`WaitingRoomPolicy::validate`] and [`PriorityPolicy::validate`] for
+    /// what each section checks.
+    ///
+    /// A route's key must be a path starting with `/`, and each section a
+    /// route overrides is checked as the route will use it, merged with the
+    /// top-level section. Its errors name the field under the route, and
+    /// a value the route inherits says so:
+    ///
+    /// ```
+    /// # #[cfg(feature = "toml")] {
+    /// let err = brownout::Policy::from_toml(
+    ///     r#"
+    ///     limit = { min = 10, initial = 20 }
+    ///     [routes."/slots"]
+    ///     limit = { initial = 5 }
+    ///     [routes."/payments"]
+    ///     limit = { min = 30 }
+    ///     "#,
+    /// )
+    /// .unwrap_err();
+    /// // "/payments" comes first: routes are checked in key order.
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     r#"routes."/payments".limit.initial: 20 (inherited from limit.initial) is below routes."/payments".limit.min (30)"#,
+    /// );
+    /// # }
+    /// ```
     pub fn validate(&self) -> Result<(), PolicyError> {
         self.breaker.validate()?;
         self.limit.validate()?;
         self.waiting_room.validate()?;
-        self.priority.validate()
+        self.priority.validate()?;
+        for (key, route) in &self.routes {
+            route::check_key(key)?;
+            route.validate_at(&route::route_path(key), self)?;
+        }
+        Ok(())
+    }
+
+    /// The effective policy of `route`: the top-level sections with the
+    /// overrides of `[routes."<route>"]` applied, field by field; a route
+    /// not listed in [`routes`](Self::routes) gets the top-level sections
+    /// as they are. `priority` is global, and the result's `routes` is
+    /// empty: it is one route's policy.
+    ///
+    /// The key is matched exactly (no prefix or pattern matching). Build
+    /// each route's layers from its effective sections:
+    ///
+    /// ```
+    /// # #[cfg(feature = "toml")] {
+    /// use std::time::Duration;
+    /// use brownout::{Policy, WaitingRoomLayer};
+    ///
+    /// let policy = Policy::from_toml(
+    ///     r#"
+    ///     [waiting_room]
+    ///     max_wait = "30s"
+    ///     [routes."/payments"]
+    ///     waiting_room = { capacity = 0 }
+    ///     "#,
+    /// )?;
+    /// let payments = policy.route("/payments");
+    /// assert_eq!(payments.waiting_room.capacity, 0);
+    /// assert_eq!(payments.waiting_room.max_wait, Duration::from_secs(30)); // inherited
+    /// assert_eq!(policy.route("/slots").waiting_room, policy.waiting_room); // not listed
+    ///
+    /// let layer = WaitingRoomLayer::new(payments.waiting_room).route("/payments");
+    /// # let _ = layer;
+    /// # }
+    /// # Ok::<(), brownout::PolicyError>(())
+    /// ```
+    pub fn route(&self, route: &str) -> Policy {
+        let mut policy = Policy {
+            routes: BTreeMap::new(),
+            ..self.clone()
+        };
+        if let Some(overrides) = self.routes.get(route) {
+            overrides.apply_to(&mut policy);
+        }
+        policy
     }
 }
 
@@ -528,23 +664,28 @@ impl PolicyError {
     }
 }
 
-/// serde says `expected struct BreakerPolicy` when a section is not one;
-/// say it in the format's words.
+/// serde says `expected struct BreakerPolicy` when a section is not one,
+/// and `expected a map` when `routes` is not one; say it in the format's
+/// words.
 #[cfg(any(feature = "toml", feature = "yaml", feature = "json"))]
 fn plain_types(format: Format, message: String) -> String {
     const RUST: &str = "expected struct ";
-    let Some(start) = message.find(RUST) else {
-        return message;
-    };
-    let name_end = message[start + RUST.len()..]
-        .find(|c: char| !c.is_alphanumeric() && c != '_')
-        .map_or(message.len(), |end| start + RUST.len() + end);
+    const MAP: &str = "expected a map";
     let section = match format {
         Format::Toml => "expected a table",
         Format::Yaml => "expected a mapping",
         Format::Json => "expected an object",
     };
-    format!("{}{section}{}", &message[..start], &message[name_end..])
+    if let Some(start) = message.find(RUST) {
+        let name_end = message[start + RUST.len()..]
+            .find(|c: char| !c.is_alphanumeric() && c != '_')
+            .map_or(message.len(), |end| start + RUST.len() + end);
+        return format!("{}{section}{}", &message[..start], &message[name_end..]);
+    }
+    match message.strip_suffix(MAP) {
+        Some(before) => format!("{before}{section}"),
+        None => message,
+    }
 }
 
 struct FilePrefix<'a>(&'a Option<PathBuf>);
@@ -593,6 +734,40 @@ impl fmt::Display for Extension<'_> {
     }
 }
 
+/// serde_path_to_error's rendering of `path` (`.` for the top, `?` for a
+/// place it could not name), but with a route key quoted as in the file:
+/// `routes."/payments".limit.initial`, not `routes./payments.limit.initial`.
+#[cfg(any(feature = "toml", feature = "yaml", feature = "json"))]
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+
+    let segments: Vec<&Segment> = path.iter().collect();
+    let in_routes = matches!(segments.first(), Some(Segment::Map { key }) if key == "routes");
+    let mut out = String::new();
+    for (i, segment) in segments.iter().enumerate() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if in_routes && i == 1 => out = route::route_path(key),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push('.');
+    }
+    out
+}
+
 /// Line and column, from 1, of byte `offset` in `text`; the column counts
 /// characters. Never panics, whatever the offset.
 #[cfg(feature = "toml")]
@@ -622,7 +797,7 @@ fn parse_toml(text: &str) -> Result<Policy, PolicyError> {
     };
     let document = toml::Deserializer::parse(text).map_err(|err| error(String::new(), err))?;
     serde_path_to_error::deserialize(document)
-        .map_err(|err| error(err.path().to_string(), err.into_inner()))
+        .map_err(|err| error(field_path(err.path()), err.into_inner()))
 }
 
 #[cfg(feature = "yaml")]
@@ -631,7 +806,9 @@ fn parse_yaml(text: &str) -> Result<Policy, PolicyError> {
     match serde_path_to_error::deserialize(document) {
         Ok(policy) => Ok(policy),
         Err(err) => {
-            let field = err.path().to_string();
+            let field = field_path(err.path());
+            // serde_yaml_ng writes paths as serde_path_to_error does.
+            let yaml_field = err.path().to_string();
             let err = err.into_inner();
             if matches!(err.to_string().as_str(), "EOF while parsing a value") {
                 // A document with nothing in it (or only comments).
@@ -649,7 +826,7 @@ fn parse_yaml(text: &str) -> Result<Policy, PolicyError> {
             }
             // Its path is the section's for an unknown field, ours names the
             // field itself: drop whichever prefix of ours it starts with.
-            let message = prefixes(&field)
+            let message = prefixes(&yaml_field)
                 .find_map(|path| message.strip_prefix(&format!("{path}: ")))
                 .unwrap_or(&message);
             Err(PolicyError::parse(
@@ -688,7 +865,7 @@ fn parse_json(text: &str) -> Result<Policy, PolicyError> {
     };
     let mut document = serde_json::Deserializer::from_str(text);
     let policy = serde_path_to_error::deserialize(&mut document)
-        .map_err(|err| error(err.path().to_string(), err.into_inner()))?;
+        .map_err(|err| error(field_path(err.path()), err.into_inner()))?;
     document.end().map_err(|err| error(String::new(), err))?;
     Ok(policy)
 }
