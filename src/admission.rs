@@ -455,10 +455,11 @@ impl Gate {
         now: Nanos,
         deadline: Option<Nanos>,
     ) -> (Nanos, Reason) {
-        let mut max_wait = room.max_wait;
+        let settings = queues.settings();
+        let mut max_wait = settings.max_wait;
         if room.newest_first(queues, now) {
             // A standing queue: cut waits short (CoDel).
-            max_wait = max_wait.min(room.codel_target);
+            max_wait = max_wait.min(settings.codel_target);
         }
         let room_until = now.saturating_add(max_wait);
         match deadline {
@@ -488,6 +489,37 @@ impl Gate {
             }
             None => rejected,
         }
+    }
+
+    /// Takes the thresholds, bounds and settings of `spec`'s stages, keeping
+    /// the state: the breaker's window and verdict, the learned limit, the
+    /// calls in flight and the waiters (a smaller room turns away its excess,
+    /// least important first, with `QueueFull`). A stage the gate was built
+    /// without stays absent.
+    pub(crate) fn reconfigure(&self, spec: &GateSpec<'_>) {
+        if let (Some(breaker), Some(policy)) = (&self.breaker, spec.breaker) {
+            breaker.reconfigure(policy);
+        }
+        if let (Some(limit), Some(policy)) = (&self.limit, spec.limit) {
+            if let Some(change) = limit.reconfigure(policy) {
+                self.metrics.limit(change.limit, change.inflight);
+            }
+        }
+        if let (Some(room), Some(policy)) = (&self.room, spec.room) {
+            let turned_away = room.reconfigure(policy);
+            for priority in &turned_away {
+                self.metrics.waiting(*priority, -1.0);
+            }
+            if !turned_away.is_empty() {
+                tracing::warn!(
+                    route = %self.metrics.route(),
+                    turned_away = turned_away.len(),
+                    "brownout: a smaller waiting room turned away its excess waiters"
+                );
+            }
+        }
+        self.metrics.breaker_state(self.state().gauge());
+        self.wake_room();
     }
 
     /// The breaker's state now (closed for a gate without a breaker).

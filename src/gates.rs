@@ -76,6 +76,18 @@ impl<K: Hash + Eq + Clone> GateMap<K> {
         self.gates.load().get(key).cloned()
     }
 
+    /// Every key with its gate, and the overflow gate (key `None`).
+    pub(crate) fn entries(&self) -> Vec<(Option<K>, Arc<Gate>)> {
+        let mut entries = vec![(None, self.overflow.clone())];
+        entries.extend(
+            self.gates
+                .load()
+                .iter()
+                .map(|(key, gate)| (Some(key.clone()), gate.clone())),
+        );
+        entries
+    }
+
     /// How many keys have a gate of their own.
     pub(crate) fn len(&self) -> usize {
         self.gates.load().len()

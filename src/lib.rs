@@ -95,5 +95,5 @@ pub use crate::policy::{
 };
 pub use crate::priority::Priority;
 pub use crate::reject::{Reason, Rejected};
-pub use crate::stack::{Brownout, BrownoutLayer};
+pub use crate::stack::{Brownout, BrownoutLayer, PolicyHandle};
 pub use crate::waiting_room::{WaitingRoom, WaitingRoomLayer};

@@ -17,7 +17,7 @@
 //! and the fast-fail never touch it.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::*};
 use std::time::Duration;
 
 use crate::clock::{Nanos, saturating_nanos};
@@ -167,47 +167,103 @@ pub(crate) struct Admission {
     pub(crate) transition: Option<Transition>,
 }
 
-/// Thresholds in the units the hot path compares against.
-#[derive(Debug, Clone)]
+/// Thresholds in the units the hot path compares against, in atomics so
+/// that a policy reload can change them under running traffic without a
+/// lock (each is read with one relaxed load).
+#[derive(Debug)]
 struct Thresholds {
-    failure_rate: f64,
-    slow_call_rate: f64,
-    slow_call: Nanos,
-    minimum_calls: u64,
-    open_for: Nanos,
-    multiplier: f64,
-    max_open: Nanos,
-    jitter: f64,
-    reset_after: Nanos,
-    probes: u32,
+    failure_rate: AtomicF64,
+    slow_call_rate: AtomicF64,
+    slow_call: AtomicU64,
+    minimum_calls: AtomicU64,
+    open_for: AtomicU64,
+    multiplier: AtomicF64,
+    max_open: AtomicU64,
+    jitter: AtomicF64,
+    reset_after: AtomicU64,
+    probes: AtomicU32,
 }
 
 impl Thresholds {
     fn new(policy: &BreakerPolicy) -> Self {
-        Self {
-            failure_rate: policy.failure_rate,
-            slow_call_rate: policy.slow_call_rate,
-            slow_call: saturating_nanos(policy.slow_call_duration),
-            minimum_calls: u64::from(policy.minimum_calls.max(1)),
-            open_for: saturating_nanos(policy.open_for),
-            multiplier: policy.open_backoff.multiplier.max(1.0),
-            max_open: saturating_nanos(policy.open_backoff.max),
-            jitter: policy.open_backoff.jitter.clamp(0.0, 0.999),
-            reset_after: saturating_nanos(
-                policy
-                    .open_backoff
-                    .reset_after
-                    .unwrap_or(policy.open_backoff.max),
-            ),
-            probes: policy.half_open_probes.clamp(1, MAX_PROBES),
-        }
+        let thresholds = Self {
+            failure_rate: AtomicF64::default(),
+            slow_call_rate: AtomicF64::default(),
+            slow_call: AtomicU64::new(0),
+            minimum_calls: AtomicU64::new(0),
+            open_for: AtomicU64::new(0),
+            multiplier: AtomicF64::default(),
+            max_open: AtomicU64::new(0),
+            jitter: AtomicF64::default(),
+            reset_after: AtomicU64::new(0),
+            probes: AtomicU32::new(1),
+        };
+        thresholds.store(policy);
+        thresholds
+    }
+
+    /// Takes the thresholds of `policy`, brought into range.
+    fn store(&self, policy: &BreakerPolicy) {
+        let backoff = &policy.open_backoff;
+        self.failure_rate.store(policy.failure_rate);
+        self.slow_call_rate.store(policy.slow_call_rate);
+        self.slow_call
+            .store(saturating_nanos(policy.slow_call_duration), Relaxed);
+        self.minimum_calls
+            .store(u64::from(policy.minimum_calls.max(1)), Relaxed);
+        self.open_for
+            .store(saturating_nanos(policy.open_for), Relaxed);
+        self.multiplier.store(backoff.multiplier.max(1.0));
+        self.max_open.store(saturating_nanos(backoff.max), Relaxed);
+        self.jitter.store(backoff.jitter.clamp(0.0, 0.999));
+        let reset_after = backoff.reset_after.unwrap_or(backoff.max);
+        self.reset_after
+            .store(saturating_nanos(reset_after), Relaxed);
+        self.probes
+            .store(policy.half_open_probes.clamp(1, MAX_PROBES), Relaxed);
+    }
+
+    #[inline]
+    fn slow_call(&self) -> Nanos {
+        self.slow_call.load(Relaxed)
+    }
+
+    #[inline]
+    fn minimum_calls(&self) -> u64 {
+        self.minimum_calls.load(Relaxed)
+    }
+
+    #[inline]
+    fn open_for(&self) -> Nanos {
+        self.open_for.load(Relaxed)
+    }
+
+    #[inline]
+    fn probes(&self) -> u32 {
+        self.probes.load(Relaxed)
     }
 
     /// Whether a set of calls is bad enough to open (or reopen) the breaker.
+    #[inline]
     fn trips(&self, calls: u64, failures: u64, slow: u64) -> bool {
         calls > 0
-            && (failures as f64 / calls as f64 >= self.failure_rate
-                || slow as f64 / calls as f64 >= self.slow_call_rate)
+            && (failures as f64 / calls as f64 >= self.failure_rate.load()
+                || slow as f64 / calls as f64 >= self.slow_call_rate.load())
+    }
+}
+
+/// An `f64` in an `AtomicU64`, read and written relaxed.
+#[derive(Debug, Default)]
+struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    #[inline]
+    fn load(&self) -> f64 {
+        f64::from_bits(self.0.load(Relaxed))
+    }
+
+    fn store(&self, value: f64) {
+        self.0.store(value.to_bits(), Relaxed);
     }
 }
 
@@ -270,6 +326,14 @@ impl BreakerCore {
 
     pub(crate) fn set_mode(&self, mode: Mode) {
         self.mode.store(mode_to_u8(mode), Relaxed);
+    }
+
+    /// Takes the thresholds and mode of `policy`, keeping the window, the
+    /// state and the backoff level. The window's own shape (`kind`, `size`,
+    /// `buckets`) is fixed when the breaker is built.
+    pub(crate) fn reconfigure(&self, policy: &BreakerPolicy) {
+        self.limits.store(policy);
+        self.set_mode(policy.mode);
     }
 
     /// The state as seen by a caller at `now` (an open breaker whose period
@@ -361,10 +425,10 @@ impl BreakerCore {
                     Word::new(TAG_HALF_OPEN, word.next_generation()).with_admitted(1)
                 }
                 _ => {
-                    if word.admitted() >= self.limits.probes {
+                    if word.admitted() >= self.limits.probes() {
                         // Every probe is out; the breaker closes or reopens
                         // as soon as they answer.
-                        let wait = Duration::from_nanos(self.limits.open_for);
+                        let wait = Duration::from_nanos(self.limits.open_for());
                         return (
                             Err(Rejected::new(Reason::Open).with_retry_after(wait)),
                             None,
@@ -405,7 +469,7 @@ impl BreakerCore {
     ) -> Option<Transition> {
         let sample = Sample {
             failed,
-            slow: elapsed >= self.limits.slow_call,
+            slow: elapsed >= self.limits.slow_call(),
         };
         match ticket.kind {
             TicketKind::Untracked => None,
@@ -420,7 +484,7 @@ impl BreakerCore {
                 // one recorded after a time window dropped older
                 // successes, can be the one that makes the rates count.
                 let totals = self.window.totals(now);
-                if totals.calls >= self.limits.minimum_calls
+                if totals.calls >= self.limits.minimum_calls()
                     && self
                         .limits
                         .trips(totals.calls, totals.failures, totals.slow)
@@ -460,7 +524,7 @@ impl BreakerCore {
     }
 
     fn probe_done(&self, generation: u32, sample: Sample, now: Nanos) -> Option<Transition> {
-        let probes = self.limits.probes;
+        let probes = self.limits.probes();
         let mut current = self.word.load(Acquire);
         loop {
             let word = Word(current);
@@ -498,7 +562,9 @@ impl BreakerCore {
             return None; // another call tripped it first
         }
         cold.level = match cold.closed_at {
-            Some(closed_at) if now.saturating_sub(closed_at) < self.limits.reset_after => {
+            Some(closed_at)
+                if now.saturating_sub(closed_at) < self.limits.reset_after.load(Relaxed) =>
+            {
                 cold.level.saturating_add(1)
             }
             _ => 0,
@@ -586,13 +652,14 @@ impl BreakerCore {
     /// The length of the next open period at the cold state's level.
     fn open_period(&self, cold: &mut Cold) -> Nanos {
         let l = &self.limits;
-        let grown = l.open_for as f64 * l.multiplier.powi(cold.level.min(1_000) as i32);
+        let (open_for, max_open) = (l.open_for(), l.max_open.load(Relaxed));
+        let grown = open_for as f64 * l.multiplier.load().powi(cold.level.min(1_000) as i32);
         let capped = grown
-            .min(l.max_open as f64)
-            .max(l.open_for.min(l.max_open) as f64);
-        let jittered = capped * (1.0 + l.jitter * cold.spread());
+            .min(max_open as f64)
+            .max(open_for.min(max_open) as f64);
+        let jittered = capped * (1.0 + l.jitter.load() * cold.spread());
         // Saturating float-to-int conversion.
-        (jittered.min(l.max_open as f64) as Nanos).max(1)
+        (jittered.min(max_open as f64) as Nanos).max(1)
     }
 }
 

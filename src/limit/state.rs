@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::Duration;
 
 use crate::clock::Nanos;
-use crate::policy::LimitPolicy;
+use crate::policy::{Algorithm, LimitPolicy};
 use crate::priority::{MAX_CLASSES, Priority};
 use crate::reject::{Reason, Rejected};
 
@@ -34,6 +34,7 @@ pub(crate) struct LimitChange {
 #[derive(Debug)]
 struct Learning {
     learner: Learner,
+    algorithm: Algorithm,
     /// The limit as the algorithm holds it (fractional steps accumulate).
     limit: f64,
 }
@@ -45,9 +46,11 @@ pub(crate) struct LimitCore {
     /// The published, integer limit.
     limit: AtomicU32,
     /// Share of the limit each class may fill, in 1/65536ths.
-    keep: [u32; MAX_CLASSES],
-    min: u32,
-    max: u32,
+    keep: [AtomicU32; MAX_CLASSES],
+    /// How many classes share the limit (fixed when built).
+    classes: usize,
+    min: AtomicU32,
+    max: AtomicU32,
     // The current window: samples and their summed RTT (packed, so that a
     // sample is one atomic add), overload signals, peak in-flight, start.
     acc: AtomicU64,
@@ -68,9 +71,10 @@ impl LimitCore {
         Self {
             inflight: AtomicU32::new(0),
             limit: AtomicU32::new(initial),
-            keep: shares(policy.reserve, classes),
-            min,
-            max,
+            keep: shares(policy.reserve, classes).map(AtomicU32::new),
+            classes,
+            min: AtomicU32::new(min),
+            max: AtomicU32::new(max),
             acc: AtomicU64::new(0),
             dropped: AtomicU32::new(0),
             max_inflight: AtomicU32::new(0),
@@ -78,6 +82,7 @@ impl LimitCore {
             rtt: AtomicU64::new(0),
             learning: Mutex::new(Learning {
                 learner: Learner::new(policy),
+                algorithm: policy.algorithm,
                 limit: f64::from(initial),
             }),
         }
@@ -96,7 +101,7 @@ impl LimitCore {
     /// each class below, never less than one.
     #[inline]
     pub(crate) fn cap(&self, priority: Priority) -> u32 {
-        let keep = self.keep[usize::from(priority.rank()).min(MAX_CLASSES - 1)];
+        let keep = self.keep[usize::from(priority.rank()).min(MAX_CLASSES - 1)].load(Relaxed);
         // Rounded to the nearest call.
         ((u64::from(self.limit.load(Relaxed)) * u64::from(keep) + (1 << 15)) >> 16).max(1) as u32
     }
@@ -203,12 +208,38 @@ impl LimitCore {
         };
         self.rtt.store(smoothed as Nanos, Relaxed);
         let current = learning.limit;
-        let next = learning
-            .learner
-            .update(current, &window)
-            .clamp(f64::from(self.min), f64::from(self.max));
+        let next = learning.learner.update(current, &window).clamp(
+            f64::from(self.min.load(Relaxed)),
+            f64::from(self.max.load(Relaxed)),
+        );
         learning.limit = next;
         let published = next as u32;
+        let before = self.limit.swap(published, Relaxed);
+        (before != published).then_some(LimitChange {
+            limit: published,
+            inflight: self.inflight(),
+        })
+    }
+
+    /// Takes the bounds, reserve and algorithm of `policy`, keeping the
+    /// learned limit (brought into the new bounds; `initial` only matters at
+    /// start) and the calls in flight: a lower limit never revokes a permit
+    /// already granted.
+    pub(crate) fn reconfigure(&self, policy: &LimitPolicy) -> Option<LimitChange> {
+        let min = policy.min.max(1);
+        let max = policy.max.max(min);
+        self.min.store(min, Relaxed);
+        self.max.store(max, Relaxed);
+        for (share, keep) in self.keep.iter().zip(shares(policy.reserve, self.classes)) {
+            share.store(keep, Relaxed);
+        }
+        let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
+        if learning.algorithm != policy.algorithm {
+            learning.learner = Learner::new(policy);
+            learning.algorithm = policy.algorithm;
+        }
+        learning.limit = learning.limit.clamp(f64::from(min), f64::from(max));
+        let published = learning.limit as u32;
         let before = self.limit.swap(published, Relaxed);
         (before != published).then_some(LimitChange {
             limit: published,
@@ -226,8 +257,9 @@ impl LimitCore {
     #[allow(dead_code)]
     pub(crate) fn restart_from_min(&self) {
         let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
-        learning.limit = f64::from(self.min);
-        self.limit.store(self.min, Relaxed);
+        let min = self.min.load(Relaxed);
+        learning.limit = f64::from(min);
+        self.limit.store(min, Relaxed);
     }
 
     /// The unloaded latency the algorithm has learned, if any.

@@ -3,6 +3,8 @@ use std::sync::Arc;
 use metrics::SharedString;
 use tower::Layer;
 
+use arc_swap::ArcSwap;
+
 use crate::admission::{Gate, GateSpec};
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
@@ -17,11 +19,32 @@ use super::{Brownout, SingleRoute};
 /// Routes with a gate of their own before new ones share the overflow gate.
 pub const DEFAULT_MAX_ROUTES: usize = 256;
 
-/// What every clone of a stack shares: the gates of its routes.
+/// What every clone of a stack shares: the policy in force and the gates
+/// of its routes.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    pub(crate) policy: Arc<ArcSwap<Policy>>,
     pub(crate) gates: GateMap<Arc<str>>,
     pub(crate) classes: Classes,
+}
+
+/// The gate settings of `route` under `policy`: its `[routes."…"]`
+/// overrides applied to the top-level sections.
+pub(crate) fn route_spec<'a>(
+    effective: &'a Policy,
+    classes: &'a Classes,
+    label: SharedString,
+    clock: Clock,
+) -> GateSpec<'a> {
+    GateSpec {
+        breaker: Some(&effective.breaker),
+        limit: Some(&effective.limit),
+        room: Some(&effective.waiting_room),
+        classes,
+        route: label,
+        clock,
+        seed: None,
+    }
 }
 
 /// The composed stack: fallback → admission (breaker × limit × waiting
@@ -65,31 +88,33 @@ impl BrownoutLayer {
         if let Err(err) = policy.validate() {
             tracing::error!(%err, "brownout: invalid policy, using it with its values clamped");
         }
-        let policy = Arc::new(policy.clone());
         let classes = Classes::from_policy(&policy.priority);
         let clock = clock.unwrap_or_else(Clock::detect);
+        let in_force = Arc::new(ArcSwap::from_pointee(policy.clone()));
         let gates = {
-            let policy = policy.clone();
+            let in_force = in_force.clone();
             let classes = classes.clone();
             GateMap::new(max_routes, move |route: Option<&Arc<str>>| {
-                let label = match route {
-                    Some(route) => SharedString::from(route.to_string()),
-                    None => SharedString::const_str(OVERFLOW_KEY),
+                let (label, effective) = match route {
+                    Some(route) => (
+                        SharedString::from(route.to_string()),
+                        in_force.load().route(route),
+                    ),
+                    None => (
+                        SharedString::const_str(OVERFLOW_KEY),
+                        in_force.load().route(""),
+                    ),
                 };
-                Gate::new(GateSpec {
-                    breaker: Some(&policy.breaker),
-                    limit: Some(&policy.limit),
-                    room: Some(&policy.waiting_room),
-                    classes: &classes,
-                    route: label,
-                    clock: clock.clone(),
-                    seed: None,
-                })
+                Gate::new(route_spec(&effective, &classes, label, clock.clone()))
             })
         };
         Self {
-            shared: Arc::new(Shared { gates, classes }),
-            policy,
+            shared: Arc::new(Shared {
+                policy: in_force,
+                gates,
+                classes,
+            }),
+            policy: Arc::new(policy.clone()),
             fallback: RejectAsError,
             route: SingleRoute,
             priority: DefaultPriority,
@@ -120,9 +145,15 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
         self
     }
 
-    /// The policy the stack follows.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The policy the stack follows now (a [`PolicyHandle`](super::PolicyHandle)
+    /// may have replaced the one it was built from).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.shared.policy.load_full()
+    }
+
+    /// A handle that replaces the running stack's policy, live.
+    pub fn handle(&self) -> super::PolicyHandle {
+        super::PolicyHandle::new(self.shared.clone())
     }
 
     /// The priority classes requests are sorted into.

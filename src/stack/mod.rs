@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Each route has its own breaker, limit and waiting room, shared by every
-//! clone of the service, following the policy's top-level sections (and,
-//! once route overrides land, its `[routes."…"]` sections).
+//! clone of the service, following the policy's top-level sections with the
+//! route's `[routes."…"]` overrides applied. A [`PolicyHandle`] replaces the
+//! policy of the running stack without losing any of that state.
 //!
 //! # HTTP (axum)
 //!
@@ -49,6 +50,7 @@
 //! ```
 
 mod future;
+mod handle;
 mod layer;
 mod route;
 
@@ -65,6 +67,7 @@ use crate::fallback::Fallback;
 use crate::priority::PriorityOf;
 
 pub use self::future::ResponseFuture;
+pub use self::handle::PolicyHandle;
 pub use self::layer::{BrownoutLayer, DEFAULT_MAX_ROUTES};
 #[cfg(feature = "http")]
 pub use self::route::HttpRoute;

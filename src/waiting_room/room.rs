@@ -86,6 +86,7 @@ pub(crate) struct Queues {
     free: u32,
     len: usize,
     capacity: usize,
+    settings: RoomSettings,
     /// When the room last became non-empty (`None` while empty).
     busy_since: Option<Nanos>,
 }
@@ -98,6 +99,12 @@ impl Queues {
             free: NIL,
             len: 0,
             capacity,
+            settings: RoomSettings {
+                max_wait: 0,
+                order: Order::PriorityFifo,
+                codel_interval: 0,
+                codel_target: 0,
+            },
             busy_since: None,
         }
     }
@@ -242,19 +249,27 @@ impl Queues {
     }
 
     /// Turns away the newest waiters of the least important classes until
-    /// at most `keep` remain (a smaller room after a policy reload).
-    #[allow(dead_code)] // The reload of a smaller room calls it.
-    pub(crate) fn shrink_to(&mut self, keep: usize) -> usize {
-        let mut turned_away = 0;
+    /// at most `keep` remain (a smaller room after a policy reload); returns
+    /// the classes of those turned away.
+    pub(crate) fn shrink_to(&mut self, keep: usize) -> Vec<Priority> {
+        let mut turned_away = Vec::new();
         while self.len > keep {
             let Some(rank) = self.lists.iter().rposition(|list| list.head != NIL) else {
                 break;
             };
             let victim = self.lists[rank].tail;
+            turned_away.push(self.slots[victim as usize].priority);
             self.finish(victim, State::Rejected(Rejected::new(Reason::QueueFull)));
-            turned_away += 1;
+        }
+        if self.len == 0 {
+            self.busy_since = None;
         }
         turned_away
+    }
+
+    /// The room's settings.
+    pub(crate) fn settings(&self) -> RoomSettings {
+        self.settings
     }
 
     /// Where `key`'s waiter stands; a waiter still waiting leaves `waker`
@@ -400,22 +415,48 @@ impl Queues {
 pub(crate) struct Room {
     waiting: AtomicUsize,
     queues: Mutex<Queues>,
+}
+
+/// How long requests may wait and in which order they leave; read and
+/// changed (by a policy reload) under the room's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RoomSettings {
     pub(crate) max_wait: Nanos,
     pub(crate) order: Order,
     pub(crate) codel_interval: Nanos,
     pub(crate) codel_target: Nanos,
 }
 
-impl Room {
-    pub(crate) fn new(policy: &WaitingRoomPolicy) -> Self {
+impl RoomSettings {
+    fn new(policy: &WaitingRoomPolicy) -> Self {
         Self {
-            waiting: AtomicUsize::new(0),
-            queues: Mutex::new(Queues::new(policy.capacity as usize)),
             max_wait: saturating_nanos(policy.max_wait),
             order: policy.order,
             codel_interval: saturating_nanos(policy.codel_interval),
             codel_target: saturating_nanos(policy.codel_target),
         }
+    }
+}
+
+impl Room {
+    pub(crate) fn new(policy: &WaitingRoomPolicy) -> Self {
+        let mut queues = Queues::new(policy.capacity as usize);
+        queues.settings = RoomSettings::new(policy);
+        Self {
+            waiting: AtomicUsize::new(0),
+            queues: Mutex::new(queues),
+        }
+    }
+
+    /// Takes the settings and capacity of `policy`, keeping the waiters; a
+    /// smaller room turns away its excess waiters, least important and
+    /// newest first, with `QueueFull`. Returns their classes.
+    pub(crate) fn reconfigure(&self, policy: &WaitingRoomPolicy) -> Vec<Priority> {
+        self.with(|queues| {
+            queues.settings = RoomSettings::new(policy);
+            queues.capacity = policy.capacity as usize;
+            queues.shrink_to(queues.capacity)
+        })
     }
 
     /// Waiters now, without the lock.
@@ -437,7 +478,8 @@ impl Room {
 
     /// Whether a standing queue is to be served newest first now.
     pub(crate) fn newest_first(&self, queues: &Queues, now: Nanos) -> bool {
-        self.order == Order::AdaptiveLifo && queues.busy_for(now) >= self.codel_interval
+        let settings = queues.settings;
+        settings.order == Order::AdaptiveLifo && queues.busy_for(now) >= settings.codel_interval
     }
 }
 
@@ -537,7 +579,7 @@ mod tests {
         let bulk_a = q.push(Priority::new(2), 2, 1_000).unwrap();
         let bulk_b = q.push(Priority::new(2), 3, 1_000).unwrap();
         let normal = q.push(Priority::new(1), 4, 1_000).unwrap();
-        assert_eq!(q.shrink_to(2), 2);
+        assert_eq!(q.shrink_to(2), vec![Priority::new(2), Priority::new(2)]);
         assert!(matches!(q.poll(bulk_b, &noop()), Standing::Rejected(_)));
         assert!(matches!(q.poll(bulk_a, &noop()), Standing::Rejected(_)));
         assert!(matches!(q.poll(normal, &noop()), Standing::Waiting));
