@@ -256,6 +256,43 @@ async fn an_open_breaker_with_a_short_waiting_room_rejects_at_once_rather_than_h
 }
 
 #[tokio::test(start_paused = true)]
+async fn requests_held_through_a_short_outage_are_served_at_the_probe() {
+    // The room's 10 s outlast the 5 s open period: wait rather than fail.
+    let layer =
+        BrownoutLayer::from_policy(&policy("[waiting_room]\ncapacity = 10\nmax_wait = \"10s\""))
+            .http();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = Router::new()
+        .route("/slots", get(echo(calls.clone())))
+        .layer(layer.clone());
+    for _ in 0..5 {
+        send(&app, req_with("/slots", &[("x-status", "500")])).await;
+    }
+    let opened = Instant::now();
+    assert_eq!(layer.state("/slots"), Some(BreakerState::Open));
+
+    advance(ms(1000)).await;
+    let held: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(app.clone().oneshot(get_req("/slots"))))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(layer.waiting("/slots"), 6);
+    for task in held {
+        let response = task.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body_text(response).await, "slots: 09:00, 09:15");
+    }
+    assert_eq!(
+        opened.elapsed(),
+        Duration::from_secs(5),
+        "served at the probe"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 5 + 6);
+    assert_eq!(layer.state("/slots"), Some(BreakerState::Closed));
+    assert_eq!(layer.waiting("/slots"), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn client_errors_never_open_the_breaker() {
     let layer = BrownoutLayer::from_policy(&policy("[waiting_room]\ncapacity = 0")).http();
     let calls = Arc::new(AtomicU32::new(0));
@@ -280,6 +317,35 @@ async fn client_errors_never_open_the_breaker() {
     let response = send(&app, get_req("/slots")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(calls.load(Ordering::SeqCst), 31);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unmatched_paths_get_routes_of_their_own_under_layer_but_not_route_layer() {
+    // `Router::layer` also wraps axum's fallback, where no MatchedPath is
+    // set: each unknown path is a route, until `max_routes`.
+    let layer = BrownoutLayer::from_policy(&policy("")).max_routes(2).http();
+    let app = Router::new()
+        .route("/slots", get(echo(Arc::default())))
+        .layer(layer.clone());
+    for path in ["/slots", "/wp-admin", "/.env", "/cgi-bin/x"] {
+        let response = send(&app, get_req(path)).await;
+        let expected = if path == "/slots" { 200 } else { 404 };
+        assert_eq!(response.status(), expected, "{path}");
+    }
+    assert_eq!(layer.state("/slots"), Some(BreakerState::Closed));
+    assert_eq!(layer.state("/wp-admin"), Some(BreakerState::Closed));
+    // Past two routes, new paths share the overflow gate.
+    assert_eq!(layer.state("/.env"), None);
+    assert_eq!(layer.state("/cgi-bin/x"), None);
+
+    // `route_layer` leaves unmatched requests to axum alone.
+    let layer = BrownoutLayer::from_policy(&policy("")).http();
+    let app = Router::new()
+        .route("/slots", get(echo(Arc::default())))
+        .route_layer(layer.clone());
+    let response = send(&app, get_req("/wp-admin")).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(layer.state("/wp-admin"), None);
 }
 
 type BoxedResponse = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
