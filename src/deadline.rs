@@ -113,7 +113,7 @@ pub fn encode_grpc_timeout(budget: Duration) -> String {
 }
 
 /// Parses an HTTP deadline header value: whole milliseconds (`"2500"`) or
-/// a human duration (`"2.5s"` is not one; `"2s 500ms"` is).
+/// a human duration (`"2.5s"`, `"2s 500ms"`).
 pub fn parse_http_deadline(value: &[u8]) -> Option<Duration> {
     let text = std::str::from_utf8(value).ok()?.trim();
     if let Ok(millis) = text.parse::<u64>() {

@@ -67,6 +67,11 @@ impl<K: Hash + Eq + Clone> GateMap<K> {
         f(&gate)
     }
 
+    /// The gate keys beyond `max_keys` share.
+    pub(crate) fn overflow(&self) -> &Arc<Gate> {
+        &self.overflow
+    }
+
     /// The gate of `key`, if it has one of its own.
     pub(crate) fn get<Q>(&self, key: &Q) -> Option<Arc<Gate>>
     where

@@ -1,6 +1,17 @@
 //! The limiter's shared state: an in-flight count checked against a
 //! learned limit with one compare-exchange, and a window of samples that
 //! the learning algorithm reads once per window.
+//!
+//! The in-flight count and the current window's sample count and latency
+//! sum share one atomic word, so that admitting a call is one
+//! compare-exchange and completing it (giving the slot back and recording
+//! its sample) is one addition, on one cache line of its own.
+//!
+//! ```text
+//!  63..44  calls in flight (20 bits: up to 1,048,575, above the largest limit)
+//!  43..28  samples in the current window (16 bits; a window closes at 2^14)
+//!  27..0   their latencies, summed, in units of 64 µs (a window closes at 2^27)
+//! ```
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
@@ -19,10 +30,38 @@ use super::algorithm::{Learner, WindowSample};
 const MIN_WINDOW: Nanos = 10_000_000;
 /// Fewest samples a window needs before the limit moves.
 const MIN_SAMPLES: u64 = 64;
-/// Bits of `acc` holding the RTT sum in microseconds (the rest count
-/// samples): 2^44 µs is 200 days of summed latency per window.
-const RTT_BITS: u32 = 44;
-const RTT_MASK: u64 = (1 << RTT_BITS) - 1;
+const INFLIGHT_SHIFT: u32 = 44;
+const ONE_INFLIGHT: u64 = 1 << INFLIGHT_SHIFT;
+const SAMPLES_SHIFT: u32 = 28;
+const ONE_SAMPLE: u64 = 1 << SAMPLES_SHIFT;
+const SAMPLES_MASK: u64 = 0xffff;
+const RTT_MASK: u64 = ONE_SAMPLE - 1;
+/// Nanoseconds per unit of the latency sum.
+const RTT_UNIT: Nanos = 64_000;
+/// One sample's latency is capped at this many units (67 s), so that the
+/// sum can take 2^7 of them past the point where its window must close.
+const MAX_SAMPLE_UNITS: u64 = 1 << 20;
+/// A window closes once it holds this many samples or this many units,
+/// whatever its length, so that neither field overflows.
+const FULL_SAMPLES: u64 = 1 << 14;
+const FULL_UNITS: u64 = 1 << 27;
+
+/// The packed word, on a cache line of its own: written by every call,
+/// it must not share a line with the limit and shares that every call
+/// reads.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Hot(AtomicU64);
+
+#[inline]
+const fn inflight_of(word: u64) -> u32 {
+    (word >> INFLIGHT_SHIFT) as u32
+}
+
+#[inline]
+const fn samples_of(word: u64) -> u64 {
+    (word >> SAMPLES_SHIFT) & SAMPLES_MASK
+}
 
 /// A change of the published limit, for metrics and tracing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +81,9 @@ struct Learning {
 /// One route's limiter.
 #[derive(Debug)]
 pub(crate) struct LimitCore {
-    inflight: AtomicU32,
+    /// Calls in flight and the current window's samples; see the module
+    /// docs.
+    hot: Hot,
     /// The published, integer limit.
     limit: AtomicU32,
     /// Share of the limit each class may fill, in 1/65536ths.
@@ -51,9 +92,8 @@ pub(crate) struct LimitCore {
     classes: usize,
     min: AtomicU32,
     max: AtomicU32,
-    // The current window: samples and their summed RTT (packed, so that a
-    // sample is one atomic add), overload signals, peak in-flight, start.
-    acc: AtomicU64,
+    // The rest of the current window: overload signals, peak in-flight,
+    // start.
     dropped: AtomicU32,
     max_inflight: AtomicU32,
     window_start: AtomicU64,
@@ -69,13 +109,12 @@ impl LimitCore {
         let max = policy.max.max(min);
         let initial = policy.initial.clamp(min, max);
         Self {
-            inflight: AtomicU32::new(0),
+            hot: Hot::default(),
             limit: AtomicU32::new(initial),
             keep: shares(policy.reserve, classes).map(AtomicU32::new),
             classes,
             min: AtomicU32::new(min),
             max: AtomicU32::new(max),
-            acc: AtomicU64::new(0),
             dropped: AtomicU32::new(0),
             max_inflight: AtomicU32::new(0),
             window_start: AtomicU64::new(now),
@@ -93,7 +132,7 @@ impl LimitCore {
     }
 
     pub(crate) fn inflight(&self) -> u32 {
-        self.inflight.load(Relaxed)
+        inflight_of(self.hot.0.load(Relaxed))
     }
 
     /// How many calls of class `priority` may be in flight under the
@@ -110,21 +149,23 @@ impl LimitCore {
     #[inline]
     pub(crate) fn acquire(&self, priority: Priority) -> Result<(), Rejected> {
         let cap = self.cap(priority);
-        let mut current = self.inflight.load(Relaxed);
+        let mut word = self.hot.0.load(Relaxed);
         loop {
-            if current >= cap {
+            if inflight_of(word) >= cap {
                 return Err(self.shed());
             }
             match self
-                .inflight
-                .compare_exchange_weak(current, current + 1, Acquire, Relaxed)
+                .hot
+                .0
+                .compare_exchange_weak(word, word + ONE_INFLIGHT, Acquire, Relaxed)
             {
                 Ok(_) => break,
-                Err(seen) => current = seen,
+                Err(seen) => word = seen,
             }
         }
-        if current + 1 > self.max_inflight.load(Relaxed) {
-            self.max_inflight.fetch_max(current + 1, Relaxed);
+        let inflight = inflight_of(word) + 1;
+        if inflight > self.max_inflight.load(Relaxed) {
+            self.max_inflight.fetch_max(inflight, Relaxed);
         }
         Ok(())
     }
@@ -140,7 +181,7 @@ impl LimitCore {
     /// Gives back a slot whose call ended without an outcome.
     #[inline]
     pub(crate) fn release(&self) {
-        self.inflight.fetch_sub(1, Release);
+        self.hot.0.fetch_sub(ONE_INFLIGHT, Release);
     }
 
     /// Gives back a slot and records its call as a sample: `rtt` long,
@@ -148,21 +189,26 @@ impl LimitCore {
     /// sample closed a window.
     #[inline]
     pub(crate) fn complete(&self, rtt: Nanos, dropped: bool, now: Nanos) -> Option<LimitChange> {
-        self.inflight.fetch_sub(1, Release);
-        let micros = (rtt / 1_000).min(RTT_MASK);
-        let acc = self.acc.fetch_add((1 << RTT_BITS) + micros, Relaxed) + (1 << RTT_BITS) + micros;
+        // Rounded to the nearest unit.
+        let units = ((rtt + RTT_UNIT / 2) / RTT_UNIT).min(MAX_SAMPLE_UNITS);
+        // One addition: a slot back (the call holds one, so the in-flight
+        // field cannot borrow), a sample and its latency in.
+        let delta = (ONE_SAMPLE + units).wrapping_sub(ONE_INFLIGHT);
+        let word = self.hot.0.fetch_add(delta, AcqRel).wrapping_add(delta);
         if dropped {
             self.dropped.fetch_add(1, Relaxed);
         }
-        let samples = acc >> RTT_BITS;
+        let samples = samples_of(word);
         if samples < MIN_SAMPLES {
             return None;
         }
+        let sum = word & RTT_MASK;
+        let full = samples >= FULL_SAMPLES || sum >= FULL_UNITS;
         let start = self.window_start.load(Relaxed);
         let elapsed = now.saturating_sub(start);
-        // Two mean RTTs of this window's own samples (µs sum ×2000 / n ns).
-        let two_rtts = (acc & RTT_MASK).saturating_mul(2_000) / samples;
-        if elapsed < two_rtts.max(MIN_WINDOW) {
+        // Two mean RTTs of this window's own samples.
+        let two_rtts = sum.saturating_mul(2 * RTT_UNIT) / samples;
+        if !full && elapsed < two_rtts.max(MIN_WINDOW) {
             return None;
         }
         // Whoever moves the window start closes the window; the others go.
@@ -178,14 +224,27 @@ impl LimitCore {
 
     #[cold]
     fn close_window(&self, _now: Nanos) -> Option<LimitChange> {
-        let acc = self.acc.swap(0, AcqRel);
+        // Take the window's samples, leaving the in-flight count.
+        let mut word = self.hot.0.load(Relaxed);
+        loop {
+            let kept = word & !(ONE_INFLIGHT - 1);
+            match self
+                .hot
+                .0
+                .compare_exchange_weak(word, kept, AcqRel, Relaxed)
+            {
+                Ok(_) => break,
+                Err(seen) => word = seen,
+            }
+        }
         let dropped = self.dropped.swap(0, Relaxed);
         let max_inflight = self.max_inflight.swap(self.inflight(), Relaxed);
-        let samples = (acc >> RTT_BITS) as u32;
+        let samples = samples_of(word) as u32;
         if samples == 0 {
             return None;
         }
-        let mean_rtt_micros = (acc & RTT_MASK) as f64 / f64::from(samples);
+        let mean_rtt_nanos = ((word & RTT_MASK) * RTT_UNIT) as f64 / f64::from(samples);
+        let mean_rtt_micros = mean_rtt_nanos / 1_000.0;
         let mean_rtt = mean_rtt_micros * 1e-6;
         let window = WindowSample {
             samples,

@@ -161,24 +161,32 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
         &self.shared.classes
     }
 
+    /// The gate of `route`: its own, the shared overflow gate for
+    /// [`OVERFLOW_KEY`](crate::breaker::OVERFLOW_KEY), or none if the route
+    /// has not been seen.
+    fn gate_of(&self, route: &str) -> Option<Arc<Gate>> {
+        match route {
+            OVERFLOW_KEY => Some(self.shared.gates.overflow().clone()),
+            route => self.shared.gates.get(route),
+        }
+    }
+
     /// The breaker state of `route` (`"default"` for requests without a
-    /// route), if the route has been seen.
+    /// route, `"overflow"` for routes beyond `max_routes`), if the route has
+    /// been seen.
     pub fn state(&self, route: &str) -> Option<crate::BreakerState> {
-        self.shared.gates.get(route).map(|gate| gate.state())
+        self.gate_of(route).map(|gate| gate.state())
     }
 
     /// The current limit of `route`, if the route has been seen.
     pub fn limit(&self, route: &str) -> Option<u32> {
-        let gate = self.shared.gates.get(route)?;
+        let gate = self.gate_of(route)?;
         gate.limiter().map(|limit| limit.limit())
     }
 
     /// Requests waiting on `route` now (0 if it has not been seen).
     pub fn waiting(&self, route: &str) -> usize {
-        self.shared
-            .gates
-            .get(route)
-            .map_or(0, |gate| gate.waiting())
+        self.gate_of(route).map_or(0, |gate| gate.waiting())
     }
 
     /// Answers rejections with `fallback`.

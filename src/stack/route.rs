@@ -50,9 +50,10 @@ mod http_route {
     /// (`/booking.Booking/Book`).
     ///
     /// URI paths with ids in them make a route per id: keep them bounded
-    /// with axum's `MatchedPath` (put the layer with `Router::route_layer`,
-    /// or behind the router), or rely on `max_routes`, past which every new
-    /// path shares one overflow route.
+    /// with axum's `MatchedPath` by adding the stack with
+    /// `Router::route_layer` (which also leaves axum's own 404s, and the
+    /// scanners that cause them, outside brownout), or rely on
+    /// `max_routes`, past which every new path shares one overflow route.
     #[derive(Debug, Clone, Copy, Default)]
     pub struct HttpRoute;
 
