@@ -581,6 +581,21 @@ impl Gate {
         let elapsed = responded.unwrap_or(now).saturating_sub(start);
         let failed = outcome == Outcome::Failure;
         self.metrics.served(failed, elapsed as f64 * 1e-9);
+        self.learn(ticket, failed, elapsed, now);
+    }
+
+    /// See [`Permit::abandon_at_deadline`].
+    #[cold]
+    fn settle_abandoned(&self, ticket: Ticket, start: Nanos) {
+        let now = self.clock.now();
+        self.metrics.rejected(Reason::Deadline);
+        self.learn(ticket, true, now.saturating_sub(start), now);
+    }
+
+    /// Feeds a finished call to the breaker and the limit, and hands what
+    /// it freed to the room.
+    #[inline(always)]
+    fn learn(&self, ticket: Ticket, failed: bool, elapsed: Nanos, now: Nanos) {
         let mut opened = false;
         if let Some(breaker) = &self.breaker {
             if let Some(transition) = breaker.complete(ticket, failed, elapsed, now) {
@@ -710,6 +725,20 @@ impl Permit {
                 self.responded = Some(gate.clock.now());
             }
         }
+    }
+
+    /// The call outlived its caller's deadline and is abandoned: a failure
+    /// for the breaker and the limit (the back end did not answer in time),
+    /// and for the caller a `deadline` rejection, not a served call.
+    pub(crate) fn abandon_at_deadline(mut self) {
+        if let Some(gate) = self.gate.take() {
+            gate.settle_abandoned(self.ticket, self.start);
+        }
+    }
+
+    /// The clock the call is timed by (none once settled).
+    pub(crate) fn clock(&self) -> Option<&Clock> {
+        self.gate.as_ref().map(|gate| &gate.clock)
     }
 
     /// How long ago the call was admitted.

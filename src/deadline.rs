@@ -9,10 +9,18 @@
 
 use std::time::Duration;
 
-/// Finds how much time a request has left.
+/// Finds how much time a request has left, and tells the back end what is
+/// left of it after a wait.
 pub trait DeadlineOf<Req> {
     /// The time `req` has left, if it says.
     fn deadline_of(&self, req: &Req) -> Option<Duration>;
+
+    /// Rewrites `req`'s deadline to `left`, the time it has left now (after
+    /// waiting in the room), before it goes to the back end. The default
+    /// leaves the request as it is.
+    fn propagate(&self, req: &mut Req, left: Duration) {
+        let _ = (req, left);
+    }
 }
 
 /// No request carries a deadline.
@@ -149,6 +157,25 @@ mod http_header {
     }
 
     impl<B> DeadlineOf<http::Request<B>> for HeaderDeadline {
+        /// Re-encodes `grpc-timeout`, or the policy's header in milliseconds
+        /// (rounded up), whichever the request carried.
+        fn propagate(&self, req: &mut http::Request<B>, left: Duration) {
+            let headers = req.headers_mut();
+            if headers.contains_key("grpc-timeout") {
+                if let Ok(value) = http::HeaderValue::from_str(&super::encode_grpc_timeout(left)) {
+                    headers.insert("grpc-timeout", value);
+                }
+                return;
+            }
+            if let Some(header) = &self.header {
+                if headers.contains_key(header) {
+                    let millis = left.as_nanos().div_ceil(1_000_000);
+                    let millis = u64::try_from(millis).unwrap_or(u64::MAX);
+                    headers.insert(header.clone(), http::HeaderValue::from(millis));
+                }
+            }
+        }
+
         fn deadline_of(&self, req: &http::Request<B>) -> Option<Duration> {
             let headers = req.headers();
             if let Some(value) = headers.get("grpc-timeout") {

@@ -387,11 +387,15 @@ fn run(setup: &Setup, ops: &[Op], figures: &mut Figures) -> Result<(), TestCaseE
         let mut outcomes = Vec::new();
         for (id, (result, op)) in seen.into_iter().zip(ops).enumerate() {
             let (outcome, took) = result.map_err(TestCaseError::fail)?;
-            // Bounded answers: at most the wait, then the handler's time.
-            let bound = match outcome {
-                Seen::Served(_) => max_wait + ms(op.hold),
-                Seen::Fallback(_) => max_wait,
-                Seen::Cancelled => ms(op.cancel.unwrap()),
+            // Bounded answers: at most the wait, then the handler's time;
+            // a deadline also bounds the call, which is abandoned there.
+            let bound = match (&outcome, &op.deadline) {
+                (Seen::Served(_), _) => max_wait + ms(op.hold),
+                (Seen::Fallback(reason), Deadline::Millis(d)) if reason == "deadline" => {
+                    max_wait.max(ms(*d))
+                }
+                (Seen::Fallback(_), _) => max_wait,
+                (Seen::Cancelled, _) => ms(op.cancel.unwrap()),
             };
             prop_assert!(
                 took <= bound,

@@ -12,7 +12,10 @@ use tower::Service;
 
 use crate::admission::{Gate, Permit, Waiter};
 use crate::classify::Classify;
+use crate::clock::{Clock, Nanos};
+use crate::deadline::{DeadlineOf, NoDeadline};
 use crate::fallback::Fallback;
+use crate::reject::{Reason, Rejected};
 
 pin_project! {
     /// A request through the stack: waiting in the room, calling the inner
@@ -21,17 +24,17 @@ pin_project! {
     /// Dropping it while it waits frees its place at once (a permit it had
     /// just been granted goes to the next waiter); while it calls, its
     /// permit is released and the call counted as cancelled.
-    pub struct ResponseFuture<S, Req, C, F>
+    pub struct ResponseFuture<S, Req, C, F, D = NoDeadline>
     where
         S: Service<Req>,
         C: Classify<S::Response, S::Error>,
         F: Fallback<Req, C::Response, S::Error>,
     {
         #[pin]
-        state: State<S, Req, C, F>,
+        state: State<S, Req, C, F, D>,
     }
 
-    impl<S, Req, C, F> PinnedDrop for ResponseFuture<S, Req, C, F>
+    impl<S, Req, C, F, D> PinnedDrop for ResponseFuture<S, Req, C, F, D>
     where
         S: Service<Req>,
         C: Classify<S::Response, S::Error>,
@@ -47,7 +50,7 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, Req, C, F>
+    enum State<S, Req, C, F, D>
     where
         S: Service<Req>,
         C: Classify<S::Response, S::Error>,
@@ -62,6 +65,10 @@ pin_project! {
             req: Option<Req>,
             classifier: Option<C>,
             fallback: Option<F>,
+            // The request's own deadline, and what rewrites it on the
+            // request once the wait is over.
+            deadline: Option<Nanos>,
+            propagate: Option<D>,
             #[pin]
             sleep: Option<Sleep>,
         },
@@ -71,6 +78,11 @@ pin_project! {
             permit: Option<Permit>,
             classifier: C,
             fallback: F,
+            // Fires at the request's deadline: the call is abandoned (a
+            // failure for the breaker and the limit) and the fallback
+            // answers.
+            #[pin]
+            timer: Option<Sleep>,
         },
         Answering {
             #[pin]
@@ -79,19 +91,27 @@ pin_project! {
     }
 }
 
-impl<S, Req, C, F> ResponseFuture<S, Req, C, F>
+impl<S, Req, C, F, D> ResponseFuture<S, Req, C, F, D>
 where
     S: Service<Req>,
     C: Classify<S::Response, S::Error>,
     F: Fallback<Req, C::Response, S::Error>,
 {
-    pub(crate) fn calling(call: S::Future, permit: Permit, classifier: C, fallback: F) -> Self {
+    pub(crate) fn calling(
+        call: S::Future,
+        permit: Permit,
+        classifier: C,
+        fallback: F,
+        deadline: Option<Nanos>,
+    ) -> Self {
+        let timer = deadline.and_then(|at| Some(deadline_timer(permit.clock()?, at)));
         Self {
             state: State::Calling {
                 call,
                 permit: Some(permit),
                 classifier,
                 fallback,
+                timer,
             },
         }
     }
@@ -102,6 +122,7 @@ where
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn waiting(
         gate: Arc<Gate>,
         waiter: Waiter,
@@ -109,6 +130,8 @@ where
         req: Req,
         classifier: C,
         fallback: F,
+        deadline: Option<Nanos>,
+        propagate: D,
     ) -> Self {
         Self {
             state: State::Waiting {
@@ -118,13 +141,20 @@ where
                 req: Some(req),
                 classifier: Some(classifier),
                 fallback: Some(fallback),
+                deadline,
+                propagate: Some(propagate),
                 sleep: None,
             },
         }
     }
 }
 
-impl<S, Req, C, F> std::fmt::Debug for ResponseFuture<S, Req, C, F>
+/// A timer for `at` on `clock`'s time line.
+fn deadline_timer(clock: &Clock, at: Nanos) -> Sleep {
+    tokio::time::sleep_until(clock.instant(at) + clock.slack())
+}
+
+impl<S, Req, C, F, D> std::fmt::Debug for ResponseFuture<S, Req, C, F, D>
 where
     S: Service<Req>,
     C: Classify<S::Response, S::Error>,
@@ -142,11 +172,12 @@ where
     }
 }
 
-impl<S, Req, C, F> Future for ResponseFuture<S, Req, C, F>
+impl<S, Req, C, F, D> Future for ResponseFuture<S, Req, C, F, D>
 where
     S: Service<Req>,
     C: Classify<S::Response, S::Error>,
     F: Fallback<Req, C::Response, S::Error>,
+    D: DeadlineOf<Req>,
 {
     type Output = Result<C::Response, F::Error>;
 
@@ -160,14 +191,28 @@ where
                     permit,
                     classifier,
                     fallback,
+                    timer,
                 } => {
-                    let result = ready!(call.poll(cx));
+                    if let Poll::Ready(result) = call.poll(cx) {
+                        let permit = permit.take().expect("polled after completion");
+                        return Poll::Ready(
+                            classifier
+                                .classify(result, permit)
+                                .map_err(|e| fallback.inner_error(e)),
+                        );
+                    }
+                    let Some(timer) = timer.as_pin_mut() else {
+                        return Poll::Pending;
+                    };
+                    ready!(timer.poll(cx));
+                    // The deadline passed with the call still running: the
+                    // caller has gone, so stop waiting for the back end; a
+                    // call that outlives its caller's deadline is overload.
                     let permit = permit.take().expect("polled after completion");
-                    return Poll::Ready(
-                        classifier
-                            .classify(result, permit)
-                            .map_err(|e| fallback.inner_error(e)),
-                    );
+                    permit.abandon_at_deadline();
+                    State::Answering {
+                        answer: fallback.fallback(Rejected::new(Reason::Deadline), None),
+                    }
                 }
                 StateProj::Waiting {
                     gate,
@@ -176,21 +221,35 @@ where
                     req,
                     classifier,
                     fallback,
+                    deadline,
+                    propagate,
                     mut sleep,
                 } => match gate.poll_waiter(waiter, cx) {
                     Poll::Ready(verdict) => {
-                        let (Some(mut inner), Some(req), Some(classifier), Some(fallback)) =
+                        let (Some(mut inner), Some(mut req), Some(classifier), Some(fallback)) =
                             (inner.take(), req.take(), classifier.take(), fallback.take())
                         else {
                             unreachable!("a waiting future holds its call until it leaves");
                         };
                         match verdict {
-                            Ok(permit) => State::Calling {
-                                call: inner.call(req),
-                                permit: Some(permit),
-                                classifier,
-                                fallback,
-                            },
+                            Ok(permit) => {
+                                let timer = deadline.map(|at| {
+                                    // Tell the back end how much time is left
+                                    // after the wait (gRPC's `grpc-timeout`).
+                                    let left = at.saturating_sub(gate.clock().now());
+                                    if let Some(propagate) = propagate.take() {
+                                        propagate.propagate(&mut req, Duration::from_nanos(left));
+                                    }
+                                    deadline_timer(gate.clock(), at)
+                                });
+                                State::Calling {
+                                    call: inner.call(req),
+                                    permit: Some(permit),
+                                    classifier,
+                                    fallback,
+                                    timer,
+                                }
+                            }
                             Err(rejected) => State::Answering {
                                 answer: fallback.fallback(rejected, Some(req)),
                             },

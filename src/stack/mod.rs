@@ -109,11 +109,11 @@ where
     F: Fallback<Req, C::Response, S::Error> + Clone,
     R: RouteOf<Req>,
     P: PriorityOf<Req>,
-    D: DeadlineOf<Req>,
+    D: DeadlineOf<Req> + Clone,
 {
     type Response = C::Response;
     type Error = F::Error;
-    type Future = ResponseFuture<S, Req, C, F>;
+    type Future = ResponseFuture<S, Req, C, F, D>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -133,19 +133,20 @@ where
                 let deadline =
                     left.map(|left| gate.clock().now().saturating_add(saturating_nanos(left)));
                 gate.enter(priority, deadline).map(|entry| match entry {
-                    Entry::Now(permit) => (Entry::Now(permit), None),
-                    wait => (wait, Some(gate.clone())),
+                    Entry::Now(permit) => (Entry::Now(permit), None, deadline),
+                    wait => (wait, Some(gate.clone()), deadline),
                 })
             },
         );
         match entered {
-            Ok((Entry::Now(permit), _)) => ResponseFuture::calling(
+            Ok((Entry::Now(permit), _, deadline)) => ResponseFuture::calling(
                 self.inner.call(req),
                 permit,
                 self.classifier.clone(),
                 self.fallback.clone(),
+                deadline,
             ),
-            Ok((Entry::Wait(waiter), Some(gate))) => {
+            Ok((Entry::Wait(waiter), Some(gate), deadline)) => {
                 // Keep the service that was polled ready for this request,
                 // and leave a fresh clone for the next one.
                 let fresh = self.inner.clone();
@@ -157,9 +158,11 @@ where
                     req,
                     self.classifier.clone(),
                     self.fallback.clone(),
+                    deadline,
+                    self.deadline.clone(),
                 )
             }
-            Ok((Entry::Wait(_), None)) => unreachable!("a waiter keeps its gate"),
+            Ok((Entry::Wait(_), None, _)) => unreachable!("a waiter keeps its gate"),
             Err(rejected) => ResponseFuture::answering(self.fallback.fallback(rejected, Some(req))),
         }
     }

@@ -82,7 +82,8 @@ pub use self::layer::WaitingRoomLayer;
 
 /// The waiting room's response future: the composed stack's, with
 /// rejections as errors.
-pub type ResponseFuture<S, Req, C> = crate::stack::ResponseFuture<S, Req, C, RejectAsError>;
+pub type ResponseFuture<S, Req, C, D = NoDeadline> =
+    crate::stack::ResponseFuture<S, Req, C, RejectAsError, D>;
 
 /// A waiting room in front of a service; see the [module docs](self).
 /// Clones share the room.
@@ -122,12 +123,12 @@ where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     P: PriorityOf<Req>,
-    D: DeadlineOf<Req>,
+    D: DeadlineOf<Req> + Clone,
     C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = C::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S, Req, C>;
+    type Future = ResponseFuture<S, Req, C, D>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -148,6 +149,7 @@ where
                 permit,
                 self.classifier.clone(),
                 RejectAsError,
+                deadline,
             ),
             Ok(Entry::Wait(waiter)) => {
                 // Keep the service that was polled ready for this request,
@@ -156,7 +158,17 @@ where
                 let ready = std::mem::replace(&mut self.inner, fresh);
                 let gate = self.gate.clone();
                 let classifier = self.classifier.clone();
-                ResponseFuture::waiting(gate, waiter, ready, req, classifier, RejectAsError)
+                let propagate = self.deadline.clone();
+                ResponseFuture::waiting(
+                    gate,
+                    waiter,
+                    ready,
+                    req,
+                    classifier,
+                    RejectAsError,
+                    deadline,
+                    propagate,
+                )
             }
             Err(rejected) => ResponseFuture::answering(std::future::ready(Err(rejected.into()))),
         }
