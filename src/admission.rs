@@ -14,10 +14,25 @@
 //! probe slot, an in-flight slot) and is counted as `cancelled`, never as a
 //! sample. Whatever a permit gives back goes to the room's next waiter
 //! first.
+//!
+//! Before the stages, a gate built from a policy checks its maintenance
+//! windows ([`maintenance`]): one relaxed load and a compare while no window
+//! has started. Inside a window every call is answered `Maintenance`; as it
+//! ends the breaker goes half-open and the limit restarts from its minimum.
+//!
+//! In shadow mode (`breaker.mode = "shadow"`) the gate rejects nothing: a
+//! window, an open breaker, a full limit or a waiting room that would hold
+//! or turn a call away is counted (`would_reject`, or `would_wait` for a
+//! call the room would have held) and logged at debug level, and the call
+//! goes through. A call past the limit is still counted in flight (on the
+//! gate, as the limiter's own count stops at its limit) until it ends; the
+//! limiter learns only from the calls within its limit.
+
+mod maintenance;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,10 +43,14 @@ use crate::classify::Outcome;
 use crate::clock::{Clock, Nanos, saturating_nanos};
 use crate::limit::state::LimitCore;
 use crate::metrics::RouteMetrics;
-use crate::policy::{BreakerPolicy, LimitPolicy, Mode, PriorityPolicy, WaitingRoomPolicy};
+use crate::policy::{
+    BreakerPolicy, LimitPolicy, MaintenanceWindow, Mode, PriorityPolicy, WaitingRoomPolicy,
+};
 use crate::priority::{Classes, Priority};
 use crate::reject::{Reason, Rejected};
 use crate::waiting_room::room::{Grant, Key, Queues, Room, Standing};
+
+use self::maintenance::{Check, Maintenance};
 
 /// What a gate is built from: which stages it has, and how it reports.
 #[derive(Debug, Clone)]
@@ -39,6 +58,8 @@ pub(crate) struct GateSpec<'a> {
     pub(crate) breaker: Option<&'a BreakerPolicy>,
     pub(crate) limit: Option<&'a LimitPolicy>,
     pub(crate) room: Option<&'a WaitingRoomPolicy>,
+    /// The policy's maintenance windows (empty for a standalone layer).
+    pub(crate) maintenance: &'a [MaintenanceWindow],
     pub(crate) classes: &'a Classes,
     pub(crate) route: SharedString,
     pub(crate) clock: Clock,
@@ -56,6 +77,7 @@ pub(crate) fn breaker_gate(
         breaker: Some(policy),
         limit: None,
         room: None,
+        maintenance: &[],
         classes: &Classes::default(),
         route,
         clock,
@@ -103,6 +125,7 @@ impl GateConfig {
                 breaker: self.breaker.as_ref(),
                 limit: self.limit.as_ref(),
                 room: self.room.as_ref(),
+                maintenance: &[],
                 classes: &self.classes,
                 route: self.route.clone(),
                 clock: self.clock.clone().unwrap_or_else(Clock::detect),
@@ -181,14 +204,48 @@ pub(crate) struct Waiter {
     timeout: Reason,
 }
 
+/// What the stages gave an admitted call: the breaker's ticket, and
+/// whether the call went past a full limit in shadow mode (it then holds
+/// none of the limiter's slots, and is counted in flight on the gate).
+#[derive(Debug, Clone, Copy)]
+struct Taken {
+    ticket: Ticket,
+    over: bool,
+}
+
+impl Taken {
+    const fn within(ticket: Ticket) -> Self {
+        Self {
+            ticket,
+            over: false,
+        }
+    }
+}
+
+/// Who asks the stages for a slot: a call arriving, which shadow mode lets
+/// through whatever the stages say, or the waiting room letting a waiter
+/// out, which only ever takes a slot the limit has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asker {
+    Arrival,
+    Room,
+}
+
 /// One route's admission state, shared by every clone of its services.
 /// A stage a layer does not use is absent and costs nothing.
 #[derive(Debug)]
 pub(crate) struct Gate {
     clock: Clock,
+    maintenance: Maintenance,
     breaker: Option<BreakerCore>,
     limit: Option<LimitCore>,
     room: Option<Room>,
+    /// The room's capacity (0 without a room), read without its lock by
+    /// shadow mode to tell a call the room would hold from one it would
+    /// turn away.
+    room_capacity: AtomicU32,
+    /// Calls let past a full limit in shadow mode, still in flight.
+    over: AtomicU32,
     classes: Classes,
     metrics: RouteMetrics,
 }
@@ -198,6 +255,9 @@ impl Gate {
         let now = spec.clock.now();
         let room = spec.room.filter(|room| room.capacity > 0);
         let gate = Self {
+            maintenance: Maintenance::new(spec.maintenance, &spec.clock, now),
+            room_capacity: AtomicU32::new(room.map_or(0, |room| room.capacity)),
+            over: AtomicU32::new(0),
             breaker: spec
                 .breaker
                 .map(|policy| BreakerCore::new(policy, spec.seed.unwrap_or_else(fresh_seed))),
@@ -231,8 +291,8 @@ impl Gate {
     #[inline(always)]
     pub(crate) fn admit(self: &Arc<Self>, priority: Priority) -> Result<Permit, Rejected> {
         let now = self.clock.now();
-        match self.acquire(priority, now) {
-            Ok(ticket) => Ok(self.permit(ticket, now)),
+        match self.acquire(priority, now, Asker::Arrival) {
+            Ok(taken) => Ok(self.permit(taken, now)),
             Err(rejected) => Err(self.rejected(rejected, priority)),
         }
     }
@@ -255,8 +315,8 @@ impl Gate {
         }
         if room.waiting() == 0 {
             // The common case: nobody waits, so nobody is overtaken.
-            match self.acquire(priority, now) {
-                Ok(ticket) => return Ok(Entry::Now(self.permit(ticket, now))),
+            match self.acquire(priority, now, Asker::Arrival) {
+                Ok(taken) => return Ok(Entry::Now(self.permit(taken, now))),
                 Err(rejected) if !waitable(&rejected) => {
                     return Err(self.rejected(rejected, priority));
                 }
@@ -265,21 +325,21 @@ impl Gate {
         }
         let seated = room.with(|queues| {
             // Callers of the same or a more important class already wait:
-            // queue behind them rather than take a slot before them.
-            if !queues.has_waiters_at_or_above(priority) {
-                match self.acquire(priority, now) {
-                    Ok(ticket) => return Ok(Entry::Now(self.permit(ticket, now))),
+            // queue behind them rather than take a slot before them (but
+            // shadow mode seats nobody).
+            if !queues.has_waiters_at_or_above(priority) || self.shadow() {
+                match self.acquire(priority, now, Asker::Arrival) {
+                    Ok(taken) => return Ok(Entry::Now(self.permit(taken, now))),
                     Err(rejected) if !waitable(&rejected) => return Err(rejected),
                     Err(_) => {}
                 }
             }
             let (until, timeout) = self.wait_budget(room, queues, now, deadline);
-            if let Some(probe_at) = self.next_probe_at(now) {
-                if probe_at > until {
-                    // The breaker stays open past this wait: say so now
-                    // rather than at the end of the wait.
-                    let wait = Duration::from_nanos(probe_at - now);
-                    return Err(Rejected::new(Reason::Open).with_retry_after(wait));
+            if let Some((reopen_at, rejected)) = self.reopens_at(now) {
+                if reopen_at > until {
+                    // The maintenance window or the open breaker lasts past
+                    // this wait: say so now rather than at its end.
+                    return Err(rejected);
                 }
             }
             // A full room turns away a less important waiter for this one:
@@ -329,7 +389,9 @@ impl Gate {
         });
         match standing {
             Standing::Waiting => Poll::Pending,
-            Standing::Granted(grant) => Poll::Ready(Ok(self.permit(grant.ticket, now))),
+            Standing::Granted(grant) => {
+                Poll::Ready(Ok(self.permit(Taken::within(grant.ticket), now)))
+            }
             Standing::Rejected(rejected) => {
                 self.metrics.rejected(rejected.reason());
                 Poll::Ready(Err(rejected))
@@ -337,13 +399,19 @@ impl Gate {
         }
     }
 
-    /// When a pending waiter must be polled again if nothing wakes it.
+    /// When a pending waiter must be polled again if nothing wakes it: its
+    /// wait runs out, the breaker is due to probe, or a maintenance window
+    /// starts or ends.
     pub(crate) fn wake_at(&self, waiter: &Waiter) -> Nanos {
         let now = self.clock.now();
-        match self.next_probe_at(now) {
-            Some(probe_at) => probe_at.min(waiter.until),
-            None => waiter.until,
+        let mut at = waiter.until;
+        if let Some(probe_at) = self.next_probe_at(now) {
+            at = at.min(probe_at);
         }
+        if let Some(boundary) = self.maintenance.boundary(now) {
+            at = at.min(boundary);
+        }
+        at
     }
 
     /// A waiter's future was dropped: it leaves the room at once, and a
@@ -360,34 +428,130 @@ impl Gate {
         });
         self.metrics.cancelled();
         if let Some(grant) = grant {
-            self.give_back(grant.ticket);
+            self.give_back(Taken::within(grant.ticket));
         }
     }
 
-    /// The gate's stages in order: the breaker's ticket, then an in-flight
-    /// slot. A probe taken by the breaker goes back if the limit sheds.
+    /// The gate's stages in order: the maintenance windows, the breaker's
+    /// ticket, then an in-flight slot. A probe taken by the breaker goes
+    /// back if the limit sheds. In shadow mode an arrival passes every
+    /// stage, and what would have stopped it is counted.
     #[inline]
-    fn acquire(&self, priority: Priority, now: Nanos) -> Result<Ticket, Rejected> {
+    fn acquire(&self, priority: Priority, now: Nanos, asker: Asker) -> Result<Taken, Rejected> {
+        if self.maintenance.near(now) {
+            self.check_maintenance(now, asker)?;
+        }
         let ticket = match &self.breaker {
             Some(breaker) => self.admit_breaker(breaker, now)?,
             None => Ticket::UNTRACKED,
         };
         if let Some(limit) = &self.limit {
             if let Err(shed) = limit.acquire(priority) {
+                if asker == Asker::Arrival && self.shadow() {
+                    return Ok(self.past_the_limit(ticket, priority));
+                }
                 if let Some(breaker) = &self.breaker {
                     breaker.cancel(ticket);
                 }
                 return Err(shed);
             }
         }
-        Ok(ticket)
+        Ok(Taken::within(ticket))
+    }
+
+    /// A window may be in force at `now`: rejects inside it (counts, in
+    /// shadow mode), and runs the end-of-window steps once as it ends.
+    #[cold]
+    fn check_maintenance(&self, now: Nanos, asker: Asker) -> Result<(), Rejected> {
+        match self.maintenance.check(now) {
+            Check::Clear => Ok(()),
+            Check::Ended => {
+                self.maintenance_ended(now);
+                Ok(())
+            }
+            Check::Inside(rejected) if self.shadow() => {
+                if asker == Asker::Arrival {
+                    self.would_reject(rejected.reason());
+                }
+                Ok(())
+            }
+            Check::Inside(rejected) => Err(rejected),
+        }
+    }
+
+    /// A maintenance window is over: the back end coming out of it is
+    /// probed (the breaker goes half-open) and fed from the limit's
+    /// minimum up, not flooded. Waiters are let out by whoever called.
+    #[cold]
+    fn maintenance_ended(&self, now: Nanos) {
+        if let Some(breaker) = &self.breaker {
+            if let Some(transition) = breaker.half_open(now) {
+                self.report(transition);
+            }
+        }
+        if let Some(limit) = &self.limit {
+            limit.restart_from_min();
+            self.metrics.limit(limit.limit(), self.inflight());
+        }
+        tracing::info!(
+            route = %self.metrics.route(),
+            "brownout: maintenance window over: probing the back end, limit restarting from its minimum"
+        );
+    }
+
+    /// Whether the gate only counts what it would reject (`mode = "shadow"`).
+    #[inline]
+    fn shadow(&self) -> bool {
+        self.breaker
+            .as_ref()
+            .is_some_and(|breaker| breaker.mode() == Mode::Shadow)
+    }
+
+    /// Shadow mode: the limit is full, and the call goes through anyway,
+    /// counted in flight on the gate. Counts what enforce mode would have
+    /// done: shed it (no room), hold it (room to spare: `would_wait`), or
+    /// turn it away (the room would be full: the calls already past the
+    /// limit are the ones it would hold).
+    #[cold]
+    fn past_the_limit(&self, ticket: Ticket, priority: Priority) -> Taken {
+        let held = self.over.fetch_add(1, Ordering::Relaxed);
+        match self.room_capacity.load(Ordering::Relaxed) {
+            0 => self.would_reject(Reason::Shed),
+            capacity if held < capacity => {
+                self.metrics.would_wait();
+                tracing::debug!(
+                    route = %self.metrics.route(),
+                    priority = priority.rank(),
+                    "brownout: shadow mode would have held this request in the waiting room"
+                );
+            }
+            _ => self.would_reject(Reason::QueueFull),
+        }
+        Taken { ticket, over: true }
+    }
+
+    /// Counts and logs what shadow mode let through.
+    fn would_reject(&self, reason: Reason) {
+        self.metrics.would_reject(reason);
+        tracing::debug!(
+            route = %self.metrics.route(),
+            %reason,
+            "brownout: shadow mode would have rejected this request"
+        );
+    }
+
+    /// Calls in flight: the limiter's, and those shadow mode let past it.
+    pub(crate) fn inflight(&self) -> u32 {
+        let within = self.limit.as_ref().map_or(0, LimitCore::inflight);
+        within.saturating_add(self.over.load(Ordering::Relaxed))
     }
 
     #[inline]
-    fn permit(self: &Arc<Self>, ticket: Ticket, now: Nanos) -> Permit {
+    fn permit(self: &Arc<Self>, taken: Taken, now: Nanos) -> Permit {
         Permit {
             gate: Some(self.clone()),
-            ticket,
+            ticket: taken.ticket,
+            over: taken.over,
             start: now,
             responded: None,
         }
@@ -409,8 +573,7 @@ impl Gate {
             self.report(transition);
         }
         if let Some(would) = &admission.would_reject {
-            self.metrics.would_reject(would.reason());
-            tracing::debug!(route = %self.metrics.route(), reason = %would.reason(), "brownout: shadow mode would have rejected this request");
+            self.would_reject(would.reason());
         }
         admission.verdict
     }
@@ -424,20 +587,21 @@ impl Gate {
             let Some((priority, since)) = queues.next_out(newest_first) else {
                 return;
             };
-            match self.acquire(priority, now) {
-                Ok(ticket) => {
+            match self.acquire(priority, now, Asker::Room) {
+                Ok(taken) => {
+                    debug_assert!(!taken.over, "a waiter only gets a slot of the limit's");
+                    let ticket = taken.ticket;
                     queues.grant_next(newest_first, Grant { ticket, at: now });
                     self.metrics.waiting(priority, -1.0);
                     self.metrics.waited(priority, now.saturating_sub(since));
                 }
                 Err(_) => {
-                    if let Some(probe_at) = self.next_probe_at(now) {
-                        let wait = Duration::from_nanos(probe_at - now);
+                    if let Some((reopen_at, rejected)) = self.reopens_at(now) {
                         let metrics = &self.metrics;
                         queues.reject_where(|priority, until| {
-                            (until < probe_at).then(|| {
+                            (until < reopen_at).then(|| {
                                 metrics.waiting(priority, -1.0);
-                                Rejected::new(Reason::Open).with_retry_after(wait)
+                                rejected.clone()
                             })
                         });
                     }
@@ -473,12 +637,28 @@ impl Gate {
         self.breaker.as_ref()?.next_probe_at(now)
     }
 
+    /// When the gate opens again if something other than the limit keeps
+    /// it shut at `now`, and the answer until then: the end of the
+    /// maintenance window in force (unless in shadow mode), else the open
+    /// breaker's next probe.
+    fn reopens_at(&self, now: Nanos) -> Option<(Nanos, Rejected)> {
+        if let Some(inside) = self.maintenance.inside(now) {
+            if !self.shadow() {
+                return Some(inside);
+            }
+        }
+        let probe_at = self.next_probe_at(now)?;
+        let wait = Duration::from_nanos(probe_at - now);
+        Some((probe_at, Rejected::new(Reason::Open).with_retry_after(wait)))
+    }
+
     /// A rejection of `reason` with the best retry hint the gate has: the
-    /// breaker's next probe, or the time the room takes to drain.
+    /// end of a maintenance window, the breaker's next probe, or the time
+    /// the room takes to drain.
     fn with_hint(&self, reason: Reason, now: Nanos) -> Rejected {
         let rejected = Rejected::new(reason);
-        if let Some(probe_at) = self.next_probe_at(now) {
-            return rejected.with_retry_after(Duration::from_nanos(probe_at - now));
+        if let Some((reopen_at, _)) = self.reopens_at(now) {
+            return rejected.with_retry_after(Duration::from_nanos(reopen_at.saturating_sub(now)));
         }
         match &self.limit {
             Some(limit) => {
@@ -495,8 +675,18 @@ impl Gate {
     /// the state: the breaker's window and verdict, the learned limit, the
     /// calls in flight and the waiters (a smaller room turns away its excess,
     /// least important first, with `QueueFull`). A stage the gate was built
-    /// without stays absent.
+    /// without stays absent. The maintenance windows are replaced: a window
+    /// in force that is gone ends now, with the usual end-of-window steps.
     pub(crate) fn reconfigure(&self, spec: &GateSpec<'_>) {
+        let now = self.clock.now();
+        let windows_changed = match self.maintenance.replace(spec.maintenance, &self.clock, now) {
+            None => false,
+            Some(Check::Ended) => {
+                self.maintenance_ended(now);
+                true
+            }
+            Some(Check::Clear | Check::Inside(_)) => true,
+        };
         if let (Some(breaker), Some(policy)) = (&self.breaker, spec.breaker) {
             breaker.reconfigure(policy);
         }
@@ -506,6 +696,7 @@ impl Gate {
             }
         }
         if let (Some(room), Some(policy)) = (&self.room, spec.room) {
+            self.room_capacity.store(policy.capacity, Ordering::Relaxed);
             let turned_away = room.reconfigure(policy);
             for priority in &turned_away {
                 self.metrics.waiting(*priority, -1.0);
@@ -519,6 +710,15 @@ impl Gate {
             }
         }
         self.metrics.breaker_state(self.state().gauge());
+        if windows_changed {
+            // Waiters sleep until a time computed from the old windows:
+            // wake them to look again.
+            if let Some(room) = &self.room {
+                if room.waiting() > 0 {
+                    room.with(Queues::wake_waiting);
+                }
+            }
+        }
         self.wake_room();
     }
 
@@ -576,26 +776,27 @@ impl Gate {
     }
 
     #[inline(always)]
-    fn settle(&self, ticket: Ticket, outcome: Outcome, start: Nanos, responded: Option<Nanos>) {
+    fn settle(&self, taken: Taken, outcome: Outcome, start: Nanos, responded: Option<Nanos>) {
         let now = self.clock.now();
         let elapsed = responded.unwrap_or(now).saturating_sub(start);
         let failed = outcome == Outcome::Failure;
         self.metrics.served(failed, elapsed as f64 * 1e-9);
-        self.learn(ticket, failed, elapsed, now);
+        self.learn(taken, failed, elapsed, now);
     }
 
     /// See [`Permit::abandon_at_deadline`].
     #[cold]
-    fn settle_abandoned(&self, ticket: Ticket, start: Nanos) {
+    fn settle_abandoned(&self, taken: Taken, start: Nanos) {
         let now = self.clock.now();
         self.metrics.rejected(Reason::Deadline);
-        self.learn(ticket, true, now.saturating_sub(start), now);
+        self.learn(taken, true, now.saturating_sub(start), now);
     }
 
     /// Feeds a finished call to the breaker and the limit, and hands what
     /// it freed to the room.
     #[inline(always)]
-    fn learn(&self, ticket: Ticket, failed: bool, elapsed: Nanos, now: Nanos) {
+    fn learn(&self, taken: Taken, failed: bool, elapsed: Nanos, now: Nanos) {
+        let Taken { ticket, over } = taken;
         let mut opened = false;
         if let Some(breaker) = &self.breaker {
             if let Some(transition) = breaker.complete(ticket, failed, elapsed, now) {
@@ -604,8 +805,14 @@ impl Gate {
             }
         }
         if let Some(limit) = &self.limit {
-            if let Some(change) = limit.complete(elapsed, failed, now) {
-                self.metrics.limit(change.limit, change.inflight);
+            if over {
+                // Past the limit in shadow mode: it held no slot of the
+                // limiter's, and is no sample of it.
+                self.over.fetch_sub(1, Ordering::Relaxed);
+            } else if let Some(change) = limit.complete(elapsed, failed, now) {
+                let over = self.over.load(Ordering::Relaxed);
+                self.metrics
+                    .limit(change.limit, change.inflight.saturating_add(over));
                 tracing::trace!(route = %self.metrics.route(), limit = change.limit, inflight = change.inflight, "brownout: limit updated");
             }
         }
@@ -622,18 +829,22 @@ impl Gate {
     }
 
     #[inline]
-    fn cancel(&self, ticket: Ticket) {
+    fn cancel(&self, taken: Taken) {
         self.metrics.cancelled();
-        self.give_back(ticket);
+        self.give_back(taken);
     }
 
     /// Returns what an admitted call held, without a sample.
-    fn give_back(&self, ticket: Ticket) {
+    fn give_back(&self, taken: Taken) {
         if let Some(breaker) = &self.breaker {
-            breaker.cancel(ticket);
+            breaker.cancel(taken.ticket);
         }
         if let Some(limit) = &self.limit {
-            limit.release();
+            if taken.over {
+                self.over.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                limit.release();
+            }
         }
         self.wake_room();
     }
@@ -671,13 +882,16 @@ impl Gate {
     }
 }
 
-/// Whether waiting can help: the breaker will let calls through again, or
-/// the limit will free a slot. (A forced-open breaker says `Open` with no
-/// next probe; waiting cannot help it.)
+/// Whether waiting can help: the breaker will let calls through again, a
+/// maintenance window will end, or the limit will free a slot. (A
+/// forced-open breaker says `Open` with no next probe; waiting cannot help
+/// it.)
 fn waitable(rejected: &Rejected) -> bool {
     match rejected.reason() {
         Reason::Shed => true,
-        Reason::Open => rejected.retry_after().is_some(),
+        // The room then checks that the breaker probes, or the window
+        // ends, before the wait runs out.
+        Reason::Open | Reason::Maintenance => rejected.retry_after().is_some(),
         _ => false,
     }
 }
@@ -703,6 +917,8 @@ pub struct Permit {
     /// `None` once settled.
     gate: Option<Arc<Gate>>,
     ticket: Ticket,
+    /// Let past a full limit in shadow mode.
+    over: bool,
     start: Nanos,
     responded: Option<Nanos>,
 }
@@ -712,7 +928,11 @@ impl Permit {
     #[inline(always)]
     pub fn record(mut self, outcome: Outcome) {
         if let Some(gate) = self.gate.take() {
-            gate.settle(self.ticket, outcome, self.start, self.responded);
+            let taken = Taken {
+                ticket: self.ticket,
+                over: self.over,
+            };
+            gate.settle(taken, outcome, self.start, self.responded);
         }
     }
 
@@ -732,7 +952,11 @@ impl Permit {
     /// and for the caller a `deadline` rejection, not a served call.
     pub(crate) fn abandon_at_deadline(mut self) {
         if let Some(gate) = self.gate.take() {
-            gate.settle_abandoned(self.ticket, self.start);
+            let taken = Taken {
+                ticket: self.ticket,
+                over: self.over,
+            };
+            gate.settle_abandoned(taken, self.start);
         }
     }
 
@@ -754,7 +978,10 @@ impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
         if let Some(gate) = self.gate.take() {
-            gate.cancel(self.ticket);
+            gate.cancel(Taken {
+                ticket: self.ticket,
+                over: self.over,
+            });
         }
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! | name | kind | labels | meaning |
 //! |---|---|---|---|
-//! | `brownout_requests_total` | counter | `route`, `outcome`, `reason` | every request's one outcome: `served`, `fallback`, `rejected`, `cancelled`; `would_reject` in shadow mode |
+//! | `brownout_requests_total` | counter | `route`, `outcome`, `reason` | every request's one outcome: `served`, `fallback`, `rejected`, `cancelled`; in shadow mode also `would_reject` (with the reason enforce mode would have given) and `would_wait` (a request the waiting room would have held), both of which were served |
 //! | `brownout_breaker_state` | gauge | `route` | 0 closed, 1 half-open, 2 open, 3 forced |
 //! | `brownout_breaker_transitions_total` | counter | `route`, `from`, `to` | state changes |
 //! | `brownout_latency_seconds` | histogram | `route`, `outcome` | time to the inner answer of served calls, `outcome` = `success` or `failure` |
@@ -53,7 +53,7 @@ pub fn describe() {
         metrics::describe_counter!(
             REQUESTS_TOTAL,
             Unit::Count,
-            "Requests by outcome (served, fallback, rejected, cancelled, would_reject) and reason"
+            "Requests by outcome (served, fallback, rejected, cancelled; would_reject and would_wait in shadow mode) and reason"
         );
         metrics::describe_gauge!(
             BREAKER_STATE,
@@ -94,6 +94,7 @@ pub(crate) mod outcome {
     pub(crate) const REJECTED: &str = "rejected";
     pub(crate) const CANCELLED: &str = "cancelled";
     pub(crate) const WOULD_REJECT: &str = "would_reject";
+    pub(crate) const WOULD_WAIT: &str = "would_wait";
 }
 
 /// The handles one route bumps per request, registered once.
@@ -104,6 +105,7 @@ pub(crate) struct RouteMetrics {
     cancelled: Counter,
     rejected: [Counter; Reason::ALL.len()],
     would_reject: [Counter; Reason::ALL.len()],
+    would_wait: Counter,
     latency_success: Histogram,
     latency_failure: Histogram,
     breaker_state: Gauge,
@@ -142,6 +144,7 @@ impl RouteMetrics {
             cancelled: requests(outcome::CANCELLED, NO_REASON),
             rejected: Reason::ALL.map(|r| requests(outcome::REJECTED, r.as_str())),
             would_reject: Reason::ALL.map(|r| requests(outcome::WOULD_REJECT, r.as_str())),
+            would_wait: requests(outcome::WOULD_WAIT, NO_REASON),
             latency_success: latency("success"),
             latency_failure: latency("failure"),
             breaker_state: metrics::gauge!(BREAKER_STATE, "route" => route.clone()),
@@ -190,6 +193,12 @@ impl RouteMetrics {
     #[inline]
     pub(crate) fn would_reject(&self, reason: Reason) {
         self.would_reject[reason as usize].increment(1);
+    }
+
+    /// Shadow mode let through a request the waiting room would have held.
+    #[inline]
+    pub(crate) fn would_wait(&self) {
+        self.would_wait.increment(1);
     }
 
     #[inline]

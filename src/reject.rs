@@ -1,6 +1,7 @@
 //! The one rejection type every brownout layer answers with.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why brownout answered a request itself instead of calling the back end.
@@ -86,10 +87,16 @@ impl fmt::Display for Reason {
 /// assert_eq!(rejected.retry_after(), Some(Duration::from_millis(2500)));
 /// assert_eq!(rejected.retry_after_secs(), Some(3)); // what `Retry-After` says
 /// ```
+///
+/// A rejection inside a maintenance window also carries the window's
+/// [`message`](Self::message), written by ops for the people affected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Rejected {
     reason: Reason,
     retry_after: Option<Duration>,
+    /// Shared with the maintenance window it comes from: cloning a
+    /// rejection allocates nothing.
+    message: Option<Arc<str>>,
 }
 
 impl Rejected {
@@ -98,12 +105,30 @@ impl Rejected {
         Self {
             reason,
             retry_after: None,
+            message: None,
         }
     }
 
     /// Sets the retry hint.
     pub const fn with_retry_after(mut self, retry_after: Duration) -> Self {
         self.retry_after = Some(retry_after);
+        self
+    }
+
+    /// Sets the message for the people affected (a maintenance window's
+    /// `message`). Pass an `Arc<str>` to share one message between
+    /// rejections without copying it.
+    ///
+    /// ```
+    /// use brownout::{Reason, Rejected};
+    ///
+    /// let rejected = Rejected::new(Reason::Maintenance)
+    ///     .with_message("Planned upgrade. Urgent files: use e-mail.");
+    /// assert_eq!(rejected.message(), Some("Planned upgrade. Urgent files: use e-mail."));
+    /// assert!(rejected.to_string().ends_with("Planned upgrade. Urgent files: use e-mail."));
+    /// ```
+    pub fn with_message(mut self, message: impl Into<Arc<str>>) -> Self {
+        self.message = Some(message.into());
         self
     }
 
@@ -116,6 +141,13 @@ impl Rejected {
     /// open breaker knows when it will next probe).
     pub const fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+
+    /// The message ops wrote for the people affected, when there is one:
+    /// a maintenance window's `message`. HTTP answers put it in the problem
+    /// document's `detail`, gRPC answers in `grpc-message`.
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
     }
 
     /// The retry hint in whole seconds, rounded up, as HTTP's `Retry-After`
@@ -138,6 +170,9 @@ impl fmt::Display for Rejected {
         )?;
         if let Some(after) = self.retry_after {
             write!(f, "; retry after {:.3}s", after.as_secs_f64())?;
+        }
+        if let Some(message) = &self.message {
+            write!(f, " — {message}")?;
         }
         Ok(())
     }

@@ -12,7 +12,8 @@ use brownout::{
     BreakerPolicy, LimitPolicy, Policy, PolicyError, PriorityPolicy, WaitingRoomPolicy,
 };
 
-/// DESIGN §4's example, verbatim, without the sections not read yet.
+/// DESIGN §4's example, verbatim, up to the sections tested on their own
+/// (`[[maintenance]]` in `maintenance.rs`, routes in `policy_routes.rs`).
 const DESIGN_TOML: &str = r#"
 [breaker]
 window = { kind = "count", size = 100 }     # or { kind = "time", size = "30s" }
@@ -42,7 +43,7 @@ classes = ["urgent", "normal", "bulk"]      # most to least important; shed from
 default = "normal"
 "#;
 
-/// The sections of DESIGN §4 that come later.
+/// The rest of DESIGN §4's example, verbatim.
 const DESIGN_LATER_TOML: &str = r#"
 [[maintenance]]
 from = "2026-12-02T00:00:00+05:30"          # RFC 3339
@@ -53,8 +54,9 @@ message = "Planned upgrade. Urgent files: use e-mail."
 waiting_room = { capacity = 0 }             # never hold a payment
 "#;
 
-/// The sections a policy reads today, as the unknown-field error lists them.
-const SECTIONS: &str = "expected one of `breaker`, `limit`, `waiting_room`, `priority`, `routes`";
+/// The sections a policy reads, as the unknown-field error lists them.
+const SECTIONS: &str =
+    "expected one of `breaker`, `limit`, `waiting_room`, `priority`, `maintenance`, `routes`";
 
 fn load(text: &str) -> Policy {
     Policy::from_toml(text).unwrap_or_else(|err| panic!("{text:?}: {err}"))
@@ -88,19 +90,53 @@ fn design_example_with_all_four_sections_is_the_default() {
 }
 
 #[test]
-fn maintenance_is_not_read_yet() {
-    let full = format!("{DESIGN_TOML}{DESIGN_LATER_TOML}");
-    let line = DESIGN_TOML.lines().count() + 2;
+fn the_whole_design_example_loads_maintenance_and_routes_included() {
+    use std::time::{Duration, SystemTime};
+
+    let full = load(&format!("{DESIGN_TOML}{DESIGN_LATER_TOML}"));
+    // The sections before are the defaults, as without the rest.
+    let Policy {
+        maintenance,
+        routes,
+        ..
+    } = full.clone();
     assert_eq!(
-        error(&full),
-        // The column of the name inside `[[`.
-        format!(
-            "maintenance: unknown field `maintenance`, {SECTIONS} (TOML line {line}, column 3)"
-        )
+        Policy {
+            maintenance: Vec::new(),
+            routes: Default::default(),
+            ..full.clone()
+        },
+        Policy::default()
     );
-    // Routes are read (tests/policy_routes.rs): the rest of the file loads.
-    let routes = "[routes.\"/payments\"]\nwaiting_room = { capacity = 0 }\n";
-    assert_eq!(load(routes).route("/payments").waiting_room.capacity, 0);
+    // One window, a week from midnight in India (UTC+05:30) on 2 December.
+    assert_eq!(maintenance.len(), 1);
+    let window = &maintenance[0];
+    let from = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_149_800);
+    assert_eq!(window.from(), from);
+    assert_eq!(window.until(), from + Duration::from_secs(7 * 86_400));
+    assert_eq!(
+        window.message(),
+        Some("Planned upgrade. Urgent files: use e-mail.")
+    );
+    assert_eq!(
+        window.to_string(),
+        "2026-12-02T00:00:00+05:30 until 2026-12-09T00:00:00+05:30"
+    );
+    assert_eq!(routes.len(), 1);
+    assert_eq!(full.route("/payments").waiting_room.capacity, 0);
+    assert_eq!(
+        full.route("/payments").maintenance,
+        maintenance,
+        "windows apply to every route"
+    );
+}
+
+#[test]
+fn an_unknown_section_lists_the_sections() {
+    assert_eq!(
+        error("[[maintenence]]\nfrom = \"2026-12-02T00:00:00Z\"\n"),
+        format!("maintenence: unknown field `maintenence`, {SECTIONS} (TOML line 1, column 3)")
+    );
 }
 
 /// The module docs' full file, read from the source so that the docs

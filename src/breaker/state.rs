@@ -458,6 +458,32 @@ impl BreakerCore {
         }
     }
 
+    /// Moves the breaker to half-open with no probe out, whatever its state
+    /// (a maintenance window has just ended): the next calls are probes, and
+    /// their verdict closes or reopens it as usual. Calls admitted before
+    /// are of an earlier generation, so their outcomes are ignored. Returns
+    /// the transition, `None` if the breaker was already half-open.
+    pub(crate) fn half_open(&self, now: Nanos) -> Option<Transition> {
+        let _cold = self.cold.lock().unwrap_or_else(|e| e.into_inner());
+        let word = Word(self.word.load(Acquire));
+        let from = match word.tag() {
+            TAG_CLOSED => BreakerState::Closed,
+            TAG_OPEN if now < self.open_until.load(Relaxed) => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        };
+        // Under the cold lock only `decide`'s and `cancel`'s compare-exchanges
+        // race with this store; a half-open or open word they would have
+        // moved is of the old generation, so a plain store is safe (their
+        // exchange fails and they look again).
+        self.word
+            .store(Word::new(TAG_HALF_OPEN, word.next_generation()).0, Release);
+        (from != BreakerState::HalfOpen).then_some(Transition {
+            from,
+            to: BreakerState::HalfOpen,
+            open_for: None,
+        })
+    }
+
     /// Records how an admitted call ended; `elapsed` is its duration.
     #[inline]
     pub(crate) fn complete(

@@ -15,7 +15,8 @@ use super::Fallback;
 /// `grpc-status` `UNAVAILABLE` (14) — or `RESOURCE_EXHAUSTED` (8) when the
 /// request was shed — a `grpc-message` saying why, and
 /// `grpc-retry-pushback-ms` when the retry hint is known, which gRPC
-/// clients with retries honour.
+/// clients with retries honour. Inside a maintenance window, `grpc-message`
+/// is the window's `message` ([`Rejected::message`]) when it has one.
 ///
 /// The body is empty (`B::default()`), wrapped in [`GrpcBody`] so the answer
 /// has the type of the classified inner responses.
@@ -40,7 +41,10 @@ impl GrpcUnavailable {
             "grpc-status",
             HeaderValue::from(Self::code(rejected.reason()).as_i32()),
         );
-        let message = percent_encode(&rejected.to_string());
+        let message = match rejected.message() {
+            Some(message) => percent_encode(message),
+            None => percent_encode(&rejected.to_string()),
+        };
         if let Ok(message) = HeaderValue::from_str(&message) {
             headers.insert("grpc-message", message);
         }

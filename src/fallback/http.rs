@@ -28,6 +28,21 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// }
 /// ```
 ///
+/// Inside a maintenance window the title is "Service in planned
+/// maintenance" and `detail` is the window's `message` as ops wrote it
+/// ([`Rejected::message`]), when it has one:
+///
+/// ```json
+/// {
+///   "type": "urn:brownout:maintenance",
+///   "title": "Service in planned maintenance",
+///   "status": 503,
+///   "detail": "Planned upgrade. Urgent files: use e-mail.",
+///   "reason": "maintenance",
+///   "retry_after": 561600
+/// }
+/// ```
+///
 /// The body type needs `From<String>` (axum's `Body`, `Full<Bytes>`, `String`
 /// do). brownout has no per-client limits yet, so every reason answers 503
 /// (429 is for a client over its own quota, which is not what shedding is).
@@ -43,7 +58,10 @@ impl ProblemJson {
             "type": format!("urn:brownout:{}", rejected.reason()),
             "title": title(rejected.reason()),
             "status": status.as_u16(),
-            "detail": rejected.to_string(),
+            "detail": match rejected.message() {
+                Some(message) => message.to_owned(),
+                None => rejected.to_string(),
+            },
             "reason": rejected.reason().as_str(),
         });
         if let Some(secs) = retry_after {

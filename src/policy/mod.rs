@@ -44,6 +44,8 @@
 //! classes = ["urgent", "normal", "bulk"]  # most to least important; shed from the last
 //! default = "normal"
 //!
+//! # No [[maintenance]] windows. See "Maintenance windows" below.
+//!
 //! # No [routes."…"] sections: every route uses the sections above.
 //! # See "Per-route overrides" below.
 //! ```
@@ -68,8 +70,52 @@
 //! and in JSON: `{"breaker": {"failure_rate": 0.5, "open_for": "5s"},
 //! "waiting_room": {"capacity": 0}}`.
 //!
-//! The `[[maintenance]]` windows of the design are not read yet: a file
-//! with them is refused as having an unknown field.
+//! # Maintenance windows
+//!
+//! A `[[maintenance]]` entry is a planned period in which the back end is
+//! not called at all: every request is answered at once with
+//! [`Reason::Maintenance`](crate::Reason), the window's `message` (in the
+//! HTTP problem document's `detail`, in gRPC's `grpc-message`) and a retry
+//! hint pointing at the window's end (`Retry-After`, rounded up to whole
+//! seconds). Times are RFC 3339 with their offset; `message` is optional:
+//!
+//! ```toml
+//! [[maintenance]]
+//! from = "2026-12-02T00:00:00+05:30"
+//! until = "2026-12-09T00:00:00+05:30"
+//! message = "Planned upgrade. Urgent files: use e-mail."
+//!
+//! [[maintenance]]                          # a second window, e.g. a rehearsal
+//! from = "2026-11-25T22:00:00Z"
+//! until = "2026-11-25T23:00:00Z"
+//! ```
+//!
+//! - `from` must be before `until`: `maintenance[1].until:
+//!   2026-12-01T00:00:00+05:30 is not after maintenance[1].from
+//!   (2026-12-02T00:00:00+05:30)`. A time that is not RFC 3339 with an offset
+//!   is refused with its path, e.g. `maintenance[0].from: invalid timestamp
+//!   "2026-12-02T00:00:00": …` (an offset says which midnight is meant).
+//! - Windows that overlap or touch act as one window, from the earliest
+//!   `from` to the latest `until`, so the retry hint points at the real end;
+//!   it says the message of the earliest window that has one (blank
+//!   messages count as none). The policy keeps the windows as written.
+//! - Windows apply to every route. A window already over is ignored.
+//! - A waiting request stays in the waiting room only if the window ends
+//!   before its own wait runs out (`max_wait`, or its deadline); otherwise it
+//!   is answered at once.
+//! - As a window ends, each route's breaker goes half-open (the next calls
+//!   are probes) and its limit starts again from `limit.min`, so the back end
+//!   coming out of maintenance is not flooded.
+//! - In `mode = "shadow"` a window rejects nothing: it only counts
+//!   `brownout_requests_total{outcome="would_reject", reason="maintenance"}`.
+//! - A [`PolicyHandle`](crate::PolicyHandle) replaces the windows of a
+//!   running stack: a window added is in force on the next request, and
+//!   removing the window in force ends it as if its time had come.
+//!
+//! Wall-clock times are mapped onto brownout's own time line by its
+//! [`Clock`](crate::clock::Clock) when the policy is put in force, so tests
+//! in paused time can pin "now" with
+//! [`Clock::tokio_at`](crate::clock::Clock::tokio_at).
 //!
 //! # Per-route overrides
 //!
@@ -193,12 +239,14 @@ mod breaker;
 mod check;
 mod duration;
 mod limit;
+mod maintenance;
 mod priority;
 mod route;
 mod waiting_room;
 
 pub use breaker::{BackoffPolicy, BreakerPolicy, Mode, WindowPolicy};
 pub use limit::{Algorithm, LimitPolicy};
+pub use maintenance::MaintenanceWindow;
 pub use priority::{MAX_CLASSES, PriorityPolicy};
 pub use route::{
     BackoffOverride, BreakerOverride, LimitOverride, RoutePolicy, WaitingRoomOverride,
@@ -231,6 +279,13 @@ pub struct Policy {
     /// The `[priority]` section: the classes requests come in and where an
     /// HTTP request says its class. Global: routes share it.
     pub priority: PriorityPolicy,
+    /// The `[[maintenance]]` windows: planned periods in which every
+    /// request is answered at once with [`Reason::Maintenance`](crate::Reason),
+    /// the window's message and a retry hint at its end. Global: they apply
+    /// to every route. Empty by default (and then left out when the policy
+    /// is written back). See the [module docs](self#maintenance-windows).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub maintenance: Vec<MaintenanceWindow>,
     /// The `[routes."…"]` sections, by route key: per-route overrides of
     /// `breaker`, `limit` and `waiting_room`, each keeping only what was
     /// written; empty by default (and then left out when the policy is
@@ -338,7 +393,8 @@ impl Policy {
     }
 
     /// Checks every section, in the order of the file (`breaker`, `limit`,
-    /// `waiting_room`, `priority`), then every route in key order; the
+    /// `waiting_room`, `priority`), then each maintenance window (it must
+    /// end after it starts), then every route in key order; the
     /// loaders call it. The error names the first bad field: see
     /// [`BreakerPolicy::validate`], [`LimitPolicy::validate`],
     /// [`WaitingRoomPolicy::validate`] and [`PriorityPolicy::validate`] for
@@ -373,6 +429,9 @@ impl Policy {
         self.limit.validate()?;
         self.waiting_room.validate()?;
         self.priority.validate()?;
+        for (index, window) in self.maintenance.iter().enumerate() {
+            window.validate_at(index)?;
+        }
         for (key, route) in &self.routes {
             route::check_key(key)?;
             route.validate_at(&route::route_path(key), self)?;

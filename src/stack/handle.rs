@@ -138,6 +138,7 @@ fn log_changes(old: &Policy, new: &Policy) {
     section!("breaker", breaker);
     section!("limit", limit);
     section!("waiting_room", waiting_room);
+    section!("maintenance", maintenance);
     section!("routes", routes);
     if old == new {
         tracing::info!("brownout: policy reloaded: nothing changed");

@@ -40,6 +40,7 @@ pub(crate) fn route_spec<'a>(
         breaker: Some(&effective.breaker),
         limit: Some(&effective.limit),
         room: Some(&effective.waiting_room),
+        maintenance: &effective.maintenance,
         classes,
         route: label,
         clock,
@@ -182,6 +183,12 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
     pub fn limit(&self, route: &str) -> Option<u32> {
         let gate = self.gate_of(route)?;
         gate.limiter().map(|limit| limit.limit())
+    }
+
+    /// Calls in flight on `route` now, if the route has been seen: those
+    /// within its limit and, in shadow mode, those let past it.
+    pub fn inflight(&self, route: &str) -> Option<u32> {
+        self.shared.gates.get(route).map(|gate| gate.inflight())
     }
 
     /// Requests waiting on `route` now (0 if it has not been seen).
