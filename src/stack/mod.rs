@@ -53,6 +53,8 @@ mod future;
 mod handle;
 mod layer;
 mod route;
+#[cfg(feature = "watch")]
+mod watch;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -68,6 +70,8 @@ use crate::priority::PriorityOf;
 
 pub use self::future::ResponseFuture;
 pub use self::handle::PolicyHandle;
+#[cfg(feature = "watch")]
+pub use self::watch::{DEBOUNCE, PolicyWatcher};
 pub use self::layer::{BrownoutLayer, DEFAULT_MAX_ROUTES};
 #[cfg(feature = "http")]
 pub use self::route::HttpRoute;
