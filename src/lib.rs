@@ -13,6 +13,8 @@
 //! | [`CircuitBreakerLayer`] | stops calling a failing or slow back end, probes it, lets traffic back when it recovers | [`breaker`] |
 //! | [`AdaptiveLimitLayer`] | learns how many calls the back end can take at once and sheds the excess at once, least important class first | [`limit`] |
 //! | [`WaitingRoomLayer`] | holds requests through short outages and bursts, lets them out in priority order at the pace the limit allows | [`waiting_room`] |
+//! | [`FallbackLayer`] | turns every rejection into a clear answer (503 + `Retry-After` + problem JSON, gRPC `UNAVAILABLE`) | [`fallback`] |
+//! | [`BrownoutLayer`] | all of the above from one policy, per route, with live reload | [`stack`] |
 //!
 //! Every layer rejects with one type, [`Rejected`], carrying a [`Reason`]
 //! and, when known, a retry hint. Rejections come back through the response
@@ -46,6 +48,64 @@
 //! }
 //! # }
 //! ```
+//!
+//! # Operations
+//!
+//! Ops steer an outage from the policy file, live, with no restart and no
+//! lost state.
+//!
+//! A policy for a back end in trouble (slow and failing for days, a planned
+//! upgrade next week): judge it by time, not calls; open early; keep
+//! payments out of the waiting room; say when it will be back.
+//!
+//! ```toml
+//! [breaker]
+//! window = { kind = "time", size = "30s" }
+//! failure_rate = 0.3
+//! slow_call_duration = "2s"
+//! slow_call_rate = 0.5
+//! open_for = "10s"
+//! open_backoff = { multiplier = 2.0, max = "5m", jitter = 0.2 }
+//! mode = "enforce"                  # "shadow" first, to see what it would do
+//!
+//! [limit]
+//! algorithm = "gradient"
+//! initial = 20
+//! max = 200
+//!
+//! [waiting_room]
+//! capacity = 500
+//! max_wait = "20s"
+//! deadline_header = "x-deadline-ms"
+//!
+//! [routes."/payments"]
+//! waiting_room = { capacity = 0 }   # a payment is never held
+//!
+//! [[maintenance]]
+//! from = "2026-12-02T00:00:00+05:30"
+//! until = "2026-12-09T00:00:00+05:30"
+//! message = "Planned upgrade. Urgent files: use e-mail."
+//! ```
+//!
+//! **Reload.** [`BrownoutLayer::handle`] gives a [`PolicyHandle`]:
+//! `handle.reload("policy.toml")` (or `apply(policy)`) puts a new policy in
+//! force on every route at once, keeping breaker windows, learned limits and
+//! waiters; a file that does not load or validate leaves the old policy and
+//! returns the error naming the field. With the `watch` feature,
+//! `handle.watch(path, |_| {})` does it whenever the file changes. To force
+//! a breaker open or closed, or to watch a new policy in `shadow` mode
+//! before enforcing it, change `mode` and reload; a maintenance window is a
+//! `[[maintenance]]` entry.
+//!
+//! **Reading the metrics during an outage** (see [`metrics`]):
+//!
+//! | you see | it means |
+//! |---|---|
+//! | `brownout_breaker_state` at 2, `..._transitions_total{to="open"}` rising every few minutes | the back end is down; the breaker probes it with backoff; callers get an answer at once |
+//! | `brownout_requests_total{outcome="rejected",reason="shed"}` rising, `brownout_limit` well below its usual value | the back end runs at reduced capacity; the limit found it, and sheds the excess, `bulk` first (`brownout_shed_total{priority}`) |
+//! | `brownout_waiting` high, `brownout_wait_seconds` near `max_wait`, `reason="queue_timeout"` rising | the room holds more than the back end drains: lower `max_wait` or `capacity`, so callers get their answer sooner |
+//! | `outcome="would_reject"` in `shadow` mode | what `enforce` would reject: tune thresholds until it matches the incidents you want caught |
+//! | `reason="maintenance"` | a maintenance window is in force |
 //!
 //! # Time
 //!
