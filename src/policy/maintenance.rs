@@ -107,7 +107,7 @@ impl MaintenanceWindow {
         }
         Err(PolicyError::invalid(
             format!("maintenance[{index}].until"),
-            &self.until,
+            self.until,
             format!("is not after maintenance[{index}].from ({})", self.from),
         ))
     }
