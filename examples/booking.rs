@@ -1,0 +1,606 @@
+//! A passport-appointment booking service (axum) in front of a central
+//! booking server that goes down, slows down, comes back at a quarter of its
+//! capacity or flaps — simulated, and changed while the service runs — with
+//! brownout between them.
+//!
+//! ```text
+//! cargo run --example booking                      # port 3000, examples/policies/booking.toml
+//! PORT=0 cargo run --example booking -- my.toml    # any free port, another policy
+//! RUST_LOG=brownout=debug,info cargo run --example booking
+//! ```
+//!
+//! It prints `listening on http://127.0.0.1:PORT` on stdout once it accepts
+//! connections; logs go to stderr (`RUST_LOG`, default `info`). The policy
+//! is the first argument, else `$BOOKING_POLICY`, else
+//! `examples/policies/booking.toml`.
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /slots` | free appointment slots |
+//! | `POST /bookings` | books one: `{"name":"Asha Rao","slot":"2026-12-02T09:15"}`; `x-priority: urgent` for tatkal |
+//! | `GET /bookings/{id}` | a booking |
+//! | `POST /admin/backend` | changes the simulated back end (below); `GET` shows it |
+//! | `GET /admin/brownout` | breaker state, limit and waiting requests per route |
+//! | `POST /admin/policy` | reloads the policy file, live, keeping breaker and limit state |
+//! | `GET /metrics` | Prometheus metrics (`brownout_*`) |
+//!
+//! Only the three booking routes are behind brownout (`Router::route_layer`,
+//! so each has its own breaker, limit and waiting room, named by its route
+//! template); ops' routes always answer. Each call to the back end gives up
+//! after 3 s: a refusal answers `502`, a timeout `504`, and both count as
+//! failures for the breaker.
+//!
+//! # Watch an outage
+//!
+//! ```text
+//! curl -s localhost:3000/slots | head -c 300; echo
+//! curl -s localhost:3000/bookings -H 'content-type: application/json' \
+//!      -d '{"name":"Asha Rao","slot":"2026-12-02T09:15"}'; echo
+//!
+//! # The central server goes down.
+//! curl -s localhost:3000/admin/backend -d '{"state":"down"}'; echo
+//! for i in $(seq 40); do curl -s -o /dev/null -w '%{http_code} ' localhost:3000/slots; done; echo
+//! #   502 502 ... (the back end refuses) then 503 503 ...: the breaker opened
+//! curl -si localhost:3000/slots           # 503, Retry-After: the next probe, a problem+json body
+//! curl -s localhost:3000/admin/brownout; echo
+//! curl -s localhost:3000/metrics | grep -E 'brownout_(requests_total|breaker_state)'
+//!
+//! # It comes back: within Retry-After seconds the probes find it and traffic flows.
+//! curl -s localhost:3000/admin/backend -d '{"state":"up"}'; echo
+//!
+//! # Back at 27% of its capacity, under load: the limit learns it, the excess
+//! # gets a fast 503 instead of a timeout, urgent requests are shed last.
+//! curl -s localhost:3000/admin/backend -d '{"capacity":0.27}'; echo
+//! seq 2000 | xargs -P 200 -I{} curl -s -o /dev/null -w '%{http_code}\n' localhost:3000/slots | sort | uniq -c
+//! curl -s localhost:3000/admin/brownout; echo
+//!
+//! # Other conditions.
+//! curl -s localhost:3000/admin/backend -d '{"state":"slow","factor":5}'
+//! curl -s localhost:3000/admin/backend -d '{"state":"flapping","period":"20s"}'
+//! curl -s localhost:3000/admin/backend -d '{"state":"hang"}'      # calls time out (504)
+//! curl -s localhost:3000/admin/backend -d '{"state":"up","capacity":1}'
+//! ```
+//!
+//! A change the back end cannot take gets a `400` naming the field, e.g.
+//! `{"state":"slow"}` → `factor: missing: "state":"slow" needs a factor, e.g. 5`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use brownout::classify::ServerErrorsAsFailures;
+use brownout::deadline::HeaderDeadline;
+use brownout::fallback::ProblemJson;
+use brownout::priority::HeaderPriority;
+use brownout::sim::{ServiceTime, SimBackend, SimConfigError, SimHandle};
+use brownout::stack::HttpRoute;
+use brownout::{BrownoutLayer, Policy, PolicyHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use serde_json::json;
+use tower::ServiceExt;
+
+#[path = "shared/backend.rs"]
+mod backend;
+
+use backend::{BackendChange, CALL_TIMEOUT};
+
+/// The policy used when none is given.
+pub const DEFAULT_POLICY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/policies/booking.toml"
+);
+
+/// The routes brownout protects, as axum names them (each its own gate).
+pub const ROUTES: [&str; 3] = ["/slots", "/bookings", "/bookings/{id}"];
+
+/// The composed stack for HTTP, as `BrownoutLayer::from_policy(&p).http()` builds it.
+pub type HttpStack =
+    BrownoutLayer<ProblemJson, HttpRoute, HeaderPriority, HeaderDeadline, ServerErrorsAsFailures>;
+
+/// What the service is built from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The brownout policy.
+    pub policy: Policy,
+    /// Where `POST /admin/policy` reloads the policy from.
+    pub policy_path: Option<PathBuf>,
+    /// The Prometheus recorder's handle, for `GET /metrics`. Install the
+    /// recorder before calling [`app`]: brownout's gates register their
+    /// metrics when they are built.
+    pub metrics: Option<PrometheusHandle>,
+    /// How many calls the central server serves at once when healthy.
+    pub capacity: usize,
+    /// Its service time per call.
+    pub service_time: ServiceTime,
+    /// The seed of its service-time draws.
+    pub seed: u64,
+}
+
+impl Config {
+    /// The central server of the incidents: about 100 calls at once, a few
+    /// hundred milliseconds each (log-normal, mean 200 ms).
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            policy_path: None,
+            metrics: None,
+            capacity: 100,
+            service_time: ServiceTime::LogNormal {
+                mean: Duration::from_millis(200),
+                cv: 0.5,
+            },
+            seed: 2026,
+        }
+    }
+}
+
+/// The service, ready to serve, and its handles.
+#[derive(Debug)]
+pub struct App {
+    /// The axum router: booking routes behind brownout, ops' routes not.
+    pub router: Router,
+    /// The simulated central server.
+    pub backend: SimHandle,
+    /// The brownout stack in front of the booking routes (its state).
+    pub stack: HttpStack,
+}
+
+/// One booking.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Booking {
+    id: u64,
+    name: String,
+    slot: String,
+    /// `urgent` (tatkal), `normal` or `bulk`, from `x-priority`.
+    class: String,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    next_id: u64,
+    bookings: HashMap<u64, Booking>,
+    /// Slots booked, or being booked right now.
+    taken: BTreeSet<String>,
+}
+
+struct Inner {
+    backend: SimBackend,
+    sim: SimHandle,
+    book: Mutex<Book>,
+    slots: Vec<String>,
+    policy: PolicyHandle,
+    policy_path: Option<PathBuf>,
+    metrics: Option<PrometheusHandle>,
+    stack: HttpStack,
+}
+
+type AppState = Arc<Inner>;
+
+/// Builds the service. Call it inside a tokio runtime, after pausing time
+/// in tests and after installing the metrics recorder in `main`.
+pub fn app(config: Config) -> Result<App, SimConfigError> {
+    let backend = SimBackend::builder()
+        .capacity(config.capacity)
+        .service_time(config.service_time)
+        .seed(config.seed)
+        .build()?;
+    let sim = backend.handle();
+    let stack = BrownoutLayer::from_policy(&config.policy).http();
+    let state = Arc::new(Inner {
+        backend,
+        sim: sim.clone(),
+        book: Mutex::new(Book::default()),
+        slots: all_slots(),
+        policy: stack.handle(),
+        policy_path: config.policy_path,
+        metrics: config.metrics,
+        stack: stack.clone(),
+    });
+    let booking = Router::new()
+        .route("/slots", get(slots))
+        .route("/bookings", post(create_booking))
+        .route("/bookings/{id}", get(get_booking))
+        // `route_layer`: routes by template (`/bookings/{id}`, not one
+        // route per id), and axum's own 404s stay outside brownout.
+        .route_layer(stack.clone());
+    let ops = Router::new()
+        .route("/admin/backend", get(backend_status).post(change_backend))
+        .route("/admin/brownout", get(brownout_status))
+        .route("/admin/policy", post(reload_policy))
+        .route("/metrics", get(metrics));
+    Ok(App {
+        router: booking.merge(ops).with_state(state),
+        backend: sim,
+        stack,
+    })
+}
+
+/// Three days of quarter-hour slots, 09:00 to 16:45.
+fn all_slots() -> Vec<String> {
+    let mut slots = Vec::new();
+    for day in 2..=4 {
+        for minutes in (9 * 60..17 * 60).step_by(15) {
+            slots.push(format!(
+                "2026-12-{day:02}T{:02}:{:02}",
+                minutes / 60,
+                minutes % 60
+            ));
+        }
+    }
+    slots
+}
+
+/// An answer with an RFC 9457 problem document.
+fn problem(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
+    let body = json!({
+        "type": format!("urn:booking:{kind}"),
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": detail.into(),
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// One call to the central server, given up after [`CALL_TIMEOUT`].
+async fn call_backend(state: &Inner, what: &'static str) -> Result<(), Response> {
+    match tokio::time::timeout(CALL_TIMEOUT, state.backend.clone().oneshot(what)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(problem(
+            StatusCode::BAD_GATEWAY,
+            "backend-refused",
+            format!("the central booking server refused the call: {err}"),
+        )),
+        Err(_) => Err(problem(
+            StatusCode::GATEWAY_TIMEOUT,
+            "backend-timeout",
+            format!(
+                "the central booking server did not answer within {}",
+                humantime::format_duration(CALL_TIMEOUT)
+            ),
+        )),
+    }
+}
+
+fn lock(book: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
+    book.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn slots(State(state): State<AppState>) -> Response {
+    if let Err(answer) = call_backend(&state, "GET /slots").await {
+        return answer;
+    }
+    let book = lock(&state.book);
+    let free: Vec<&String> = state
+        .slots
+        .iter()
+        .filter(|slot| !book.taken.contains(*slot))
+        .collect();
+    Json(json!({
+        "centre": "Passport Seva Kendra, Pune",
+        "free": free.len(),
+        "slots": free,
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBooking {
+    name: String,
+    slot: String,
+}
+
+async fn create_booking(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<NewBooking>, JsonRejection>,
+) -> Response {
+    let Json(new) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                rejection.body_text(),
+            );
+        }
+    };
+    let name = new.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("name: {:?} must have 1 to 100 characters", new.name),
+        );
+    }
+    if !state.slots.contains(&new.slot) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!(
+                "slot: {:?} is not a slot of this centre; see GET /slots",
+                new.slot
+            ),
+        );
+    }
+    // Hold the slot while the central server books it, so two people never
+    // get the same one.
+    if !lock(&state.book).taken.insert(new.slot.clone()) {
+        return problem(
+            StatusCode::CONFLICT,
+            "slot-taken",
+            format!("slot {} is already booked", new.slot),
+        );
+    }
+    let release = SlotHold {
+        state: &state,
+        slot: &new.slot,
+        kept: false,
+    };
+    if let Err(answer) = call_backend(&state, "POST /bookings").await {
+        return answer; // `release` frees the slot
+    }
+    release.keep();
+    let class = headers
+        .get("x-priority")
+        .and_then(|v| v.to_str().ok())
+        .map_or("normal", str::trim)
+        .to_ascii_lowercase();
+    let booking = {
+        let mut book = lock(&state.book);
+        book.next_id += 1;
+        let booking = Booking {
+            id: book.next_id,
+            name: name.to_owned(),
+            slot: new.slot.clone(),
+            class,
+        };
+        book.bookings.insert(booking.id, booking.clone());
+        booking
+    };
+    tracing::info!(id = booking.id, slot = %booking.slot, class = %booking.class, "booked");
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/bookings/{}", booking.id))],
+        Json(booking),
+    )
+        .into_response()
+}
+
+/// A slot held while it is being booked; freed unless kept (also when the
+/// client goes away mid-call and the handler is dropped).
+struct SlotHold<'a> {
+    state: &'a Inner,
+    slot: &'a str,
+    kept: bool,
+}
+
+impl SlotHold<'_> {
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for SlotHold<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            lock(&self.state.book).taken.remove(self.slot);
+        }
+    }
+}
+
+async fn get_booking(
+    State(state): State<AppState>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Response {
+    let Path(id) = match id {
+        Ok(id) => id,
+        Err(rejection) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                rejection.body_text(),
+            );
+        }
+    };
+    if let Err(answer) = call_backend(&state, "GET /bookings/{id}").await {
+        return answer;
+    }
+    match lock(&state.book).bookings.get(&id) {
+        Some(booking) => Json(booking.clone()).into_response(),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no booking {id}"),
+        ),
+    }
+}
+
+async fn backend_status(State(state): State<AppState>) -> Response {
+    Json(backend::status(&state.sim)).into_response()
+}
+
+async fn change_backend(State(state): State<AppState>, body: Bytes) -> Response {
+    let applied = BackendChange::parse(&body).and_then(|change| change.apply(&state.sim));
+    match applied {
+        Ok(()) => {
+            tracing::info!(
+                state = %backend::describe(state.sim.condition()),
+                capacity = state.sim.capacity(),
+                "back end changed"
+            );
+            Json(backend::status(&state.sim)).into_response()
+        }
+        Err(err) => {
+            tracing::warn!(%err, "back end change refused");
+            (StatusCode::BAD_REQUEST, Json(err.to_json())).into_response()
+        }
+    }
+}
+
+async fn brownout_status(State(state): State<AppState>) -> Response {
+    let routes: serde_json::Map<String, serde_json::Value> = ROUTES
+        .iter()
+        .map(|route| {
+            let status = json!({
+                "breaker": state.stack.state(route).map(|s| s.as_str()),
+                "limit": state.stack.limit(route),
+                "waiting": state.stack.waiting(route),
+            });
+            ((*route).to_owned(), status)
+        })
+        .collect();
+    Json(json!({ "mode": state.policy.current().breaker.mode, "routes": routes })).into_response()
+}
+
+/// Reloads the policy file; the stack keeps its state.
+async fn reload_policy(State(state): State<AppState>) -> Response {
+    let Some(path) = &state.policy_path else {
+        return problem(
+            StatusCode::CONFLICT,
+            "no-policy-file",
+            "this service was started without a policy file to reload",
+        );
+    };
+    match state.policy.reload(path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "policy reloaded");
+            Json(json!({ "reloaded": path })).into_response()
+        }
+        Err(err) => {
+            tracing::warn!(%err, "policy reload refused; the policy in force stays");
+            problem(StatusCode::BAD_REQUEST, "bad-policy", err.to_string())
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "no-metrics",
+            "no metrics recorder is installed",
+        ),
+    }
+}
+
+/// The port from `$PORT` (default 3000; 0 picks a free one).
+fn port() -> Result<u16, String> {
+    match std::env::var("PORT") {
+        Err(_) => Ok(3000),
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| format!("PORT: {text:?} is not a port number (0 to 65535)")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    // The recorder first: brownout's gates register their metrics when built.
+    let metrics = match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(err) => {
+            eprintln!("booking: cannot install the metrics recorder: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    brownout::metrics::describe();
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    let path = std::env::args_os()
+        .nth(1)
+        .or_else(|| std::env::var_os("BOOKING_POLICY"))
+        .map_or_else(|| PathBuf::from(DEFAULT_POLICY), PathBuf::from);
+    let policy = match Policy::from_path(&path) {
+        Ok(policy) => policy,
+        Err(err) => {
+            eprintln!("booking: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let port = match port() {
+        Ok(port) => port,
+        Err(err) => {
+            eprintln!("booking: {err}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let mut config = Config::new(policy);
+    config.policy_path = Some(path.clone());
+    config.metrics = Some(metrics);
+    let app = match app(config) {
+        Ok(app) => app,
+        Err(err) => {
+            eprintln!("booking: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("booking: cannot listen on 127.0.0.1:{port}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(err) => {
+            eprintln!("booking: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(policy = %path.display(), "brownout policy loaded");
+    println!("listening on http://{addr}");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    };
+    if let Err(err) = axum::serve(listener, app.router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        eprintln!("booking: {err}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
