@@ -70,12 +70,12 @@ use crate::priority::PriorityOf;
 
 pub use self::future::ResponseFuture;
 pub use self::handle::PolicyHandle;
-#[cfg(feature = "watch")]
-pub use self::watch::{DEBOUNCE, PolicyWatcher};
 pub use self::layer::{BrownoutLayer, DEFAULT_MAX_ROUTES};
 #[cfg(feature = "http")]
 pub use self::route::HttpRoute;
 pub use self::route::{RouteFn, RouteOf, SingleRoute, route_fn};
+#[cfg(feature = "watch")]
+pub use self::watch::{DEBOUNCE, PolicyWatcher};
 
 use self::layer::Shared;
 
