@@ -722,10 +722,18 @@ impl Gate {
         self.wake_room();
     }
 
-    /// The breaker's state now (closed for a gate without a breaker).
+    /// The breaker's state now (closed for a gate without a breaker). A
+    /// maintenance window that has ended without a call since is ended
+    /// first, so the state read is the half-open one that follows it.
     pub(crate) fn state(&self) -> BreakerState {
+        let now = self.clock.now();
+        if self.maintenance.near(now) {
+            if let Check::Ended = self.maintenance.check(now) {
+                self.maintenance_ended(now);
+            }
+        }
         match &self.breaker {
-            Some(breaker) => breaker.state(self.clock.now()),
+            Some(breaker) => breaker.state(now),
             None => BreakerState::Closed,
         }
     }

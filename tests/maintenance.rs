@@ -458,11 +458,15 @@ async fn a_breaker_open_before_the_window_is_half_open_after_it() {
     assert_eq!(layer.state("default"), Some(BreakerState::Open));
     advance(secs(60 + 7 * 86_400)).await;
     // The open period (5 s) ended long ago, but what ends the window is
-    // the half-open state with fresh probes, not the old verdict.
-    let up = layer.layer(backend.service());
-    up.oneshot(Call::default()).await.unwrap();
+    // the half-open state with fresh probes, not the old verdict; reading
+    // the state ends a window no call has seen end.
     assert_eq!(layer.state("default"), Some(BreakerState::HalfOpen));
     assert_eq!(layer.limit("default"), Some(2));
+    let up = layer.layer(backend.service());
+    for _ in 0..3 {
+        up.clone().oneshot(Call::default()).await.unwrap();
+    }
+    assert_eq!(layer.state("default"), Some(BreakerState::Closed));
 }
 
 #[tokio::test(start_paused = true)]

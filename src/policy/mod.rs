@@ -99,7 +99,9 @@
 //!   `from` to the latest `until`, so the retry hint points at the real end;
 //!   it says the message of the earliest window that has one (blank
 //!   messages count as none). The policy keeps the windows as written.
-//! - Windows apply to every route. A window already over is ignored.
+//! - Windows apply to every route, whatever the breaker's `mode` but
+//!   `shadow` (a `forced_closed` breaker does not serve through a window:
+//!   remove the window to do that). A window already over is ignored.
 //! - A waiting request stays in the waiting room only if the window ends
 //!   before its own wait runs out (`max_wait`, or its deadline); otherwise it
 //!   is answered at once.

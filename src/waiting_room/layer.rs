@@ -134,12 +134,10 @@ impl<P, D, C> WaitingRoomLayer<P, D, C> {
             .map_or(0, |limit| limit.limit())
     }
 
-    /// Calls in flight now (0 without a limit).
+    /// Calls in flight now (0 without a limit), counting those a breaker
+    /// in shadow mode let past the limit.
     pub fn inflight(&self) -> u32 {
-        self.config
-            .gate()
-            .limiter()
-            .map_or(0, |limit| limit.inflight())
+        self.config.gate().inflight()
     }
 
     /// The breaker's state now (closed without one).
