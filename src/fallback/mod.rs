@@ -94,8 +94,9 @@ pub struct FallbackFn<F, E = Infallible> {
 /// use brownout::fallback::fallback_fn;
 /// use brownout::Rejected;
 ///
-/// // Serve yesterday's slot list when the back end cannot answer.
-/// let cached = fallback_fn(|rejected: Rejected, request: Option<String>| async move {
+/// // Serve yesterday's slot list when the back end cannot answer. The
+/// // second type is the inner service's error, passed through untouched.
+/// let cached = fallback_fn::<_, std::io::Error>(|rejected: Rejected, request: Option<String>| async move {
 ///     format!("cached slots ({}), for {:?}", rejected.reason(), request)
 /// });
 /// # let _ = cached;
