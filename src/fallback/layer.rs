@@ -153,7 +153,10 @@ where
                         Ok(response) => return Poll::Ready(Ok(response)),
                         Err(error) => match error.into().downcast::<Rejected>() {
                             Ok(rejected) => fallback.fallback(*rejected, None),
-                            Err(error) => return Poll::Ready(Err(fallback.inner_error(error))),
+                            Err(error) => match fallback.on_inner_error(error) {
+                                Ok(answer) => answer,
+                                Err(error) => return Poll::Ready(Err(error)),
+                            },
                         },
                     }
                 }

@@ -195,23 +195,26 @@ where
                 } => {
                     if let Poll::Ready(result) = call.poll(cx) {
                         let permit = permit.take().expect("polled after completion");
-                        return Poll::Ready(
-                            classifier
-                                .classify(result, permit)
-                                .map_err(|e| fallback.inner_error(e)),
-                        );
-                    }
-                    let Some(timer) = timer.as_pin_mut() else {
-                        return Poll::Pending;
-                    };
-                    ready!(timer.poll(cx));
-                    // The deadline passed with the call still running: the
-                    // caller has gone, so stop waiting for the back end; a
-                    // call that outlives its caller's deadline is overload.
-                    let permit = permit.take().expect("polled after completion");
-                    permit.abandon_at_deadline();
-                    State::Answering {
-                        answer: fallback.fallback(Rejected::new(Reason::Deadline), None),
+                        match classifier.classify(result, permit) {
+                            Ok(response) => return Poll::Ready(Ok(response)),
+                            Err(error) => match fallback.on_inner_error(error) {
+                                Ok(answer) => State::Answering { answer },
+                                Err(error) => return Poll::Ready(Err(error)),
+                            },
+                        }
+                    } else {
+                        let Some(timer) = timer.as_pin_mut() else {
+                            return Poll::Pending;
+                        };
+                        ready!(timer.poll(cx));
+                        // The deadline passed with the call still running: the
+                        // caller has gone, so stop waiting for the back end; a
+                        // call that outlives its caller's deadline is overload.
+                        let permit = permit.take().expect("polled after completion");
+                        permit.abandon_at_deadline();
+                        State::Answering {
+                            answer: fallback.fallback(Rejected::new(Reason::Deadline), None),
+                        }
                     }
                 }
                 StateProj::Waiting {
