@@ -8,7 +8,7 @@ use brownout::deadline::deadline_fn;
 use brownout::policy::Algorithm;
 use brownout::{BrownoutLayer, Policy, Reason, Rejected};
 use tokio::time::Instant;
-use tower::{BoxError, Layer, Service, ServiceExt};
+use tower::{BoxError, Layer, ServiceExt};
 
 fn one_at_a_time() -> Policy {
     let mut policy = Policy::default();
