@@ -1,7 +1,7 @@
 //! What a resilience layer costs per request, against a bare service and
 //! against other crates' breakers.
 //!
-//! `cargo bench --bench overhead` runs three groups:
+//! `cargo bench --bench overhead` runs four groups:
 //!
 //! - `overhead`: one service, one request at a time (`ready().await` then
 //!   `call(..).await`) on a current-thread runtime. Criterion's time per
@@ -10,6 +10,10 @@
 //!   with a clone of one service (so they share its state), each sending
 //!   [`PER_TASK`] requests. One iteration is one such round; criterion reports
 //!   the throughput in requests per second.
+//!
+//! - `waiting_room`: enqueue and release per waiter, behind a limit of one.
+//! - `axum`: a request through an axum `Router`, with and without the
+//!   HTTP stack.
 //!
 //! `bare_boxed_reject` is the floor of a fast-fail: a service that answers
 //! every request with a boxed `Rejected`, as an open breaker does.
@@ -386,6 +390,54 @@ fn overhead_contended(c: &mut Criterion) {
     group.finish();
 }
 
+/// An axum request through a `Router`, with and without the HTTP stack
+/// (`route_layer(BrownoutLayer::from_policy(..).http())`), to show the
+/// stack's cost beside axum's own.
+fn axum(c: &mut Criterion) {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use http::Request;
+
+    let rt = Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut group = c.benchmark_group("axum");
+    group.throughput(Throughput::Elements(1));
+    let policy = Policy {
+        limit: roomy_limit(),
+        ..Policy::default()
+    };
+    let plain: Router = Router::new().route("/slots", get(|| async { "slots" }));
+    let protected: Router = rt.block_on(async {
+        Router::new()
+            .route("/slots", get(|| async { "slots" }))
+            .route_layer(BrownoutLayer::from_policy(&policy).http())
+    });
+    for (name, router) in [("router", plain), ("router_brownout", protected)] {
+        let mut svc = router.into_service::<Body>();
+        group.bench_function(name, |b| {
+            b.iter_custom(|n| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        let request = Request::get("/slots")
+                            .body(Body::empty())
+                            .expect("a request");
+                        let ready = ServiceExt::<Request<Body>>::ready(&mut svc)
+                            .await
+                            .expect("always ready");
+                        black_box(ready.call(black_box(request)).await.expect("infallible"));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Waiters per round of the waiting-room group.
 const WAITERS: u64 = 1000;
 
@@ -438,6 +490,6 @@ criterion_group! {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2))
         .without_plots();
-    targets = overhead, overhead_contended, waiting_room
+    targets = overhead, overhead_contended, waiting_room, axum
 }
 criterion_main!(benches);
