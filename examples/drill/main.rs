@@ -1,0 +1,432 @@
+//! The outage drill: replays an outage scenario in virtual time against a
+//! simulated back end, once behind brownout and once behind plain tower,
+//! and reports what each did to the traffic.
+//!
+//! ```text
+//! cargo run --release --example drill                          # the built-in scenario
+//! cargo run --release --example drill -- my-outage.toml --json # yours, plus JSON
+//! ```
+//!
+//! Options: `--policy FILE` (default `examples/policies/booking.toml`),
+//! `--svg FILE` (default `target/drill/report.svg`), `--csv FILE` (the
+//! chart's time series), `--sample-every DURATION` (their resolution;
+//! about 900 samples by default), `--json` (print one JSON object as the last line).
+//!
+//! The scenario (see `examples/scenarios/seed.toml`, which follows the
+//! outages in DESIGN §1) says what the back end does phase by phase — up,
+//! slow, down (refusing), hanging, at a fraction of its capacity, flapping
+//! — and what the clients do: how many requests a second (open-loop,
+//! seeded Poisson arrivals), which priority classes, their deadline, and
+//! whether they retry after `Retry-After`.
+//!
+//! Both stacks see the same seeded arrivals, each in front of its own
+//! simulated back end with the same conditions and seed:
+//!
+//! - **brownout**: `BrownoutLayer::from_policy(&policy)` with a fallback
+//!   that answers every rejection at once (its reason and `Retry-After`),
+//!   classes from the request, and a wait bounded so that the back-end call
+//!   still fits in the client's deadline; then tower's `Timeout`.
+//! - **baseline**: tower's `LoadShed` + `ConcurrencyLimit` (sized for the
+//!   back end's full capacity) + `Timeout`.
+//!
+//! Everything runs in paused tokio time on current-thread runtimes (one
+//! thread per stack), so hours of scenario take seconds and a seed always
+//! gives the same numbers. Every request's outcome is counted: `served`
+//! (by the back end, within the deadline), `fallback` (by brownout's
+//! fallback), `rejected` (an error, or no answer by the deadline), and
+//! `lost` (no outcome at all), which must be 0; the drill exits with status
+//! 1 if it is not, or if the library's own counters disagree.
+
+pub mod chart;
+pub mod report;
+pub mod run;
+pub mod scenario;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use brownout::Policy;
+use brownout::priority::Classes;
+use serde_json::json;
+
+use self::report::{StackReport, targets, targets_table};
+use self::run::{Stack, StackRun};
+use self::scenario::{Plan, Scenario};
+
+/// The built-in policy, `examples/policies/booking.toml`.
+const BOOKING_POLICY: &str = include_str!("../policies/booking.toml");
+const BOOKING_POLICY_PATH: &str = "examples/policies/booking.toml";
+
+struct Args {
+    scenario: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    svg: Option<PathBuf>,
+    csv: Option<PathBuf>,
+    sample_every: Option<Duration>,
+    json: bool,
+}
+
+const USAGE: &str = "usage: drill [SCENARIO.toml] [--policy POLICY.toml] [--svg REPORT.svg] \
+                     [--csv SAMPLES.csv] [--sample-every 1s] [--json]";
+
+fn args() -> Result<Args, String> {
+    let mut args = Args {
+        scenario: None,
+        policy: None,
+        svg: None,
+        csv: None,
+        sample_every: None,
+        json: false,
+    };
+    let mut it = std::env::args_os().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.to_str() {
+            Some("--json") => args.json = true,
+            Some("--policy") => {
+                args.policy = Some(it.next().ok_or("--policy needs a file")?.into());
+            }
+            Some("--svg") => args.svg = Some(it.next().ok_or("--svg needs a file")?.into()),
+            Some("--csv") => args.csv = Some(it.next().ok_or("--csv needs a file")?.into()),
+            Some("--sample-every") => {
+                let every = it
+                    .next()
+                    .ok_or("--sample-every needs a duration, e.g. 1s")?;
+                let every = every.to_string_lossy();
+                let every = humantime::parse_duration(&every)
+                    .ok()
+                    .filter(|every| *every <= Duration::from_secs(86_400))
+                    .ok_or_else(|| {
+                        format!("--sample-every {every:?}: not a duration up to a day")
+                    })?;
+                args.sample_every = Some(every);
+            }
+            Some("-h" | "--help") => return Err(String::new()),
+            Some(flag) if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
+            _ if args.scenario.is_none() => args.scenario = Some(arg.into()),
+            _ => return Err(format!("one scenario at a time: {}", arg.to_string_lossy())),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match args() {
+        Ok(args) => args,
+        Err(message) => {
+            if message.is_empty() {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("drill: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match drill(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(message) => {
+            eprintln!("drill: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Everything the drill found, ready to print.
+pub struct Outcome {
+    pub plan: Plan,
+    pub brownout: StackRun,
+    pub baseline: StackRun,
+    pub brownout_report: StackReport,
+    pub baseline_report: StackReport,
+    pub classes: Classes,
+    /// Lost requests, broken conservation or library counters that
+    /// disagree, in words; empty when every request is accounted for.
+    pub problems: Vec<String>,
+}
+
+/// Loads a policy file (or the built-in one); errors name the field.
+pub fn load_policy(path: Option<&Path>) -> Result<(Policy, String), String> {
+    let (text, name) = match path {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|err| format!("cannot read policy {}: {err}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (BOOKING_POLICY.to_owned(), BOOKING_POLICY_PATH.to_owned()),
+    };
+    let policy = parse_policy(&text).map_err(|err| format!("{name}: {err}"))?;
+    Ok((policy, name))
+}
+
+/// Reads a TOML policy with the library's types and checks; the drill
+/// does not rely on the library's `toml` feature being on.
+pub fn parse_policy(text: &str) -> Result<Policy, String> {
+    let document = toml::Deserializer::parse(text).map_err(|err| err.message().to_owned())?;
+    let policy: Policy = serde_path_to_error::deserialize(document)
+        .map_err(|err| format!("{}: {}", err.path(), err.inner().message().trim_end()))?;
+    policy.validate().map_err(|err| err.to_string())?;
+    Ok(policy)
+}
+
+/// Loads a scenario file (or the built-in one); errors name the field.
+pub fn load_scenario(path: Option<&Path>) -> Result<(Scenario, String), String> {
+    let (text, name) = match path {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|err| format!("cannot read scenario {}: {err}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (scenario::SEED.to_owned(), scenario::SEED_PATH.to_owned()),
+    };
+    let scenario = Scenario::from_toml(&text).map_err(|err| format!("{name}: {err}"))?;
+    Ok((scenario, name))
+}
+
+/// Runs both stacks through `plan`, each on its own thread.
+pub fn run_both(plan: &Plan, policy: &Policy) -> Result<Outcome, String> {
+    let classes = Classes::from_policy(&policy.priority);
+    let (brownout, baseline) = std::thread::scope(|scope| {
+        let brownout = scope.spawn(|| run::run(Stack::Brownout, plan, policy));
+        let baseline = run::run(Stack::Baseline, plan, policy);
+        let brownout = brownout
+            .join()
+            .unwrap_or_else(|_| Err("the brownout run panicked".into()));
+        (brownout, baseline)
+    });
+    let (brownout, baseline) = (brownout?, baseline?);
+    let brownout_report = StackReport::new(plan, &brownout, &classes);
+    let baseline_report = StackReport::new(plan, &baseline, &classes);
+    let mut problems = Vec::new();
+    for (run, report) in [(&brownout, &brownout_report), (&baseline, &baseline_report)] {
+        let name = run.stack.name();
+        for f in report.phases.iter().chain([&report.totals]) {
+            let phase = f.name.as_deref().unwrap_or("total");
+            if f.lost > 0 {
+                problems.push(format!("{name}, {phase}: {} requests lost", f.lost));
+            }
+            let answered = f.served + f.fallback + f.rejected;
+            if f.offered != answered + f.lost {
+                problems.push(format!(
+                    "{name}, {phase}: offered {} != served {} + fallback {} + rejected {} + lost {}",
+                    f.offered, f.served, f.fallback, f.rejected, f.lost
+                ));
+            }
+        }
+        if run.unfinished > 0 {
+            problems.push(format!(
+                "{name}: {} requests still running after their deadline",
+                run.unfinished
+            ));
+        }
+    }
+    // brownout counts every request it saw once, by its own outcome.
+    let counted = brownout.library.total();
+    if counted != brownout_report.totals.offered {
+        problems.push(format!(
+            "brownout's brownout_requests_total counts {counted} requests, the drill offered {}",
+            brownout_report.totals.offered
+        ));
+    }
+    Ok(Outcome {
+        plan: plan.clone(),
+        brownout,
+        baseline,
+        brownout_report,
+        baseline_report,
+        classes,
+        problems,
+    })
+}
+
+/// The one JSON object `--json` prints.
+pub fn to_json(outcome: &Outcome, scenario_file: &str, policy_file: &str) -> serde_json::Value {
+    let plan = &outcome.plan;
+    let phases: Vec<_> = plan
+        .phases
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "start_s": p.start.as_secs_f64(),
+                "duration_s": p.duration.as_secs_f64(),
+                "backend": p.describe(plan),
+                "rate": p.rate,
+                "capacity_per_s": p.throughput(plan),
+                "deadline_ms": p.deadline.as_secs_f64() * 1e3,
+                "retries": p.retries,
+                "maintenance": p.maintenance,
+            })
+        })
+        .collect();
+    let targets = targets(plan, &outcome.brownout_report, &outcome.baseline_report);
+    json!({
+        "scenario": {
+            "name": plan.name,
+            "description": plan.description,
+            "file": scenario_file,
+            "policy": policy_file,
+            "seed": plan.seed,
+            "duration_s": plan.total.as_secs_f64(),
+            "phases": phases,
+        },
+        "stacks": {
+            "brownout": outcome.brownout_report,
+            "baseline": outcome.baseline_report,
+        },
+        "targets": targets,
+        "problems": outcome.problems,
+    })
+}
+
+/// The time series behind the chart, one row per sample and stack.
+fn write_csv(path: &Path, outcome: &Outcome) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        out,
+        "stack,t_s,goodput_per_s,inflight,limit,waiting,breaker"
+    )?;
+    for run in [&outcome.brownout, &outcome.baseline] {
+        for s in &run.samples {
+            let opt = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{}",
+                run.stack.name(),
+                s.t,
+                s.goodput,
+                s.inflight,
+                opt(s.limit.map(f64::from)),
+                s.waiting,
+                opt(s.breaker),
+            )?;
+        }
+    }
+    out.flush()
+}
+
+/// Where the chart goes by default: `<target dir>/drill/report.svg`, the
+/// target dir being the one this binary was built into.
+fn default_svg() -> PathBuf {
+    let target = std::env::current_exe().ok().and_then(|exe| {
+        // <target>/<profile>/examples/drill
+        let dir = exe.parent()?.parent()?.parent()?;
+        dir.is_dir().then(|| dir.to_path_buf())
+    });
+    target
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("drill")
+        .join("report.svg")
+}
+
+fn drill(args: &Args) -> Result<bool, String> {
+    let (scenario, scenario_file) = load_scenario(args.scenario.as_deref())?;
+    let (policy, policy_file) = load_policy(args.policy.as_deref())?;
+    let classes = Classes::from_policy(&policy.priority);
+    let mut plan = scenario
+        .plan(&classes)
+        .map_err(|err| format!("{scenario_file}: {err}"))?;
+    plan.sample_every = args.sample_every;
+
+    let requests: f64 = plan
+        .phases
+        .iter()
+        .map(|p| p.rate * p.duration.as_secs_f64())
+        .sum();
+    println!(
+        "brownout drill: scenario {:?} from {scenario_file}, policy {policy_file}, seed {}",
+        plan.name, plan.seed
+    );
+    if !plan.description.is_empty() {
+        println!("  {}", plan.description);
+    }
+    println!(
+        "  back end: {} slots, {:?} service time (mean {}), calls time out after {}; \
+         baseline: LoadShed + ConcurrencyLimit({}) + Timeout({})",
+        plan.capacity,
+        plan.service_time,
+        humantime::format_duration(plan.service_time.mean()),
+        humantime::format_duration(plan.timeout),
+        plan.baseline_concurrency,
+        humantime::format_duration(plan.timeout),
+    );
+    println!(
+        "  {} of virtual time, about {} new requests per stack",
+        humantime::format_duration(plan.total),
+        report::count(requests.round() as u64)
+    );
+    let jitter = policy.breaker.open_backoff.jitter;
+    if jitter > 0.0 {
+        println!(
+            "  note: breaker.open_backoff.jitter {jitter} runs as 0, so that a seed gives the same \
+             figures (BrownoutLayer takes no seed for it yet)"
+        );
+    }
+    for phase in plan.phases.iter().filter(|p| p.maintenance.is_some()) {
+        println!(
+            "  note: phase {:?} is planned maintenance: brownout's policy gets a [[maintenance]] \
+             window for it; the baseline only sees the back end down",
+            phase.name
+        );
+    }
+
+    let started = Instant::now();
+    let outcome = run_both(&plan, &policy)?;
+    let wall = started.elapsed();
+
+    print!(
+        "{}",
+        report::table(
+            &plan,
+            &outcome.brownout_report,
+            &outcome.baseline_report,
+            &outcome.classes
+        )
+    );
+    println!(
+        "\n  goodput = served / min(offered, what the back end could serve); p99 unserved = time to \
+         answer the requests not served; urgent = served share of class {:?}",
+        outcome.classes.name(brownout::Priority::HIGHEST)
+    );
+    let targets = targets(&plan, &outcome.brownout_report, &outcome.baseline_report);
+    if !targets.is_empty() {
+        println!("\nTargets (issue 7)");
+        print!("{}", targets_table(&targets));
+    }
+
+    if outcome.problems.is_empty() {
+        println!(
+            "\nEvery request accounted for: offered = served + fallback + rejected, lost = 0, \
+             for both stacks; brownout's own counters agree ({} requests).",
+            report::count(outcome.brownout.library.total())
+        );
+    } else {
+        println!("\nACCOUNTING PROBLEMS:");
+        for problem in &outcome.problems {
+            println!("  {problem}");
+        }
+    }
+
+    let svg = args.svg.clone().unwrap_or_else(default_svg);
+    if let Some(dir) = svg.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+    }
+    chart::write_svg(&svg, &plan, &outcome.brownout, &outcome.baseline)?;
+    println!("Chart written to {}", svg.display());
+    if let Some(csv) = &args.csv {
+        write_csv(csv, &outcome).map_err(|err| format!("cannot write {}: {err}", csv.display()))?;
+        println!("Samples written to {}", csv.display());
+    }
+    println!(
+        "Ran {} of virtual time in {:.1} s of wall time.",
+        humantime::format_duration(plan.total),
+        wall.as_secs_f64()
+    );
+
+    if args.json {
+        println!("{}", to_json(&outcome, &scenario_file, &policy_file));
+    }
+    Ok(outcome.problems.is_empty())
+}

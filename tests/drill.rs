@@ -1,0 +1,251 @@
+//! The outage drill (`examples/drill`) on a short scenario: every request
+//! gets exactly one outcome in both stacks, the JSON report carries every
+//! field scripts rely on, a seed always gives the same figures, and
+//! brownout keeps the contracts the drill checks (answers within the
+//! deadline while the back end hangs, maintenance answered as such).
+#![cfg(feature = "sim")]
+
+// The drill's modules, compiled here as they are in the example; `main`
+// and the printing are not used by the test.
+#[allow(dead_code)]
+#[path = "../examples/drill/main.rs"]
+mod drill;
+
+use drill::scenario::Scenario;
+use serde_json::Value;
+
+/// One minute per phase, every kind of phase, a small back end.
+const SHORT: &str = r#"
+name = "short"
+seed = 11
+
+[backend]
+capacity = 20
+service_time = { kind = "log_normal", mean = "200ms", cv = 0.3 }
+timeout = "1s"
+
+[clients]
+deadline = "2s"
+mix = { urgent = 0.2, normal = 0.5, bulk = 0.3 }
+
+[[phases]]
+name = "normal"
+duration = "1m"
+rate = 50
+
+[[phases]]
+name = "slow"
+duration = "1m"
+rate = 50
+backend = { state = "slow", factor = 3.0 }
+
+[[phases]]
+name = "down"
+duration = "1m"
+rate = 20
+retries = 2
+backend = { state = "hang" }
+
+[[phases]]
+name = "reduced"
+duration = "1m"
+rate = 100
+backend = { state = "up", capacity = 0.27 }
+
+[[phases]]
+name = "flapping"
+duration = "1m"
+rate = 50
+backend = { state = "flapping", period = "20s" }
+
+[[phases]]
+name = "maintenance"
+duration = "1m"
+rate = 10
+maintenance = "Planned upgrade."
+backend = { state = "down" }
+
+[[phases]]
+name = "recovery"
+duration = "1m"
+rate = 60
+"#;
+
+fn run_short() -> (drill::Outcome, Value) {
+    let (policy, policy_file) = drill::load_policy(None).expect("the booking policy loads");
+    let classes = brownout::priority::Classes::from_policy(&policy.priority);
+    let plan = Scenario::from_toml(SHORT)
+        .expect("the short scenario parses")
+        .plan(&classes)
+        .expect("the short scenario plans");
+    let outcome = drill::run_both(&plan, &policy).expect("the drill runs");
+    let json = drill::to_json(&outcome, "short", &policy_file);
+    (outcome, json)
+}
+
+const FIELDS: [&str; 8] = [
+    "offered",
+    "served",
+    "fallback",
+    "rejected",
+    "lost",
+    "goodput_ratio",
+    "p99_latency_ms",
+    "urgent_served_ratio",
+];
+
+fn int(figures: &Value, field: &str) -> u64 {
+    figures[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} is not a count: {figures}"))
+}
+
+fn sum(map: &Value) -> u64 {
+    map.as_object()
+        .expect("a map of reasons")
+        .values()
+        .map(|n| n.as_u64().expect("a count"))
+        .sum()
+}
+
+#[test]
+fn every_request_has_one_outcome_and_the_json_has_every_field() {
+    let (outcome, json) = run_short();
+    assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+
+    let phases = [
+        "normal",
+        "slow",
+        "down",
+        "reduced",
+        "flapping",
+        "maintenance",
+        "recovery",
+    ];
+    for stack in ["brownout", "baseline"] {
+        let report = &json["stacks"][stack];
+        let totals = &report["totals"];
+        let listed = report["phases"].as_array().expect("phases");
+        assert_eq!(listed.len(), phases.len(), "{stack}");
+        let mut offered = 0;
+        for (figures, name) in listed
+            .iter()
+            .chain([totals])
+            .zip(phases.iter().map(Some).chain([None]))
+        {
+            for field in FIELDS {
+                assert!(
+                    figures.get(field).is_some(),
+                    "{stack} {name:?}: no {field} in {figures}"
+                );
+            }
+            if let Some(name) = name {
+                assert_eq!(figures["name"], **name, "{stack}");
+                offered += int(figures, "offered");
+            }
+            let what = format!("{stack} {name:?}");
+            assert_eq!(int(figures, "lost"), 0, "{what}: lost requests");
+            assert!(int(figures, "offered") > 0, "{what}: nothing offered");
+            assert_eq!(
+                int(figures, "offered"),
+                int(figures, "served") + int(figures, "fallback") + int(figures, "rejected"),
+                "{what}: conservation"
+            );
+            assert_eq!(
+                int(figures, "fallback"),
+                sum(&figures["fallback_by_reason"]),
+                "{what}"
+            );
+            assert_eq!(
+                int(figures, "rejected"),
+                sum(&figures["rejected_by_reason"]),
+                "{what}"
+            );
+        }
+        assert_eq!(
+            offered,
+            int(totals, "offered"),
+            "{stack}: phases add up to the total"
+        );
+    }
+
+    // The baseline has no fallback: its failures are errors.
+    assert_eq!(int(&json["stacks"]["baseline"]["totals"], "fallback"), 0);
+    // brownout's own counters saw every request once.
+    let library: u64 = json["stacks"]["brownout"]["library_counts"]
+        .as_object()
+        .expect("library counts")
+        .iter()
+        .filter(|(key, _)| !key.starts_with("would_reject"))
+        .map(|(_, n)| n.as_u64().expect("a count"))
+        .sum();
+    assert_eq!(
+        library,
+        int(&json["stacks"]["brownout"]["totals"], "offered")
+    );
+    assert_eq!(json["scenario"]["name"], "short");
+    assert_eq!(
+        json["scenario"]["phases"].as_array().map(Vec::len),
+        Some(phases.len())
+    );
+}
+
+#[test]
+fn brownout_answers_within_the_deadline_while_down_and_says_maintenance() {
+    let (_, json) = run_short();
+    let phase = |stack: &str, name: &str| {
+        json["stacks"][stack]["phases"]
+            .as_array()
+            .expect("phases")
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .expect("phase")
+    };
+    let down = phase("brownout", "down");
+    assert_eq!(int(&down, "late"), 0, "{down}");
+    assert_eq!(int(&down, "served"), 0, "a hanging back end serves nothing");
+    let maintenance = phase("brownout", "maintenance");
+    let by_maintenance = maintenance["fallback_by_reason"]["maintenance"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        by_maintenance * 10 >= int(&maintenance, "offered") * 9,
+        "most requests told it is maintenance: {maintenance}"
+    );
+    assert!(
+        phase("baseline", "maintenance")["rejected_by_reason"]["backend_error"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    );
+    // Back at full health, both stacks serve again.
+    for stack in ["brownout", "baseline"] {
+        let recovery = phase(stack, "recovery");
+        assert!(int(&recovery, "served") > 0, "{stack}: {recovery}");
+    }
+}
+
+#[test]
+fn a_seed_always_gives_the_same_figures() {
+    let (_, first) = run_short();
+    let (_, second) = run_short();
+    assert_eq!(first["stacks"], second["stacks"]);
+}
+
+#[test]
+fn the_seed_scenario_and_the_booking_policy_load() {
+    let (scenario, _) = drill::load_scenario(None).expect("seed.toml parses");
+    let (policy, _) = drill::load_policy(None).expect("booking.toml loads");
+    let classes = brownout::priority::Classes::from_policy(&policy.priority);
+    let plan = scenario.plan(&classes).expect("seed.toml plans");
+    assert!(plan.phases.iter().any(|p| p.maintenance.is_some()));
+    assert!(plan.phases.iter().any(|p| p.capacity_fraction < 1.0));
+}
+
+#[test]
+fn a_bad_policy_names_its_field() {
+    let err = drill::parse_policy("[limit]\ninitial = 0\n").unwrap_err();
+    assert!(err.starts_with("limit.initial"), "{err}");
+    let err = drill::parse_policy("[limit]\ninital = 5\n").unwrap_err();
+    assert!(err.starts_with("limit.inital"), "{err}");
+}
