@@ -11,6 +11,8 @@ use crate::policy::{Algorithm, LimitPolicy};
 /// What one window of completed calls says about the back end.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct WindowSample {
+    // (See `has_failures`: a window with failures says "too much", not how
+    // fast the back end is.)
     /// Calls completed in the window (cancelled calls are not samples).
     pub(crate) samples: u32,
     /// Their mean round-trip time, in seconds.
@@ -19,6 +21,18 @@ pub(crate) struct WindowSample {
     pub(crate) dropped: u32,
     /// Most calls in flight at once during the window.
     pub(crate) max_inflight: u32,
+}
+
+impl WindowSample {
+    /// Whether failures are more than noise in this window (over a tenth of
+    /// its calls). Failed calls often end fast (a refused connection, a
+    /// down back end answering at once), so their latency would pull the
+    /// learned unloaded latency down and leave the limit pinned at its
+    /// minimum once the back end recovers: such a window is an overload
+    /// signal only, and latency is not learned from it.
+    pub(crate) fn has_failures(&self) -> bool {
+        u64::from(self.dropped) * 10 > u64::from(self.samples)
+    }
 }
 
 /// A learning algorithm's state.
@@ -80,7 +94,9 @@ impl Probe {
             }
             ProbeState::Measuring { restore } => {
                 self.state = ProbeState::Off;
-                latency.rebase(window.rtt, Self::MAX_RISE);
+                if !window.has_failures() {
+                    latency.rebase(window.rtt, Self::MAX_RISE);
+                }
                 Some(restore)
             }
             ProbeState::Off => {
@@ -254,13 +270,19 @@ impl Latency {
         self.noise
     }
 
-    /// A probe measured `rtt` with the queue drained: it becomes the
-    /// baseline (raised by at most `max_rise`) and the short-term latency.
+    /// A probe measured `rtt` with the limit halved: it becomes the
+    /// baseline and the short-term latency. If halving the limit did not
+    /// lower the latency (within a tenth), no queue of ours was in it: the
+    /// back end itself is this slow now, and the baseline takes it whole.
+    /// Otherwise it rises by at most `max_rise`, in case the halved limit
+    /// was still above a shrunken capacity and some queue remained.
     fn rebase(&mut self, rtt: f64, max_rise: f64) {
         if rtt <= 0.0 {
             return;
         }
+        let intrinsic = self.short.is_some_and(|before| rtt >= 0.9 * before);
         let base = match self.base {
+            Some(_) if intrinsic => rtt,
             Some(base) => rtt.min(base * max_rise),
             None => rtt,
         };
@@ -282,11 +304,14 @@ pub(crate) struct Vegas {
 
 impl Vegas {
     fn update(&mut self, limit: f64, window: &WindowSample, app_limited: bool) -> f64 {
+        let step = log10_floor1(limit);
+        if window.has_failures() {
+            return limit - step;
+        }
         if window.rtt <= 0.0 {
             return limit;
         }
         let (rtt, noload) = self.latency.observe(window.rtt, app_limited);
-        let step = log10_floor1(limit);
         if window.dropped > 0 {
             return limit - step;
         }
@@ -339,6 +364,10 @@ impl Gradient {
     const SMOOTHING: f64 = 0.5;
 
     fn update(&mut self, limit: f64, window: &WindowSample, app_limited: bool) -> f64 {
+        if window.has_failures() {
+            // Failures are the back end saying "too much": back off at once.
+            return limit * 0.9;
+        }
         if window.rtt <= 0.0 {
             return limit;
         }
@@ -457,6 +486,48 @@ mod tests {
         assert_eq!(limits[probe], limits[probe - 1] * 0.5, "{limits:?}");
         assert_eq!(limits[probe + 1], limits[probe], "draining: {limits:?}");
         assert_eq!(limits[probe + 2], limits[probe - 1], "restored: {limits:?}");
+    }
+
+    #[test]
+    fn windows_with_failures_back_off_and_teach_no_latency() {
+        let mut gradient = Gradient::default();
+        gradient.update(100.0, &window(0.1, 100), false);
+        // A down back end refusing in 1 ms: 30 of 50 calls failed.
+        let refused = WindowSample {
+            dropped: 30,
+            ..window(0.001, 100)
+        };
+        assert_eq!(gradient.update(100.0, &refused, false), 90.0);
+        assert_eq!(
+            gradient.latency.baseline(),
+            Some(0.1),
+            "the 1 ms refusals taught nothing"
+        );
+        let mut vegas = Vegas::default();
+        vegas.update(100.0, &window(0.1, 100), false);
+        assert_eq!(vegas.update(100.0, &refused, false), 98.0);
+        assert_eq!(vegas.latency.baseline(), Some(0.1));
+    }
+
+    #[test]
+    fn a_probe_that_finds_the_back_end_itself_slower_takes_the_new_latency_whole() {
+        let mut latency = Latency::default();
+        latency.observe(0.1, false);
+        // Four times slower: the short-term latency follows...
+        for _ in 0..20 {
+            latency.observe(0.4, false);
+        }
+        // ...and halving the limit did not bring it down: intrinsic.
+        latency.rebase(0.39, Probe::MAX_RISE);
+        assert_eq!(latency.baseline(), Some(0.39));
+        // Whereas a probe that did bring latency down rises by a tenth at most.
+        let mut queued = Latency::default();
+        queued.observe(0.1, false);
+        for _ in 0..20 {
+            queued.observe(0.4, false);
+        }
+        queued.rebase(0.2, Probe::MAX_RISE);
+        assert!((queued.baseline().unwrap() - 0.11).abs() < 1e-12);
     }
 
     #[test]
