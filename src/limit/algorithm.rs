@@ -200,7 +200,7 @@ impl Latency {
     const IDLE: f64 = 0.1;
     /// "Far above": a latency shift no settled queue explains.
     const FAR: f64 = 1.5;
-    const RELEARN: u32 = 50;
+    const RELEARN: u32 = 20;
     /// "Clearly below": the back end got faster.
     const NEAR: f64 = 0.9;
     const FASTER: u32 = 10;
