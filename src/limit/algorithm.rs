@@ -513,8 +513,9 @@ mod tests {
     fn a_probe_that_finds_the_back_end_itself_slower_takes_the_new_latency_whole() {
         let mut latency = Latency::default();
         latency.observe(0.1, false);
-        // Four times slower: the short-term latency follows...
-        for _ in 0..20 {
+        // Four times slower: the short-term latency follows (not long
+        // enough for a relearn)...
+        for _ in 0..10 {
             latency.observe(0.4, false);
         }
         // ...and halving the limit did not bring it down: intrinsic.
@@ -523,7 +524,7 @@ mod tests {
         // Whereas a probe that did bring latency down rises by a tenth at most.
         let mut queued = Latency::default();
         queued.observe(0.1, false);
-        for _ in 0..20 {
+        for _ in 0..10 {
             queued.observe(0.4, false);
         }
         queued.rebase(0.2, Probe::MAX_RISE);
