@@ -861,7 +861,7 @@ impl Gate {
     #[inline]
     fn wake_room(&self) {
         if let Some(room) = &self.room {
-            if room.waiting() > 0 {
+            if room.waiting_after_release() > 0 {
                 let now = self.clock.now();
                 room.with(|queues| self.pump(room, queues, now));
             }

@@ -139,7 +139,14 @@ mod reject;
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod stack;
+mod sync;
 pub mod waiting_room;
+
+/// The admission core's atomics, for the loom model checks in
+/// `tests/loom.rs`; only in a `--cfg brownout_loom` build.
+#[cfg(brownout_loom)]
+#[doc(hidden)]
+pub use crate::sync::model as loom_model;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -16,13 +16,13 @@
 //! reset) run under a mutex that only transitions take; the admitted path
 //! and the fast-fail never touch it.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::Ordering::*;
 use std::time::Duration;
 
 use crate::clock::{Nanos, saturating_nanos};
 use crate::policy::{BreakerPolicy, Mode};
 use crate::reject::{Reason, Rejected};
+use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Mutex};
 
 use super::window::{Sample, Totals, Window};
 

@@ -13,14 +13,14 @@
 //!  27..0   their latencies, summed, in units of 64 µs (a window closes at 2^27)
 //! ```
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::Ordering::*;
 use std::time::Duration;
 
 use crate::clock::Nanos;
 use crate::policy::{Algorithm, LimitPolicy};
 use crate::priority::{MAX_CLASSES, Priority};
 use crate::reject::{Reason, Rejected};
+use crate::sync::{AtomicU32, AtomicU64, Mutex};
 
 use super::algorithm::{Learner, WindowSample};
 

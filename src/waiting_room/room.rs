@@ -11,8 +11,7 @@
 //! slot is reused under a new sequence number, so a stale key (a waiter
 //! that already left) never touches its successor.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::atomic::Ordering::*;
 use std::task::Waker;
 
 use crate::breaker::state::Ticket;
@@ -20,6 +19,7 @@ use crate::clock::{Nanos, saturating_nanos};
 use crate::policy::{Order, WaitingRoomPolicy};
 use crate::priority::{MAX_CLASSES, Priority};
 use crate::reject::{Reason, Rejected};
+use crate::sync::{AtomicUsize, Mutex, fence};
 
 const NIL: u32 = u32::MAX;
 
@@ -473,7 +473,23 @@ impl Room {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let result = f(&mut queues);
         self.waiting.store(queues.len(), Release);
+        // Pairs with the fence in `waiting_after_release`: a waiter seated
+        // here, whose next look at the gate (under this lock) comes after
+        // this fence, either sees the capacity a concurrent call gives
+        // back, or that call sees it waiting and hands it over. Without
+        // both fences each side may read the other's old value (the
+        // store-buffering pattern) and the waiter sleeps through its
+        // wake-up until its wait runs out.
+        fence(SeqCst);
         result
+    }
+
+    /// Waiters now, as seen by a call that has just given capacity back
+    /// (see the fence in [`with`](Self::with)).
+    #[inline]
+    pub(crate) fn waiting_after_release(&self) -> usize {
+        fence(SeqCst);
+        self.waiting.load(Acquire)
     }
 
     /// Whether a standing queue is to be served newest first now.
