@@ -420,13 +420,17 @@ impl Gate {
         let Some(room) = &self.room else {
             return;
         };
-        let grant = room.with(|queues| {
+        let (held, grant) = room.with(|queues| {
             if let Some(priority) = queues.waiting_priority(waiter.key) {
                 self.metrics.waiting(priority, -1.0);
             }
-            queues.leave(waiter.key)
+            (queues.holds(waiter.key), queues.leave(waiter.key))
         });
-        self.metrics.cancelled();
+        // A waiter that already read its answer (a user's fallback or back
+        // end panicked right after) was counted with it.
+        if held {
+            self.metrics.cancelled();
+        }
         if let Some(grant) = grant {
             self.give_back(Taken::within(grant.ticket));
         }

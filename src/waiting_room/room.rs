@@ -328,6 +328,14 @@ impl Queues {
         }
     }
 
+    /// Whether `key`'s waiter still holds its place: waiting, or answered
+    /// (granted or turned away) but not yet told.
+    pub(crate) fn holds(&self, key: Key) -> bool {
+        self.slots
+            .get(key.index as usize)
+            .is_some_and(|slot| slot.seq == key.seq && !matches!(slot.state, State::Free))
+    }
+
     /// The class of `key`'s waiter, if it is still waiting.
     pub(crate) fn waiting_priority(&self, key: Key) -> Option<Priority> {
         let slot = self.slots.get(key.index as usize)?;
