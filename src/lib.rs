@@ -113,6 +113,32 @@
 //! production (one atomic load per read), tokio's clock when tokio's time is
 //! paused, so tests and drills run in virtual time. Build layers after
 //! `tokio::time::pause()`.
+//!
+//! # Bad input
+//!
+//! Nothing from outside makes brownout panic. A bad policy is refused with
+//! an error that names the field and quotes the value; a bad request header
+//! never fails the request. Tried with generated input on every build
+//! (`tests/bad_input.rs`) and, locally, with the cargo-fuzz targets in
+//! `fuzz/`.
+//!
+//! | bad input | e.g. | what it gets |
+//! |---|---|---|
+//! | policy text that is not TOML, YAML or JSON | `failure_rate = = 0.5` | [`PolicyError`], with the place: ``extra `=`, expected nothing (TOML line 2, column 16)`` |
+//! | a field of the wrong type, or too big for it | `minimum_calls = "twenty"`, `half_open_probes = 99999999999` | `breaker.minimum_calls: invalid type: string "twenty", expected u32 (TOML line 2, column 17)` |
+//! | a value out of range, NaN included | `failure_rate = 1.5`, `failure_rate = nan` | `breaker.failure_rate: NaN is not in (0, 1]` |
+//! | a duration that is not one, or zero | `open_for = "5 parsecs"`, `"0s"` | `breaker.open_for: invalid duration "5 parsecs": unknown time unit "parsecs", …` |
+//! | an unknown field, section or variant | `failure_ratio = 0.5`, `mode = "sometimes"` | ``breaker.failure_ratio: unknown field `failure_ratio`, expected one of …`` |
+//! | fields that do not fit together | `minimum_calls` above `window.size`, `initial` below `min` | `limit.initial: 5 is below limit.min (10)` |
+//! | a bad header or class name | `header = "x priority"`, `classes = ["a", "A"]` | `priority.header: "x priority" is not a valid HTTP header name: it contains ' '; …` |
+//! | a bad route | `[routes.payments]`, a route's `priority` | `routes: "payments" does not start with "/": …` |
+//! | a policy file that cannot be read | not UTF-8, no such file, `.ini` | `cannot read policy file /etc/brownout/policy.toml: stream did not contain valid UTF-8` |
+//! | a priority header naming no class, or not text | `x-priority: vip`, bytes ≥ 0x80 | the policy's default class; a debug-level trace |
+//! | a malformed `grpc-timeout` | `123456789S` (9 digits), `5x`, `-1S`, ` 1S` | ignored: no deadline of its own; a debug-level trace |
+//! | a malformed deadline header | `soon`, `-5`, `2.5.1s` | ignored, as above |
+//! | a deadline already over | `grpc-timeout: 0m`, `x-request-timeout: 0` | rejected at once with [`Reason::Deadline`]: `503` + problem document over HTTP, `UNAVAILABLE` over gRPC |
+//! | any other header (an idempotency key, garbage bytes) | | passed to the service untouched |
+//! | a user's closure or back end that panics | a priority, classifier or fallback closure | the panic reaches the caller's task; the permit, probe slot or place in the room it held is given back (`tests/panics.rs`) |
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
