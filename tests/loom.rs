@@ -366,7 +366,7 @@ fn enter_and_wait(gate: &Gate) -> brownout::classify::Permit {
 /// woken, whatever the interleaving.
 #[test]
 fn a_release_racing_a_seating_never_loses_the_wake_up() {
-    check("room: seat vs release", 3, || {
+    check("room: seat vs release", 5, || {
         let _entered = paused().enter();
         let gate = Arc::new(gate(4));
         let held = gate.admit().expect("the first call gets the slot");
@@ -384,13 +384,37 @@ fn a_release_racing_a_seating_never_loses_the_wake_up() {
     });
 }
 
+/// Two calls are seated while the slot's holder gives it back: each is
+/// woken in turn, the second by the first's release.
+#[test]
+fn two_waiters_are_each_woken_in_turn() {
+    check("room: two waiters, one release", 2, || {
+        let _entered = paused().enter();
+        let gate = Arc::new(gate(4));
+        let held = gate.admit().expect("the first call gets the slot");
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let gate = gate.clone();
+                thread::spawn(move || enter_and_wait(&gate).record(Outcome::Success))
+            })
+            .collect();
+        let releaser = thread::spawn(move || held.record(Outcome::Failure));
+        releaser.join().unwrap();
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+        assert_eq!(gate.inflight(), 0);
+        assert_eq!(gate.waiting(), 0);
+    });
+}
+
 /// Two calls wait for the one slot while its holder drops it (cancelled):
 /// one waiter gives up after a single look (its future dropped), perhaps
 /// with a grant in hand, which must pass to the other; the other must be
 /// granted and woken.
 #[test]
 fn a_waiter_leaving_with_a_grant_passes_it_on() {
-    check("room: leave vs grant", 2, || {
+    check("room: leave vs grant", 3, || {
         let _entered = paused().enter();
         let gate = Arc::new(gate(4));
         let held = gate.admit().expect("the first call gets the slot");
