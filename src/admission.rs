@@ -798,10 +798,11 @@ impl Gate {
 
     /// See [`Permit::abandon_at_deadline`].
     #[cold]
-    fn settle_abandoned(&self, taken: Taken, start: Nanos) {
+    fn settle_abandoned(&self, taken: Taken, start: Nanos) -> Rejected {
         let now = self.clock.now();
         self.metrics.rejected(Reason::Deadline);
         self.learn(taken, true, now.saturating_sub(start), now);
+        self.with_hint(Reason::Deadline, now)
     }
 
     /// Feeds a finished call to the breaker and the limit, and hands what
@@ -961,14 +962,18 @@ impl Permit {
 
     /// The call outlived its caller's deadline and is abandoned: a failure
     /// for the breaker and the limit (the back end did not answer in time),
-    /// and for the caller a `deadline` rejection, not a served call.
-    pub(crate) fn abandon_at_deadline(mut self) {
-        if let Some(gate) = self.gate.take() {
-            let taken = Taken {
-                ticket: self.ticket,
-                over: self.over,
-            };
-            gate.settle_abandoned(taken, self.start);
+    /// and for the caller a `deadline` rejection, not a served call, with
+    /// the gate's retry hint.
+    pub(crate) fn abandon_at_deadline(mut self) -> Rejected {
+        match self.gate.take() {
+            Some(gate) => {
+                let taken = Taken {
+                    ticket: self.ticket,
+                    over: self.over,
+                };
+                gate.settle_abandoned(taken, self.start)
+            }
+            None => Rejected::new(Reason::Deadline),
         }
     }
 

@@ -15,7 +15,6 @@ use crate::classify::Classify;
 use crate::clock::{Clock, Nanos};
 use crate::deadline::{DeadlineOf, NoDeadline};
 use crate::fallback::Fallback;
-use crate::reject::{Reason, Rejected};
 
 pin_project! {
     /// A request through the stack: waiting in the room, calling the inner
@@ -211,9 +210,9 @@ where
                         // caller has gone, so stop waiting for the back end; a
                         // call that outlives its caller's deadline is overload.
                         let permit = permit.take().expect("polled after completion");
-                        permit.abandon_at_deadline();
+                        let rejected = permit.abandon_at_deadline();
                         State::Answering {
-                            answer: fallback.fallback(Rejected::new(Reason::Deadline), None),
+                            answer: fallback.fallback(rejected, None),
                         }
                     }
                 }
