@@ -416,7 +416,10 @@ fn axum(c: &mut Criterion) {
             .route_layer(BrownoutLayer::from_policy(&policy).http())
     });
     for (name, router) in [("router", plain), ("router_brownout", protected)] {
-        let mut svc = router.into_service::<Body>();
+        // `with_state` turns handlers into routes once, as `axum::serve`
+        // does; without it every request would build its route (and apply
+        // the layers) again.
+        let mut svc = router.with_state(()).into_service::<Body>();
         group.bench_function(name, |b| {
             b.iter_custom(|n| {
                 rt.block_on(async {

@@ -40,8 +40,8 @@ pin_project! {
         F: Fallback<Req, C::Response, S::Error>,
     {
         fn drop(this: Pin<&mut Self>) {
-            if let StateProj::Waiting { gate, waiter, .. } = this.project().state.project() {
-                gate.leave(waiter);
+            if let StateProj::Waiting { parts } = this.project().state.project() {
+                parts.gate.leave(&parts.waiter);
             }
         }
     }
@@ -56,20 +56,10 @@ pin_project! {
         F: Fallback<Req, C::Response, S::Error>,
     {
         Waiting {
-            gate: Arc<Gate>,
-            waiter: Waiter,
-            // The service, polled ready before `call`, and the request,
-            // kept for when a permit comes (or handed to the fallback).
-            inner: Option<S>,
-            req: Option<Req>,
-            classifier: Option<C>,
-            fallback: Option<F>,
-            // The request's own deadline, and what rewrites it on the
-            // request once the wait is over.
-            deadline: Option<Nanos>,
-            propagate: Option<D>,
-            #[pin]
-            sleep: Option<Sleep>,
+            // Boxed: a waiting request carries its request, its service, a
+            // timer and more; boxing them (only a request that waits pays
+            // the allocation) keeps the future of an admitted request small.
+            parts: Pin<Box<WaitingFor<S, Req, C, F, D>>>,
         },
         Calling {
             #[pin]
@@ -87,6 +77,27 @@ pin_project! {
             #[pin]
             answer: F::Future,
         },
+    }
+}
+
+pin_project! {
+    /// What a waiting request holds until it leaves the room.
+    #[project = WaitingForProj]
+    struct WaitingFor<S, Req, C, F, D> {
+        gate: Arc<Gate>,
+        waiter: Waiter,
+        // The service, polled ready before `call`, and the request, kept
+        // for when a permit comes (or handed to the fallback).
+        inner: Option<S>,
+        req: Option<Req>,
+        classifier: Option<C>,
+        fallback: Option<F>,
+        // The request's own deadline, and what rewrites it on the request
+        // once the wait is over.
+        deadline: Option<Nanos>,
+        propagate: Option<D>,
+        #[pin]
+        sleep: Option<Sleep>,
     }
 }
 
@@ -134,15 +145,17 @@ where
     ) -> Self {
         Self {
             state: State::Waiting {
-                gate,
-                waiter,
-                inner: Some(inner),
-                req: Some(req),
-                classifier: Some(classifier),
-                fallback: Some(fallback),
-                deadline,
-                propagate: Some(propagate),
-                sleep: None,
+                parts: Box::pin(WaitingFor {
+                    gate,
+                    waiter,
+                    inner: Some(inner),
+                    req: Some(req),
+                    classifier: Some(classifier),
+                    fallback: Some(fallback),
+                    deadline,
+                    propagate: Some(propagate),
+                    sleep: None,
+                }),
             },
         }
     }
@@ -216,71 +229,75 @@ where
                         }
                     }
                 }
-                StateProj::Waiting {
-                    gate,
-                    waiter,
-                    inner,
-                    req,
-                    classifier,
-                    fallback,
-                    deadline,
-                    propagate,
-                    mut sleep,
-                } => match gate.poll_waiter(waiter, cx) {
-                    Poll::Ready(verdict) => {
-                        let (Some(mut inner), Some(mut req), Some(classifier), Some(fallback)) =
-                            (inner.take(), req.take(), classifier.take(), fallback.take())
-                        else {
-                            unreachable!("a waiting future holds its call until it leaves");
-                        };
-                        match verdict {
-                            Ok(permit) => {
-                                let timer = deadline.map(|at| {
-                                    // Tell the back end how much time is left
-                                    // after the wait (gRPC's `grpc-timeout`).
-                                    let left = at.saturating_sub(gate.clock().now());
-                                    if let Some(propagate) = propagate.take() {
-                                        propagate.propagate(&mut req, Duration::from_nanos(left));
+                StateProj::Waiting { parts } => {
+                    let WaitingForProj {
+                        gate,
+                        waiter,
+                        inner,
+                        req,
+                        classifier,
+                        fallback,
+                        deadline,
+                        propagate,
+                        mut sleep,
+                    } = parts.as_mut().project();
+                    match gate.poll_waiter(waiter, cx) {
+                        Poll::Ready(verdict) => {
+                            let (Some(mut inner), Some(mut req), Some(classifier), Some(fallback)) =
+                                (inner.take(), req.take(), classifier.take(), fallback.take())
+                            else {
+                                unreachable!("a waiting future holds its call until it leaves");
+                            };
+                            match verdict {
+                                Ok(permit) => {
+                                    let timer = deadline.map(|at| {
+                                        // Tell the back end how much time is left
+                                        // after the wait (gRPC's `grpc-timeout`).
+                                        let left = at.saturating_sub(gate.clock().now());
+                                        if let Some(propagate) = propagate.take() {
+                                            propagate
+                                                .propagate(&mut req, Duration::from_nanos(left));
+                                        }
+                                        deadline_timer(gate.clock(), at)
+                                    });
+                                    State::Calling {
+                                        call: inner.call(req),
+                                        permit: Some(permit),
+                                        classifier,
+                                        fallback,
+                                        timer,
                                     }
-                                    deadline_timer(gate.clock(), at)
-                                });
-                                State::Calling {
-                                    call: inner.call(req),
-                                    permit: Some(permit),
-                                    classifier,
-                                    fallback,
-                                    timer,
                                 }
+                                Err(rejected) => State::Answering {
+                                    answer: fallback.fallback(rejected, Some(req)),
+                                },
                             }
-                            Err(rejected) => State::Answering {
-                                answer: fallback.fallback(rejected, Some(req)),
-                            },
+                        }
+                        Poll::Pending => {
+                            // Poll again when the wait runs out or the breaker
+                            // is due to probe, whichever comes first; a permit
+                            // freed before then wakes the waker directly.
+                            let clock = gate.clock();
+                            let at = clock.instant(gate.wake_at(waiter)) + clock.slack();
+                            match sleep.as_mut().as_pin_mut() {
+                                // Fired for this very time and the gate still
+                                // says wait: never spin, look again a tick later.
+                                Some(timer) if timer.deadline() >= at && timer.is_elapsed() => {
+                                    let later = timer.deadline() + Duration::from_millis(1);
+                                    timer.reset(later);
+                                }
+                                Some(timer) if timer.deadline() == at => {}
+                                Some(timer) => timer.reset(at),
+                                None => sleep.set(Some(tokio::time::sleep_until(at))),
+                            }
+                            let timer = sleep.as_pin_mut().expect("the timer was just set");
+                            match timer.poll(cx) {
+                                Poll::Ready(()) => continue,
+                                Poll::Pending => return Poll::Pending,
+                            }
                         }
                     }
-                    Poll::Pending => {
-                        // Poll again when the wait runs out or the breaker
-                        // is due to probe, whichever comes first; a permit
-                        // freed before then wakes the waker directly.
-                        let clock = gate.clock();
-                        let at = clock.instant(gate.wake_at(waiter)) + clock.slack();
-                        match sleep.as_mut().as_pin_mut() {
-                            // Fired for this very time and the gate still
-                            // says wait: never spin, look again a tick later.
-                            Some(timer) if timer.deadline() >= at && timer.is_elapsed() => {
-                                let later = timer.deadline() + Duration::from_millis(1);
-                                timer.reset(later);
-                            }
-                            Some(timer) if timer.deadline() == at => {}
-                            Some(timer) => timer.reset(at),
-                            None => sleep.set(Some(tokio::time::sleep_until(at))),
-                        }
-                        let timer = sleep.as_pin_mut().expect("the timer was just set");
-                        match timer.poll(cx) {
-                            Poll::Ready(()) => continue,
-                            Poll::Pending => return Poll::Pending,
-                        }
-                    }
-                },
+                }
             };
             this.state.set(next);
         }
