@@ -290,3 +290,67 @@ fn tripped_open_fast_fail_allocates_only_the_boxed_rejection() {
         "a tripped breaker knows when it probes: {retry_after:?}"
     );
 }
+
+/// The admitted path of every other layer: the adaptive limit, the empty
+/// waiting room in front of a breaker and a limit, and the composed stack
+/// (route lookup, breaker, limit, empty room, a maintenance window ahead),
+/// with healthy and partly failing back ends.
+#[test]
+fn admitted_calls_through_the_limit_the_room_and_the_stack_do_not_allocate() {
+    use brownout::policy::MaintenanceWindow;
+    use brownout::{AdaptiveLimitLayer, BrownoutLayer, LimitPolicy, Policy, WaitingRoomLayer};
+
+    let roomy = LimitPolicy {
+        initial: 1000,
+        max: 1000,
+        ..LimitPolicy::default()
+    };
+    let mut stack_policy = Policy {
+        limit: roomy.clone(),
+        ..Policy::default()
+    };
+    // A window far ahead: the admitted path checks it and goes on.
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(86_400 * 365);
+    stack_policy.maintenance = vec![MaintenanceWindow::new(
+        ahead,
+        ahead + Duration::from_secs(3600),
+    )];
+
+    for (back_end_name, fails) in [
+        ("healthy", never as fn(u64) -> bool),
+        ("25% failing", one_in_four),
+    ] {
+        let limit = AdaptiveLimitLayer::new(roomy.clone()).layer(back_end(fails));
+        let room = WaitingRoomLayer::new(Default::default())
+            .breaker(BreakerPolicy::default())
+            .limit(roomy.clone())
+            .layer(back_end(fails));
+        let stack = BrownoutLayer::from_policy(&stack_policy).layer(back_end(fails));
+        count_admitted("adaptive limit", back_end_name, fails, limit);
+        count_admitted("empty waiting room", back_end_name, fails, room);
+        count_admitted("composed stack", back_end_name, fails, stack);
+    }
+}
+
+fn count_admitted<S>(name: &str, back_end_name: &str, fails: fn(u64) -> bool, mut svc: S)
+where
+    S: Service<u64, Response = u64, Error = tower::BoxError>,
+{
+    let mut run = |range: std::ops::Range<u64>| {
+        for i in range {
+            match call_now(&mut svc, i) {
+                Ok(answer) => assert_eq!(answer, i),
+                Err(err) => {
+                    assert!(fails(i), "{name}, {back_end_name}: call {i} failed: {err}");
+                    assert!(err.downcast_ref::<Down>().is_some(), "{name}: {err}");
+                }
+            }
+        }
+    };
+    run(0..WARM_UP);
+    let allocations = allocations_in(|| run(WARM_UP..WARM_UP + CALLS));
+    assert_eq!(
+        allocations, 0,
+        "{name}, {back_end_name} back end: {allocations} allocations in {CALLS} admitted calls"
+    );
+}
