@@ -1,20 +1,22 @@
 //! Memory through a long outage (issue 8, item 5): the booking service's
 //! policy (`examples/policies/booking.toml`) with a 5-day `[[maintenance]]`
 //! window, then a 3-day outage of the back end, with steady arrivals all
-//! along, through `BrownoutLayer::from_policy` over the simulated back end,
-//! in paused virtual time (`Clock::tokio_at` maps the wall-clock window
-//! onto it).
+//! along (20 a second in the busy hours before and after, 1 in the window,
+//! 2 in the outage), through `BrownoutLayer::from_policy` over the
+//! simulated back end, in paused virtual time (`Clock::tokio_at` maps the
+//! wall-clock window onto it).
 //!
 //! Memory is measured as live heap bytes, by a global allocator that counts
 //! every allocation and deallocation of this test binary (one test, so no
-//! other test allocates meanwhile). The stack's memory is bounded by its
-//! policy — the waiting room's places (capacity 500), the breaker's window
-//! of 10 one-second buckets, one gate per route — so after the first busy
-//! hour, which reaches those high-water marks, nothing may grow with the
-//! days or the requests: live bytes after the window, after the outage and
-//! after an hour of recovery must equal those after the first hour, within
-//! [`SLACK`] bytes. A leak of even one byte per request would show as
-//! hundreds of kilobytes here.
+//! other test allocates meanwhile), at the end of each phase once every
+//! request has ended. The stack's memory is bounded by its policy — the
+//! waiting room's places (at most its capacity, 500, and far fewer at these
+//! rates), the breaker's window of 10 one-second buckets, one gate per
+//! route — and must not grow with the days or the requests: live bytes
+//! after the window, after the outage and after an hour of recovery must
+//! equal those after the first hour, within [`SLACK`] bytes. A leak of one
+//! byte per request would show as over a megabyte here, one per breaker
+//! probe or window bucket as tens of kilobytes.
 //!
 //! The figures are printed (`cargo test --test long_outage -- --nocapture`).
 
@@ -272,6 +274,20 @@ where
 
 #[tokio::test(start_paused = true)]
 async fn five_days_of_maintenance_and_three_of_outage_leave_memory_where_the_first_hour_left_it() {
+    // The allocator counts: a megabyte shows, and goes.
+    let before = live_bytes();
+    let megabyte = std::hint::black_box(vec![1u8; 1 << 20]);
+    assert!(
+        live_bytes() - before >= 1 << 20,
+        "the counting allocator is in use"
+    );
+    drop(megabyte);
+    assert!(
+        live_bytes() - before < 1 << 20,
+        "the counting allocator sees frees"
+    );
+    PEAK.store(live_bytes(), Ordering::Relaxed);
+
     let mut policy = Policy::from_path(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/policies/booking.toml"
@@ -293,7 +309,7 @@ async fn five_days_of_maintenance_and_three_of_outage_leave_memory_where_the_fir
         Phase {
             name: "maintenance, 5 days",
             length: 5 * DAY,
-            rate: 2,
+            rate: 1,
             condition: Condition::Up,
         },
         Phase {
