@@ -65,13 +65,10 @@
 //! `{"state":"slow"}` → `factor: missing: "state":"slow" needs a factor, e.g. 5`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -82,18 +79,20 @@ use brownout::classify::ServerErrorsAsFailures;
 use brownout::deadline::HeaderDeadline;
 use brownout::fallback::ProblemJson;
 use brownout::priority::HeaderPriority;
-use brownout::sim::{ServiceTime, SimBackend, SimConfigError, SimHandle};
+use brownout::sim::{SimBackend, SimBuilder, SimConfigError, SimHandle};
 use brownout::stack::HttpRoute;
 use brownout::{BrownoutLayer, Policy, PolicyHandle};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
 use tower::ServiceExt;
 
 #[path = "shared/backend.rs"]
 mod backend;
+#[path = "shared/server.rs"]
+mod server;
 
-use backend::{BackendChange, CALL_TIMEOUT};
+use backend::CALL_TIMEOUT;
 
 /// The policy used when none is given.
 pub const DEFAULT_POLICY: &str = concat!(
@@ -119,28 +118,18 @@ pub struct Config {
     /// recorder before calling [`app`]: brownout's gates register their
     /// metrics when they are built.
     pub metrics: Option<PrometheusHandle>,
-    /// How many calls the central server serves at once when healthy.
-    pub capacity: usize,
-    /// Its service time per call.
-    pub service_time: ServiceTime,
-    /// The seed of its service-time draws.
-    pub seed: u64,
+    /// The simulated central server.
+    pub backend: SimBuilder,
 }
 
 impl Config {
-    /// The central server of the incidents: about 100 calls at once, a few
-    /// hundred milliseconds each (log-normal, mean 200 ms).
+    /// The central server of the incidents ([`backend::central_server`]).
     pub fn new(policy: Policy) -> Self {
         Self {
             policy,
             policy_path: None,
             metrics: None,
-            capacity: 100,
-            service_time: ServiceTime::LogNormal {
-                mean: Duration::from_millis(200),
-                cv: 0.5,
-            },
-            seed: 2026,
+            backend: backend::central_server(),
         }
     }
 }
@@ -176,12 +165,10 @@ struct Book {
 
 struct Inner {
     backend: SimBackend,
-    sim: SimHandle,
     book: Mutex<Book>,
     slots: Vec<String>,
     policy: PolicyHandle,
     policy_path: Option<PathBuf>,
-    metrics: Option<PrometheusHandle>,
     stack: HttpStack,
 }
 
@@ -190,21 +177,15 @@ type AppState = Arc<Inner>;
 /// Builds the service. Call it inside a tokio runtime, after pausing time
 /// in tests and after installing the metrics recorder in `main`.
 pub fn app(config: Config) -> Result<App, SimConfigError> {
-    let backend = SimBackend::builder()
-        .capacity(config.capacity)
-        .service_time(config.service_time)
-        .seed(config.seed)
-        .build()?;
+    let backend = config.backend.build()?;
     let sim = backend.handle();
     let stack = BrownoutLayer::from_policy(&config.policy).http();
     let state = Arc::new(Inner {
         backend,
-        sim: sim.clone(),
         book: Mutex::new(Book::default()),
         slots: all_slots(),
         policy: stack.handle(),
         policy_path: config.policy_path,
-        metrics: config.metrics,
         stack: stack.clone(),
     });
     let booking = Router::new()
@@ -215,10 +196,14 @@ pub fn app(config: Config) -> Result<App, SimConfigError> {
         // route per id), and axum's own 404s stay outside brownout.
         .route_layer(stack.clone());
     let ops = Router::new()
-        .route("/admin/backend", get(backend_status).post(change_backend))
         .route("/admin/brownout", get(brownout_status))
         .route("/admin/policy", post(reload_policy))
-        .route("/metrics", get(metrics));
+        .merge(server::ops(server::Ops {
+            name: "booking",
+            backend: "back end",
+            sim: sim.clone(),
+            metrics: config.metrics,
+        }));
     Ok(App {
         router: booking.merge(ops).with_state(state),
         backend: sim,
@@ -241,20 +226,9 @@ fn all_slots() -> Vec<String> {
     slots
 }
 
-/// An answer with an RFC 9457 problem document.
+/// An answer with an RFC 9457 problem document (`urn:booking:{kind}`).
 fn problem(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
-    let body = json!({
-        "type": format!("urn:booking:{kind}"),
-        "title": status.canonical_reason().unwrap_or("error"),
-        "status": status.as_u16(),
-        "detail": detail.into(),
-    });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+    server::problem("booking", status, kind, detail)
 }
 
 /// One call to the central server, given up after [`CALL_TIMEOUT`].
@@ -432,28 +406,6 @@ async fn get_booking(
     }
 }
 
-async fn backend_status(State(state): State<AppState>) -> Response {
-    Json(backend::status(&state.sim)).into_response()
-}
-
-async fn change_backend(State(state): State<AppState>, body: Bytes) -> Response {
-    let applied = BackendChange::parse(&body).and_then(|change| change.apply(&state.sim));
-    match applied {
-        Ok(()) => {
-            tracing::info!(
-                state = %backend::describe(state.sim.condition()),
-                capacity = state.sim.capacity(),
-                "back end changed"
-            );
-            Json(backend::status(&state.sim)).into_response()
-        }
-        Err(err) => {
-            tracing::warn!(%err, "back end change refused");
-            (StatusCode::BAD_REQUEST, Json(err.to_json())).into_response()
-        }
-    }
-}
-
 async fn brownout_status(State(state): State<AppState>) -> Response {
     let routes: serde_json::Map<String, serde_json::Value> = ROUTES
         .iter()
@@ -490,117 +442,19 @@ async fn reload_policy(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    match &state.metrics {
-        Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
-        None => problem(
-            StatusCode::NOT_FOUND,
-            "no-metrics",
-            "no metrics recorder is installed",
-        ),
-    }
-}
-
-/// The port from `$PORT` (default 3000; 0 picks a free one).
-fn port() -> Result<u16, String> {
-    match std::env::var("PORT") {
-        Err(_) => Ok(3000),
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_err(|_| format!("PORT: {text:?} is not a port number (0 to 65535)")),
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
-    // The recorder first: brownout's gates register their metrics when built.
-    let metrics = match PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => handle,
-        Err(err) => {
-            eprintln!("booking: cannot install the metrics recorder: {err}");
-            return ExitCode::FAILURE;
-        }
+    let service = server::Service {
+        name: "booking",
+        port: 3000,
+        policy_var: "BOOKING_POLICY",
+        default_policy: DEFAULT_POLICY,
     };
-    brownout::metrics::describe();
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-
-    let path = std::env::args_os()
-        .nth(1)
-        .or_else(|| std::env::var_os("BOOKING_POLICY"))
-        .map_or_else(|| PathBuf::from(DEFAULT_POLICY), PathBuf::from);
-    let policy = match Policy::from_path(&path) {
-        Ok(policy) => policy,
-        Err(err) => {
-            eprintln!("booking: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    let port = match port() {
-        Ok(port) => port,
-        Err(err) => {
-            eprintln!("booking: {err}");
-            return ExitCode::from(2);
-        }
-    };
-
-    let mut config = Config::new(policy);
-    config.policy_path = Some(path.clone());
-    config.metrics = Some(metrics);
-    let app = match app(config) {
-        Ok(app) => app,
-        Err(err) => {
-            eprintln!("booking: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("booking: cannot listen on 127.0.0.1:{port}: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let addr = match listener.local_addr() {
-        Ok(addr) => addr,
-        Err(err) => {
-            eprintln!("booking: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tracing::info!(policy = %path.display(), "brownout policy loaded");
-    println!("listening on http://{addr}");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
-    };
-    if let Err(err) = axum::serve(listener, app.router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        eprintln!("booking: {err}");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    server::main(service, |policy, path, metrics| {
+        let mut config = Config::new(policy);
+        config.policy_path = Some(path);
+        config.metrics = Some(metrics);
+        app(config).map(|app| app.router)
+    })
+    .await
 }

@@ -69,7 +69,6 @@
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -79,7 +78,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use brownout::sim::{Condition, ServiceTime, SimBackend, SimHandle};
+use brownout::sim::{Condition, SimBackend, SimHandle};
 use brownout::{BrownoutLayer, Policy};
 use http::uri::PathAndQuery;
 use tokio::time::Instant;
@@ -94,6 +93,8 @@ use tower::{Service, ServiceExt};
 
 #[path = "shared/backend.rs"]
 mod backend;
+#[path = "shared/server.rs"]
+mod server;
 
 use backend::{BackendChange, CALL_TIMEOUT};
 
@@ -161,14 +162,7 @@ struct Inner {
 
 impl Inner {
     fn new() -> Result<Arc<Self>, brownout::sim::SimConfigError> {
-        let backend = SimBackend::builder()
-            .capacity(100)
-            .service_time(ServiceTime::LogNormal {
-                mean: Duration::from_millis(200),
-                cv: 0.5,
-            })
-            .seed(2026)
-            .build()?;
+        let backend = backend::central_server().build()?;
         Ok(Arc::new(Self {
             sim: backend.handle(),
             backend,
@@ -628,14 +622,7 @@ async fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         None | Some("serve") => {
             let (path, policy) = policy()?;
-            let port: u16 = match std::env::var("PORT") {
-                Err(_) => 50051,
-                Ok(text) => text
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("PORT: {text:?} is not a port number (0 to 65535)"))?,
-            };
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let addr = SocketAddr::from(([127, 0, 0, 1], server::port(50051)?));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|err| format!("cannot listen on {addr}: {err}"))?;
@@ -674,14 +661,7 @@ async fn run(args: &[String]) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    server::init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args).await {
         Ok(()) => ExitCode::SUCCESS,

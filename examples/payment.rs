@@ -64,8 +64,6 @@ use std::collections::hash_map::DefaultHasher;
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hash::{Hash, Hasher};
-use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -82,18 +80,20 @@ use brownout::classify::ServerErrorsAsFailures;
 use brownout::deadline::HeaderDeadline;
 use brownout::fallback::{Fallback, ProblemJson};
 use brownout::priority::HeaderPriority;
-use brownout::sim::{ServiceTime, SimBackend, SimConfigError, SimHandle};
+use brownout::sim::{ServiceTime, SimBackend, SimBuilder, SimConfigError, SimHandle};
 use brownout::stack::RouteOf;
 use brownout::{BrownoutLayer, Policy, Rejected};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower::ServiceExt;
 
 #[path = "shared/backend.rs"]
 mod backend;
+#[path = "shared/server.rs"]
+mod server;
 
-use backend::{BackendChange, CALL_TIMEOUT};
+use backend::CALL_TIMEOUT;
 
 /// The policy used when none is given.
 pub const DEFAULT_POLICY: &str = concat!(
@@ -178,12 +178,8 @@ pub struct Config {
     /// The Prometheus recorder's handle, for `GET /metrics` (install the
     /// recorder before calling [`app`]).
     pub metrics: Option<PrometheusHandle>,
-    /// Calls the processor serves at once when healthy.
-    pub capacity: usize,
-    /// Its service time per call.
-    pub service_time: ServiceTime,
-    /// The seed of its service-time draws.
-    pub seed: u64,
+    /// The simulated payment processor.
+    pub backend: SimBuilder,
 }
 
 impl Config {
@@ -192,12 +188,13 @@ impl Config {
         Self {
             policy,
             metrics: None,
-            capacity: 50,
-            service_time: ServiceTime::LogNormal {
-                mean: Duration::from_millis(150),
-                cv: 0.5,
-            },
-            seed: 7,
+            backend: SimBackend::builder()
+                .capacity(50)
+                .service_time(ServiceTime::LogNormal {
+                    mean: Duration::from_millis(150),
+                    cv: 0.5,
+                })
+                .seed(7),
         }
     }
 }
@@ -256,10 +253,8 @@ pub struct App {
 
 struct Inner {
     processor: SimBackend,
-    sim: SimHandle,
     ledger: Ledger,
     idempotency: IdempotencyStore,
-    metrics: Option<PrometheusHandle>,
 }
 
 type AppState = Arc<Inner>;
@@ -267,11 +262,7 @@ type AppState = Arc<Inner>;
 /// Builds the service. Call it inside a tokio runtime, after pausing time
 /// in tests and after installing the metrics recorder in `main`.
 pub fn app(config: Config) -> Result<App, SimConfigError> {
-    let processor = SimBackend::builder()
-        .capacity(config.capacity)
-        .service_time(config.service_time)
-        .seed(config.seed)
-        .build()?;
+    let processor = config.backend.build()?;
     let sim = processor.handle();
     let ledger = Ledger::default();
     let stack = BrownoutLayer::from_policy(&config.policy)
@@ -280,10 +271,8 @@ pub fn app(config: Config) -> Result<App, SimConfigError> {
         .route_by(PaymentRoute);
     let state = Arc::new(Inner {
         processor,
-        sim: sim.clone(),
         ledger: ledger.clone(),
         idempotency: IdempotencyStore::default(),
-        metrics: config.metrics,
     });
     let payments = Router::new()
         .route("/payments", post(pay))
@@ -291,9 +280,13 @@ pub fn app(config: Config) -> Result<App, SimConfigError> {
         // Outside brownout: replays never reach it.
         .route_layer(middleware::from_fn_with_state(state.clone(), idempotency));
     let ops = Router::new()
-        .route("/admin/backend", get(backend_status).post(change_backend))
         .route("/admin/ledger", get(ledger_status))
-        .route("/metrics", get(metrics));
+        .merge(server::ops(server::Ops {
+            name: "payment",
+            backend: "payment processor",
+            sim: sim.clone(),
+            metrics: config.metrics,
+        }));
     Ok(App {
         router: payments.merge(ops).with_state(state),
         backend: sim,
@@ -302,20 +295,9 @@ pub fn app(config: Config) -> Result<App, SimConfigError> {
     })
 }
 
-/// An answer with an RFC 9457 problem document.
+/// An answer with an RFC 9457 problem document (`urn:payment:{kind}`).
 fn problem(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
-    let body = json!({
-        "type": format!("urn:payment:{kind}"),
-        "title": status.canonical_reason().unwrap_or("error"),
-        "status": status.as_u16(),
-        "detail": detail.into(),
-    });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response()
+    server::problem("payment", status, kind, detail)
 }
 
 // ---- the idempotency store ----------------------------------------------
@@ -607,135 +589,23 @@ async fn pay(
 
 // ---- ops ------------------------------------------------------------------
 
-async fn backend_status(State(state): State<AppState>) -> Response {
-    Json(backend::status(&state.sim)).into_response()
-}
-
-async fn change_backend(State(state): State<AppState>, body: Bytes) -> Response {
-    match BackendChange::parse(&body).and_then(|change| change.apply(&state.sim)) {
-        Ok(()) => {
-            tracing::info!(
-                state = %backend::describe(state.sim.condition()),
-                capacity = state.sim.capacity(),
-                "payment processor changed"
-            );
-            Json(backend::status(&state.sim)).into_response()
-        }
-        Err(err) => (StatusCode::BAD_REQUEST, Json(err.to_json())).into_response(),
-    }
-}
-
 async fn ledger_status(State(state): State<AppState>) -> Response {
     let charges = state.ledger.charges();
     Json(json!({ "count": charges.len(), "charges": charges })).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    match &state.metrics {
-        Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
-        None => problem(
-            StatusCode::NOT_FOUND,
-            "no-metrics",
-            "no metrics recorder is installed",
-        ),
-    }
-}
-
-/// The port from `$PORT` (default 3001; 0 picks a free one).
-fn port() -> Result<u16, String> {
-    match std::env::var("PORT") {
-        Err(_) => Ok(3001),
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_err(|_| format!("PORT: {text:?} is not a port number (0 to 65535)")),
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
-    // The recorder first: brownout's gates register their metrics when built.
-    let metrics = match PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => handle,
-        Err(err) => {
-            eprintln!("payment: cannot install the metrics recorder: {err}");
-            return ExitCode::FAILURE;
-        }
+    let service = server::Service {
+        name: "payment",
+        port: 3001,
+        policy_var: "PAYMENT_POLICY",
+        default_policy: DEFAULT_POLICY,
     };
-    brownout::metrics::describe();
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-
-    let path = std::env::args_os()
-        .nth(1)
-        .or_else(|| std::env::var_os("PAYMENT_POLICY"))
-        .map_or_else(|| PathBuf::from(DEFAULT_POLICY), PathBuf::from);
-    let policy = match Policy::from_path(&path) {
-        Ok(policy) => policy,
-        Err(err) => {
-            eprintln!("payment: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    let port = match port() {
-        Ok(port) => port,
-        Err(err) => {
-            eprintln!("payment: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut config = Config::new(policy);
-    config.metrics = Some(metrics);
-    let app = match app(config) {
-        Ok(app) => app,
-        Err(err) => {
-            eprintln!("payment: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("payment: cannot listen on 127.0.0.1:{port}: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match listener.local_addr() {
-        Ok(addr) => println!("listening on http://{addr}"),
-        Err(err) => {
-            eprintln!("payment: {err}");
-            return ExitCode::FAILURE;
-        }
-    }
-    tracing::info!(policy = %path.display(), "brownout policy loaded");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    if let Err(err) = axum::serve(listener, app.router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        eprintln!("payment: {err}");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    server::main(service, |policy, _path, metrics| {
+        let mut config = Config::new(policy);
+        config.metrics = Some(metrics);
+        app(config).map(|app| app.router)
+    })
+    .await
 }

@@ -5,7 +5,7 @@
 //! and never answers a fake success.
 
 #![cfg(feature = "axum")]
-// Both examples include `examples/shared/backend.rs`, as each example does on its own.
+// Both examples include `examples/shared/{backend,server}.rs`, as each example does on its own.
 #![allow(clippy::duplicate_mod)]
 
 #[path = "../examples/booking.rs"]

@@ -18,7 +18,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use brownout::sim::{Change, Condition, SimHandle};
+use brownout::sim::{Change, Condition, ServiceTime, SimBackend, SimBuilder, SimHandle};
 use serde::Deserialize;
 
 /// A change ops asked for, not yet applied.
@@ -216,3 +216,16 @@ pub fn status(sim: &SimHandle) -> serde_json::Value {
 
 /// How long a call may take before the front end gives up on it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The central booking server of the incidents (the booking examples' back
+/// end): about 100 calls at once, a few hundred milliseconds each
+/// (log-normal, mean 200 ms).
+pub fn central_server() -> SimBuilder {
+    SimBackend::builder()
+        .capacity(100)
+        .service_time(ServiceTime::LogNormal {
+            mean: Duration::from_millis(200),
+            cv: 0.5,
+        })
+        .seed(2026)
+}

@@ -1,0 +1,236 @@
+//! What the examples' servers share around their own routes: logs, the
+//! Prometheus recorder, `$PORT`, the policy file, the loopback listener and
+//! its `listening on http://127.0.0.1:PORT` line (scripts such as
+//! `.ci/soak` read it), RFC 9457 problem documents, and ops' routes for the
+//! simulated back end and `GET /metrics`.
+//!
+//! Shared by the examples with `#[path = "shared/server.rs"] mod server;`
+//! (a file in a subfolder of `examples/` is not an example of its own).
+#![allow(dead_code)] // each example uses part of it
+
+use std::fmt::Display;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use brownout::Policy;
+use brownout::sim::SimHandle;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+
+use super::backend::{self, BackendChange};
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// The port from `$PORT` (`default` when unset; 0 picks a free one).
+pub fn port(default: u16) -> Result<u16, String> {
+    match std::env::var("PORT") {
+        Err(_) => Ok(default),
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| format!("PORT: {text:?} is not a port number (0 to 65535)")),
+    }
+}
+
+/// How [`main`] starts an HTTP example.
+#[derive(Debug, Clone, Copy)]
+pub struct Service {
+    /// The service's name, at the head of its error messages.
+    pub name: &'static str,
+    /// The port when `$PORT` is unset.
+    pub port: u16,
+    /// The variable naming the policy file when no argument does.
+    pub policy_var: &'static str,
+    /// The policy file when neither does.
+    pub default_policy: &'static str,
+}
+
+/// Runs an HTTP example: logs, installs the Prometheus recorder (first:
+/// brownout's gates register their metrics when built), loads the policy
+/// (the first argument, else `$policy_var`, else `default_policy`), builds
+/// the router with `build(policy, its path, the recorder's handle)`, listens
+/// on `127.0.0.1:$PORT`, prints `listening on http://127.0.0.1:PORT` on
+/// stdout and serves until Ctrl-C. Exits with 2 on a bad policy or `$PORT`.
+pub async fn main<E: Display>(
+    service: Service,
+    build: impl FnOnce(Policy, PathBuf, PrometheusHandle) -> Result<Router, E>,
+) -> ExitCode {
+    init_tracing();
+    let name = service.name;
+
+    let metrics = match PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(err) => {
+            eprintln!("{name}: cannot install the metrics recorder: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    brownout::metrics::describe();
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    let path = std::env::args_os()
+        .nth(1)
+        .or_else(|| std::env::var_os(service.policy_var))
+        .map_or_else(|| PathBuf::from(service.default_policy), PathBuf::from);
+    let policy = match Policy::from_path(&path) {
+        Ok(policy) => policy,
+        Err(err) => {
+            eprintln!("{name}: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let port = match port(service.port) {
+        Ok(port) => port,
+        Err(err) => {
+            eprintln!("{name}: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let router = match build(policy, path.clone(), metrics) {
+        Ok(router) => router,
+        Err(err) => {
+            eprintln!("{name}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("{name}: cannot listen on 127.0.0.1:{port}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(err) => {
+            eprintln!("{name}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(policy = %path.display(), "brownout policy loaded");
+    println!("listening on http://{addr}");
+    if let Err(err) = axum::serve(listener, router)
+        .with_graceful_shutdown(ctrl_c())
+        .await
+    {
+        eprintln!("{name}: {err}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+}
+
+/// An answer with an RFC 9457 problem document of type `urn:{service}:{kind}`.
+pub fn problem(
+    service: &str,
+    status: StatusCode,
+    kind: &str,
+    detail: impl Into<String>,
+) -> Response {
+    let body = json!({
+        "type": format!("urn:{service}:{kind}"),
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": detail.into(),
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// What ops' routes ([`ops`]) serve.
+#[derive(Debug, Clone)]
+pub struct Ops {
+    /// The service's name, in its problem types (`urn:NAME:kind`).
+    pub name: &'static str,
+    /// What its back end is, in the log of a change (`back end`,
+    /// `payment processor`).
+    pub backend: &'static str,
+    /// The simulated back end.
+    pub sim: SimHandle,
+    /// The Prometheus recorder's handle, if one is installed.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Ops' routes, to merge into an example's router: `GET /admin/backend`
+/// (the back end's state), `POST /admin/backend` (changes it; `400` naming
+/// the field when it cannot) and `GET /metrics` (Prometheus text; `404`
+/// without a recorder).
+pub fn ops<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
+    Router::new()
+        .route("/admin/backend", get(backend_status).post(change_backend))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(ops))
+}
+
+async fn backend_status(State(ops): State<Arc<Ops>>) -> Response {
+    Json(backend::status(&ops.sim)).into_response()
+}
+
+async fn change_backend(State(ops): State<Arc<Ops>>, body: Bytes) -> Response {
+    match BackendChange::parse(&body).and_then(|change| change.apply(&ops.sim)) {
+        Ok(()) => {
+            tracing::info!(
+                state = %backend::describe(ops.sim.condition()),
+                capacity = ops.sim.capacity(),
+                "{} changed",
+                ops.backend
+            );
+            Json(backend::status(&ops.sim)).into_response()
+        }
+        Err(err) => {
+            tracing::warn!(%err, "{} change refused", ops.backend);
+            (StatusCode::BAD_REQUEST, Json(err.to_json())).into_response()
+        }
+    }
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+    match &ops.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => problem(
+            ops.name,
+            StatusCode::NOT_FOUND,
+            "no-metrics",
+            "no metrics recorder is installed",
+        ),
+    }
+}
