@@ -2,7 +2,9 @@
 //! `DebuggingRecorder` installed as this thread's local recorder before the
 //! layer is built, on tokio's current-thread runtime in paused time.
 
-use std::collections::{BTreeMap, HashMap};
+mod support;
+
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -12,116 +14,41 @@ use std::time::Duration;
 use brownout::{
     BackoffPolicy, BreakerPolicy, CircuitBreaker, CircuitBreakerLayer, Mode, WindowPolicy,
 };
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::DebuggingRecorder;
 use tokio::sync::oneshot;
 use tokio::time::advance;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
+use support::metrics::{Gauges, REQUESTS, Seen};
+
 const STATE: &str = "brownout_breaker_state";
 const TRANSITIONS: &str = "brownout_breaker_transitions_total";
-const REQUESTS: &str = "brownout_requests_total";
 const LATENCY: &str = "brownout_latency_seconds";
 const ROUTE: &str = "slots";
 
-/// Gauges are set to this after every snapshot (a snapshot swaps them to
-/// 0, which would read as "closed"): a gauge still holding it at the next
-/// snapshot was not set in between.
-const UNSET: f64 = -1.0;
-
-type Labels = BTreeMap<String, String>;
-
-/// What the recorder has seen so far: counters summed over snapshots
-/// (a snapshot takes their value and leaves 0), gauges' last values.
-struct Seen {
-    snapshotter: Snapshotter,
-    counters: HashMap<(String, Labels), u64>,
-    gauges: HashMap<(String, Labels), f64>,
-    histograms: HashMap<(String, Labels), Vec<f64>>,
+/// The breaker's metrics of [`ROUTE`], fresh.
+trait BreakerSeen {
+    /// The breaker state gauge.
+    fn state(&mut self) -> f64;
+    fn transitions(&mut self, from: &str, to: &str) -> u64;
+    fn requests_of(&mut self, outcome: &str, reason: &str) -> u64;
 }
 
-impl Seen {
-    fn new(snapshotter: Snapshotter) -> Self {
-        Self {
-            snapshotter,
-            counters: HashMap::new(),
-            gauges: HashMap::new(),
-            histograms: HashMap::new(),
-        }
-    }
-
-    fn refresh(&mut self) {
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            let key = key.key();
-            let labels: Labels = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            let id = (key.name().to_owned(), labels);
-            match value {
-                DebugValue::Counter(n) => *self.counters.entry(id).or_default() += n,
-                DebugValue::Gauge(v) => {
-                    if v.into_inner() != UNSET {
-                        self.gauges.insert(id, v.into_inner());
-                    }
-                }
-                DebugValue::Histogram(vs) => self
-                    .histograms
-                    .entry(id)
-                    .or_default()
-                    .extend(vs.into_iter().map(|v| v.into_inner())),
-            }
-        }
-        for (name, labels) in self.gauges.keys() {
-            let labels: Vec<_> = labels
-                .iter()
-                .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
-                .collect();
-            metrics::gauge!(name.clone(), labels).set(UNSET);
-        }
-    }
-
-    fn id(name: &str, labels: &[(&str, &str)]) -> (String, Labels) {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        (name.to_owned(), labels)
-    }
-
-    /// The breaker state gauge of the route, fresh.
+impl BreakerSeen for Seen {
     fn state(&mut self) -> f64 {
-        self.refresh();
-        *self
-            .gauges
-            .get(&Self::id(STATE, &[("route", ROUTE)]))
+        self.gauge(STATE, &[("route", ROUTE)])
             .expect("brownout_breaker_state{route=\"slots\"} is registered")
     }
 
     fn transitions(&mut self, from: &str, to: &str) -> u64 {
-        self.refresh();
-        let id = Self::id(TRANSITIONS, &[("route", ROUTE), ("from", from), ("to", to)]);
-        self.counters.get(&id).copied().unwrap_or(0)
+        self.counter(TRANSITIONS, &[("route", ROUTE), ("from", from), ("to", to)])
     }
 
-    fn requests(&mut self, outcome: &str, reason: &str) -> u64 {
-        self.refresh();
-        let id = Self::id(
+    fn requests_of(&mut self, outcome: &str, reason: &str) -> u64 {
+        self.counter(
             REQUESTS,
             &[("route", ROUTE), ("outcome", outcome), ("reason", reason)],
-        );
-        self.counters.get(&id).copied().unwrap_or(0)
-    }
-
-    /// Every request counter of the route, by (outcome, reason), non-zero.
-    fn all_requests(&mut self) -> BTreeMap<(String, String), u64> {
-        self.refresh();
-        self.counters
-            .iter()
-            .filter(|((name, labels), n)| {
-                name == REQUESTS && labels.get("route").is_some_and(|r| r == ROUTE) && **n > 0
-            })
-            .map(|((_, labels), n)| ((labels["outcome"].clone(), labels["reason"].clone()), *n))
-            .collect()
+        )
     }
 }
 
@@ -234,7 +161,7 @@ async fn trip(svc: &mut Svc) {
 #[tokio::test(start_paused = true)]
 async fn the_state_gauge_follows_every_state() {
     let recorder = DebuggingRecorder::new();
-    let mut seen = Seen::new(recorder.snapshotter());
+    let mut seen = Seen::new(recorder.snapshotter(), Gauges::Last);
     let _local = metrics::set_default_local_recorder(&recorder);
     let layer = layer(Mode::Enforce);
     let mut svc = layer.layer(Backend);
@@ -273,7 +200,7 @@ async fn the_state_gauge_follows_every_state() {
 #[tokio::test(start_paused = true)]
 async fn a_breaker_built_forced_reports_forced() {
     let recorder = DebuggingRecorder::new();
-    let mut seen = Seen::new(recorder.snapshotter());
+    let mut seen = Seen::new(recorder.snapshotter(), Gauges::Last);
     let _local = metrics::set_default_local_recorder(&recorder);
     let layer = layer(Mode::ForcedOpen);
     let _svc = layer.layer(Backend);
@@ -285,7 +212,7 @@ async fn a_breaker_built_forced_reports_forced() {
 #[tokio::test(start_paused = true)]
 async fn transitions_are_counted_by_from_and_to() {
     let recorder = DebuggingRecorder::new();
-    let mut seen = Seen::new(recorder.snapshotter());
+    let mut seen = Seen::new(recorder.snapshotter(), Gauges::Last);
     let _local = metrics::set_default_local_recorder(&recorder);
     let layer = layer(Mode::Enforce);
     let mut svc = layer.layer(Backend);
@@ -328,7 +255,7 @@ async fn transitions_are_counted_by_from_and_to() {
 #[tokio::test(start_paused = true)]
 async fn requests_are_counted_by_outcome_and_reason() {
     let recorder = DebuggingRecorder::new();
-    let mut seen = Seen::new(recorder.snapshotter());
+    let mut seen = Seen::new(recorder.snapshotter(), Gauges::Last);
     let _local = metrics::set_default_local_recorder(&recorder);
     let mut svc = layer(Mode::Enforce).layer(Backend);
 
@@ -337,25 +264,25 @@ async fn requests_are_counted_by_outcome_and_reason() {
     send(&mut svc, Req::Sleep(Duration::from_secs(2)))
         .await
         .unwrap();
-    assert_eq!(seen.requests("served", "none"), 2);
+    assert_eq!(seen.requests_of("served", "none"), 2);
     // Cancelled: admitted, then dropped before its answer.
     drop(start(&mut svc));
-    assert_eq!(seen.requests("cancelled", "none"), 1);
-    assert_eq!(seen.requests("served", "none"), 2);
+    assert_eq!(seen.requests_of("cancelled", "none"), 1);
+    assert_eq!(seen.requests_of("served", "none"), 2);
 
     trip(&mut svc).await; // ok, slow ok, fail, fail: 2/4
-    assert_eq!(seen.requests("served", "none"), 4);
+    assert_eq!(seen.requests_of("served", "none"), 4);
     for _ in 0..3 {
         send(&mut svc, Req::Ok).await.unwrap_err();
     }
-    assert_eq!(seen.requests("rejected", "open"), 3);
+    assert_eq!(seen.requests_of("rejected", "open"), 3);
 
     // A dropped probe is cancelled too.
     advance(Duration::from_secs(10)).await;
     drop(start(&mut svc));
-    assert_eq!(seen.requests("cancelled", "none"), 2);
+    assert_eq!(seen.requests_of("cancelled", "none"), 2);
 
-    let all = seen.all_requests();
+    let all = seen.requests(ROUTE);
     let expected: BTreeMap<_, _> = [
         (("served".to_owned(), "none".to_owned()), 4),
         (("cancelled".to_owned(), "none".to_owned()), 2),
@@ -365,15 +292,8 @@ async fn requests_are_counted_by_outcome_and_reason() {
     assert_eq!(all, expected);
 
     // Latency of served calls, by outcome, in seconds of virtual time.
-    let latency = |outcome: &str| {
-        seen.histograms
-            .get(&Seen::id(
-                LATENCY,
-                &[("route", ROUTE), ("outcome", outcome)],
-            ))
-            .cloned()
-            .unwrap_or_default()
-    };
+    let mut latency =
+        |outcome: &str| seen.histogram(LATENCY, &[("route", ROUTE), ("outcome", outcome)]);
     assert_eq!(latency("success"), vec![0.0, 2.0]);
     assert_eq!(latency("failure"), vec![0.0; 2]);
 }
@@ -381,17 +301,17 @@ async fn requests_are_counted_by_outcome_and_reason() {
 #[tokio::test(start_paused = true)]
 async fn shadow_mode_counts_would_reject_and_serves() {
     let recorder = DebuggingRecorder::new();
-    let mut seen = Seen::new(recorder.snapshotter());
+    let mut seen = Seen::new(recorder.snapshotter(), Gauges::Last);
     let _local = metrics::set_default_local_recorder(&recorder);
     let mut svc = layer(Mode::Shadow).layer(Backend);
 
     trip(&mut svc).await;
-    assert_eq!(seen.requests("would_reject", "open"), 0);
+    assert_eq!(seen.requests_of("would_reject", "open"), 0);
     for _ in 0..3 {
         send(&mut svc, Req::Ok).await.unwrap();
     }
-    assert_eq!(seen.requests("would_reject", "open"), 3);
-    assert_eq!(seen.requests("served", "none"), 7);
-    assert_eq!(seen.requests("rejected", "open"), 0);
+    assert_eq!(seen.requests_of("would_reject", "open"), 3);
+    assert_eq!(seen.requests_of("served", "none"), 7);
+    assert_eq!(seen.requests_of("rejected", "open"), 0);
     assert_eq!(seen.state(), 2.0, "the state machine runs in shadow mode");
 }

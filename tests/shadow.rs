@@ -8,17 +8,18 @@
 
 #![cfg(feature = "toml")]
 
-use std::collections::HashMap;
+mod support;
+
 use std::time::{Duration, SystemTime};
 
 use brownout::clock::Clock;
 use brownout::{BrownoutLayer, Mode, Policy, Reason, Rejected};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::DebuggingRecorder;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, advance};
 use tower::{BoxError, Layer, Service, ServiceExt};
 
-const REQUESTS: &str = "brownout_requests_total";
+use support::metrics::{Gauges, Seen};
 
 /// A breaker that opens after 5 calls at >= 50% failures for 5 s; a fixed
 /// limit of 2 shared alike by every class; no waiting room unless a test
@@ -76,55 +77,26 @@ fn backend()
     })
 }
 
-/// The requests counter by (outcome, reason), summed over snapshots (a
-/// snapshot takes a counter's value and leaves 0).
-struct Counts {
-    snapshotter: Snapshotter,
-    seen: HashMap<(String, String), u64>,
-}
+/// The requests counters of every route, by (outcome, reason), summed over
+/// snapshots.
+struct Counts(Seen);
 
 impl Counts {
     fn new(recorder: &DebuggingRecorder) -> Self {
-        Self {
-            snapshotter: recorder.snapshotter(),
-            seen: HashMap::new(),
-        }
-    }
-
-    fn refresh(&mut self) {
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            let key = key.key();
-            if key.name() != REQUESTS {
-                continue;
-            }
-            let label = |name: &str| {
-                key.labels()
-                    .find(|l| l.key() == name)
-                    .map(|l| l.value().to_owned())
-                    .unwrap_or_default()
-            };
-            if let DebugValue::Counter(n) = value {
-                *self
-                    .seen
-                    .entry((label("outcome"), label("reason")))
-                    .or_default() += n;
-            }
-        }
+        Self(Seen::new(recorder.snapshotter(), Gauges::Summed))
     }
 
     fn get(&mut self, outcome: &str, reason: &str) -> u64 {
-        self.refresh();
-        self.seen
-            .get(&(outcome.to_owned(), reason.to_owned()))
+        let all = self.0.requests_where(|_| true);
+        all.get(&(outcome.to_owned(), reason.to_owned()))
             .copied()
             .unwrap_or(0)
     }
 
     /// Rejections of any reason.
     fn rejected(&mut self) -> u64 {
-        self.refresh();
-        self.seen
-            .iter()
+        let all = self.0.requests_where(|_| true);
+        all.iter()
             .filter(|((outcome, _), _)| outcome == "rejected")
             .map(|(_, n)| n)
             .sum()

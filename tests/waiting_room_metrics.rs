@@ -5,7 +5,8 @@
 //! Read through metrics-util's `DebuggingRecorder`, installed as this
 //! thread's local recorder before the layer is built, in paused time.
 
-use std::collections::{BTreeMap, HashMap};
+mod support;
+
 use std::time::Duration;
 
 use brownout::deadline::deadline_fn;
@@ -15,11 +16,12 @@ use brownout::{
     BackoffPolicy, BreakerPolicy, BreakerState, LimitPolicy, Reason, Rejected, WaitingRoomLayer,
     WaitingRoomPolicy, WindowPolicy,
 };
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::debugging::DebuggingRecorder;
 use tokio::time::{Instant, advance};
 use tower::{BoxError, Layer, Service, ServiceExt};
 
-const REQUESTS: &str = "brownout_requests_total";
+use support::metrics::{Gauges, Seen, counts};
+
 const WAITING: &str = "brownout_waiting";
 const WAIT_SECONDS: &str = "brownout_wait_seconds";
 const ROUTE: &str = "slots";
@@ -29,103 +31,25 @@ const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-type Labels = BTreeMap<String, String>;
-
-/// What the recorder has seen so far. A snapshot takes counters' and
-/// gauges' values and leaves 0, so counters are summed over snapshots, and
-/// so is the waiting gauge, which the room only moves up and down: the sum
-/// of what each snapshot took is its value.
-struct Seen {
-    snapshotter: Snapshotter,
-    counters: HashMap<(String, Labels), u64>,
-    waiting: HashMap<(String, Labels), f64>,
-    histograms: HashMap<(String, Labels), Vec<f64>>,
+/// The waiting room's metrics of [`ROUTE`], fresh.
+trait RoomSeen {
+    /// The waiting gauge of each class, as `[urgent, normal, bulk]`.
+    fn waiting(&mut self) -> [f64; 3];
+    /// The waits recorded for each class.
+    fn waits(&mut self) -> [Vec<f64>; 3];
 }
 
-impl Seen {
-    fn new(snapshotter: Snapshotter) -> Self {
-        Self {
-            snapshotter,
-            counters: HashMap::new(),
-            waiting: HashMap::new(),
-            histograms: HashMap::new(),
-        }
-    }
-
-    fn refresh(&mut self) {
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            let key = key.key();
-            let labels: Labels = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            let id = (key.name().to_owned(), labels);
-            match value {
-                DebugValue::Counter(n) => *self.counters.entry(id).or_default() += n,
-                DebugValue::Gauge(v) if id.0 == WAITING => {
-                    *self.waiting.entry(id).or_default() += v.into_inner();
-                }
-                DebugValue::Gauge(_) => {}
-                DebugValue::Histogram(vs) => self
-                    .histograms
-                    .entry(id)
-                    .or_default()
-                    .extend(vs.into_iter().map(|v| v.into_inner())),
-            }
-        }
-    }
-
-    fn id(name: &str, labels: &[(&str, &str)]) -> (String, Labels) {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        (name.to_owned(), labels)
-    }
-
-    /// The waiting gauge of each class, fresh, as `[urgent, normal, bulk]`.
+impl RoomSeen for Seen {
     fn waiting(&mut self) -> [f64; 3] {
-        self.refresh();
         CLASSES.map(|class| {
-            *self
-                .waiting
-                .get(&Self::id(WAITING, &[("route", ROUTE), ("priority", class)]))
+            self.gauge(WAITING, &[("route", ROUTE), ("priority", class)])
                 .unwrap_or_else(|| panic!("brownout_waiting{{priority={class}}} is registered"))
         })
     }
 
-    /// The waits recorded for each class, fresh.
     fn waits(&mut self) -> [Vec<f64>; 3] {
-        self.refresh();
-        CLASSES.map(|class| {
-            self.histograms
-                .get(&Self::id(
-                    WAIT_SECONDS,
-                    &[("route", ROUTE), ("priority", class)],
-                ))
-                .cloned()
-                .unwrap_or_default()
-        })
+        CLASSES.map(|class| self.histogram(WAIT_SECONDS, &[("route", ROUTE), ("priority", class)]))
     }
-
-    /// Every request counter of the route, by (outcome, reason), non-zero.
-    fn requests(&mut self) -> BTreeMap<(String, String), u64> {
-        self.refresh();
-        self.counters
-            .iter()
-            .filter(|((name, labels), n)| {
-                name == REQUESTS && labels.get("route").is_some_and(|r| r == ROUTE) && **n > 0
-            })
-            .map(|((_, labels), n)| ((labels["outcome"].clone(), labels["reason"].clone()), *n))
-            .collect()
-    }
-}
-
-fn counts(entries: &[(&str, &str, u64)]) -> BTreeMap<(String, String), u64> {
-    entries
-        .iter()
-        .map(|(outcome, reason, n)| ((outcome.to_string(), reason.to_string()), *n))
-        .collect()
 }
 
 // ---- a back end the tests steer --------------------------------------------
@@ -208,7 +132,7 @@ fn secs(d: Duration) -> f64 {
 #[tokio::test(start_paused = true)]
 async fn the_waiting_gauge_rises_and_falls_with_the_waiters_of_each_class() {
     let recorder = DebuggingRecorder::new();
-    let mut seen = Seen::new(recorder.snapshotter());
+    let mut seen = Seen::new(recorder.snapshotter(), Gauges::Summed);
     let _local = metrics::set_default_local_recorder(&recorder);
     let layer = WaitingRoomLayer::new(room(10, Duration::from_secs(60)))
         .limit(one_at_a_time())
@@ -247,13 +171,13 @@ async fn the_waiting_gauge_rises_and_falls_with_the_waiters_of_each_class() {
         task.await.unwrap().unwrap();
     }
     assert_eq!(seen.waiting(), [0.0; 3]);
-    assert_eq!(seen.requests(), counts(&[("served", "none", 7)]));
+    assert_eq!(seen.requests(ROUTE), counts(&[("served", "none", 7)]));
 }
 
 #[tokio::test(start_paused = true)]
 async fn every_way_out_of_the_room_counts_the_waiter_out_and_its_reason_in() {
     let recorder = DebuggingRecorder::new();
-    let mut seen = Seen::new(recorder.snapshotter());
+    let mut seen = Seen::new(recorder.snapshotter(), Gauges::Summed);
     let _local = metrics::set_default_local_recorder(&recorder);
     let layer = WaitingRoomLayer::new(room(3, ms(2000)))
         .breaker(BreakerPolicy {
@@ -310,14 +234,17 @@ async fn every_way_out_of_the_room_counts_the_waiter_out_and_its_reason_in() {
     assert_eq!(reason(&late), Some(Reason::Deadline));
     assert_eq!(seen.waiting(), [1.0, 1.0, 1.0]);
     assert_eq!(
-        seen.requests(),
+        seen.requests(ROUTE),
         counts(&[("rejected", "queue_full", 2), ("rejected", "deadline", 1)])
     );
 
     // The urgent caller goes away: cancelled.
     drop(urgent);
     assert_eq!(seen.waiting(), [0.0, 1.0, 1.0]);
-    assert_eq!(seen.requests()[&("cancelled".into(), "none".into())], 1);
+    assert_eq!(
+        seen.requests(ROUTE)[&("cancelled".into(), "none".into())],
+        1
+    );
 
     // The hurried one leaves at its deadline, the old bulk one at max_wait.
     advance(ms(300)).await;
@@ -351,7 +278,7 @@ async fn every_way_out_of_the_room_counts_the_waiter_out_and_its_reason_in() {
     assert_eq!(seen.waiting(), [0.0; 3]);
 
     assert_eq!(
-        seen.requests(),
+        seen.requests(ROUTE),
         counts(&[
             ("served", "none", 2),
             ("cancelled", "none", 1),
@@ -369,7 +296,7 @@ async fn every_way_out_of_the_room_counts_the_waiter_out_and_its_reason_in() {
 #[tokio::test(start_paused = true)]
 async fn wait_seconds_records_the_exact_wait_of_each_waiter_let_out() {
     let recorder = DebuggingRecorder::new();
-    let mut seen = Seen::new(recorder.snapshotter());
+    let mut seen = Seen::new(recorder.snapshotter(), Gauges::Summed);
     let _local = metrics::set_default_local_recorder(&recorder);
     let layer = WaitingRoomLayer::new(room(10, Duration::from_secs(60)))
         .limit(one_at_a_time())
@@ -407,6 +334,6 @@ async fn wait_seconds_records_the_exact_wait_of_each_waiter_let_out() {
             vec![secs(ms(2500 - 1000))],
         ]
     );
-    assert_eq!(seen.requests(), counts(&[("served", "none", 5)]));
+    assert_eq!(seen.requests(ROUTE), counts(&[("served", "none", 5)]));
     assert_eq!(seen.waiting(), [0.0; 3]);
 }
