@@ -2,6 +2,8 @@
 //! `GrpcErrorsAsFailures`: the verdict comes from `grpc-status`, in the
 //! headers (trailers-only responses) or in the trailers after the body.
 
+mod support;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
@@ -19,6 +21,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::Sleep;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+
+use support::alloc::{Counting, allocations_in, now};
 
 // ---- a scripted response body ---------------------------------------------
 
@@ -600,55 +604,8 @@ fn grpc_body_is_send_and_sync_when_its_body_is() {
 
 // ---- allocations per call -------------------------------------------------
 
-/// `System`, counting the allocations each thread makes.
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-// SAFETY: every method forwards to `System` unchanged; the count is a side
-// effect that does not allocate.
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        // SAFETY: forwarded as is.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        // SAFETY: forwarded as is.
-        unsafe { std::alloc::System.realloc(ptr, layout, size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: forwarded as is.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// Allocations this thread makes while running `f`.
-fn allocations_in(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.with(|n| n.get());
-    f();
-    ALLOCATIONS.with(|n| n.get()) - before
-}
-
-/// Polls `f` once with a no-op waker; everything here is ready at once.
-fn now<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    match f
-        .as_mut()
-        .poll(&mut Context::from_waker(std::task::Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("not ready at once"),
-    }
-}
 
 /// A body of frames built beforehand, so that playing it allocates nothing.
 struct Frames(VecDeque<Frame<Bytes>>);

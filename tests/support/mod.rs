@@ -2,4 +2,5 @@
 //! (each test binary uses part of it).
 #![allow(dead_code)]
 
+pub mod alloc;
 pub mod metrics;
