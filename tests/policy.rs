@@ -6,6 +6,8 @@
 //! which feature is missing.
 #![cfg(feature = "toml")]
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,19 +19,7 @@ use brownout::{
     WaitingRoomPolicy, WindowPolicy,
 };
 
-/// The `[breaker]` example of DESIGN §4, verbatim.
-const DESIGN_BREAKER_TOML: &str = r#"
-[breaker]
-window = { kind = "count", size = 100 }     # or { kind = "time", size = "30s" }
-failure_rate = 0.5                          # open at >= this share of failures
-slow_call_rate = 1.0                        # open at >= this share of slow calls
-slow_call_duration = "5s"
-minimum_calls = 20                          # no verdict before this many calls
-open_for = "5s"                             # first open period
-open_backoff = { multiplier = 2.0, max = "5m", jitter = 0.1 }  # while flapping
-half_open_probes = 3                        # calls let through to test
-mode = "enforce"                            # enforce | shadow | forced_open | forced_closed
-"#;
+use support::policy::DESIGN_BREAKER_TOML;
 
 const DESIGN_BREAKER_YAML: &str = r#"
 breaker:
@@ -759,10 +749,7 @@ fn bad_yaml_inputs_name_field_and_value() {
             "breaker: invalid type: sequence, expected a mapping (YAML line 1, column 10)",
         ),
     ];
-    for (text, expected) in cases {
-        let err = Policy::from_yaml(text).unwrap_err();
-        assert_eq!(err.to_string(), expected, "{text:?}");
-    }
+    support::policy::assert_messages(Policy::from_yaml, &cases);
 }
 
 #[cfg(feature = "json")]
@@ -803,10 +790,7 @@ fn bad_json_inputs_name_field_and_value() {
             "breaker: EOF while parsing a value (JSON line 1, column 12)",
         ),
     ];
-    for (text, expected) in cases {
-        let err = Policy::from_json(text).unwrap_err();
-        assert_eq!(err.to_string(), expected, "{text:?}");
-    }
+    support::policy::assert_messages(Policy::from_json, &cases);
 }
 
 // ------------------------------------------------------------- validation

@@ -3,6 +3,8 @@
 //! every bad input, and proptests of the merge.
 #![cfg(feature = "toml")]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -11,9 +13,10 @@ use brownout::policy::{
     WaitingRoomOverride,
 };
 use brownout::{
-    BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Policy, PolicyError, WaitingRoomPolicy,
-    WindowPolicy,
+    BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Policy, WaitingRoomPolicy, WindowPolicy,
 };
+
+use support::policy::{DESIGN_NO_MAINTENANCE_TOML, error, load};
 
 /// The example ops gave for the feature.
 const OPS_TOML: &str = r#"
@@ -28,50 +31,6 @@ breaker = { failure_rate = 0.2 }
 [routes."/slots"]
 limit = { initial = 50, max = 400 }
 "#;
-
-/// DESIGN §4's file, verbatim, without `[[maintenance]]` (not read yet).
-const DESIGN_TOML: &str = r#"
-[breaker]
-window = { kind = "count", size = 100 }     # or { kind = "time", size = "30s" }
-failure_rate = 0.5                          # open at >= this share of failures
-slow_call_rate = 1.0                        # open at >= this share of slow calls
-slow_call_duration = "5s"
-minimum_calls = 20                          # no verdict before this many calls
-open_for = "5s"                             # first open period
-open_backoff = { multiplier = 2.0, max = "5m", jitter = 0.1 }  # while flapping
-half_open_probes = 3                        # calls let through to test
-mode = "enforce"                            # enforce | shadow | forced_open | forced_closed
-
-[limit]
-algorithm = "gradient"                      # fixed | aimd | vegas | gradient
-initial = 20
-min = 1
-max = 1000
-
-[waiting_room]
-capacity = 1000                             # 0 = never wait
-max_wait = "10s"
-order = "priority_fifo"                     # priority_fifo | adaptive_lifo
-
-[priority]
-header = "x-priority"                       # where HTTP requests say their class
-classes = ["urgent", "normal", "bulk"]      # most to least important; shed from the last
-default = "normal"
-
-[routes."/payments"]                        # per-route overrides of any section above
-waiting_room = { capacity = 0 }             # never hold a payment
-"#;
-
-fn load(text: &str) -> Policy {
-    Policy::from_toml(text).unwrap_or_else(|err| panic!("{text:?}: {err}"))
-}
-
-fn error(text: &str) -> PolicyError {
-    match Policy::from_toml(text) {
-        Ok(policy) => panic!("{text:?} loaded: {policy:?}"),
-        Err(err) => err,
-    }
-}
 
 /// The top-level policy as a route that overrides nothing sees it.
 fn top_level(policy: &Policy) -> Policy {
@@ -252,7 +211,7 @@ fn a_route_can_replace_the_window_and_set_optional_fields() {
 
 #[test]
 fn design_file_loads_but_for_maintenance() {
-    let policy = load(DESIGN_TOML);
+    let policy = load(DESIGN_NO_MAINTENANCE_TOML);
     assert_eq!(top_level(&policy), Policy::default());
     assert_eq!(policy.routes.len(), 1);
     let payments = policy.route("/payments");
@@ -664,7 +623,7 @@ fn good_keys_are_accepted() {
 #[cfg(feature = "yaml")]
 #[test]
 fn bad_yaml_names_the_route_and_the_field() {
-    for (text, expected) in [
+    let cases = [
         (
             "routes:\n  /payments:\n    waiting_room: { capcity: 0 }\n",
             "routes.\"/payments\".waiting_room.capcity: unknown field `capcity`, expected one of \
@@ -684,16 +643,14 @@ fn bad_yaml_names_the_route_and_the_field() {
             "routes: 5\n",
             "routes: invalid type: integer `5`, expected a mapping (YAML line 1, column 9)",
         ),
-    ] {
-        let err = Policy::from_yaml(text).unwrap_err();
-        assert_eq!(err.to_string(), expected, "{text:?}");
-    }
+    ];
+    support::policy::assert_messages(Policy::from_yaml, &cases);
 }
 
 #[cfg(feature = "json")]
 #[test]
 fn bad_json_names_the_route_and_the_field() {
-    for (text, expected) in [
+    let cases = [
         (
             r#"{"routes": {"/payments": {"waiting_room": {"capcity": 0}}}}"#,
             "routes.\"/payments\".waiting_room.capcity: unknown field `capcity`, expected one of \
@@ -713,10 +670,8 @@ fn bad_json_names_the_route_and_the_field() {
             r#"{"routes": []}"#,
             "routes: invalid type: sequence, expected an object (JSON line 1, column 11)",
         ),
-    ] {
-        let err = Policy::from_json(text).unwrap_err();
-        assert_eq!(err.to_string(), expected, "{text:?}");
-    }
+    ];
+    support::policy::assert_messages(Policy::from_json, &cases);
 }
 
 // --------------------------------------------------------------- proptests

@@ -5,6 +5,8 @@
 //! The proptests over whole policies (all sections) live in `policy.rs`.
 #![cfg(feature = "toml")]
 
+mod support;
+
 use std::time::Duration;
 
 use brownout::policy::{Algorithm, MAX_CLASSES, Order};
@@ -12,68 +14,17 @@ use brownout::{
     BreakerPolicy, LimitPolicy, Policy, PolicyError, PriorityPolicy, WaitingRoomPolicy,
 };
 
-/// DESIGN §4's example, verbatim, up to the sections tested on their own
-/// (`[[maintenance]]` in `maintenance.rs`, routes in `policy_routes.rs`).
-const DESIGN_TOML: &str = r#"
-[breaker]
-window = { kind = "count", size = 100 }     # or { kind = "time", size = "30s" }
-failure_rate = 0.5                          # open at >= this share of failures
-slow_call_rate = 1.0                        # open at >= this share of slow calls
-slow_call_duration = "5s"
-minimum_calls = 20                          # no verdict before this many calls
-open_for = "5s"                             # first open period
-open_backoff = { multiplier = 2.0, max = "5m", jitter = 0.1 }  # while flapping
-half_open_probes = 3                        # calls let through to test
-mode = "enforce"                            # enforce | shadow | forced_open | forced_closed
-
-[limit]
-algorithm = "gradient"                      # fixed | aimd | vegas | gradient
-initial = 20
-min = 1
-max = 1000
-
-[waiting_room]
-capacity = 1000                             # 0 = never wait
-max_wait = "10s"
-order = "priority_fifo"                     # priority_fifo | adaptive_lifo
-
-[priority]
-header = "x-priority"                       # where HTTP requests say their class
-classes = ["urgent", "normal", "bulk"]      # most to least important; shed from the last
-default = "normal"
-"#;
-
-/// The rest of DESIGN §4's example, verbatim.
-const DESIGN_LATER_TOML: &str = r#"
-[[maintenance]]
-from = "2026-12-02T00:00:00+05:30"          # RFC 3339
-until = "2026-12-09T00:00:00+05:30"
-message = "Planned upgrade. Urgent files: use e-mail."
-
-[routes."/payments"]                        # per-route overrides of any section above
-waiting_room = { capacity = 0 }             # never hold a payment
-"#;
+use support::policy::{DESIGN_LATER_TOML, DESIGN_SECTIONS_TOML, error, load};
 
 /// The sections a policy reads, as the unknown-field error lists them.
 const SECTIONS: &str =
     "expected one of `breaker`, `limit`, `waiting_room`, `priority`, `maintenance`, `routes`";
 
-fn load(text: &str) -> Policy {
-    Policy::from_toml(text).unwrap_or_else(|err| panic!("{text:?}: {err}"))
-}
-
-fn error(text: &str) -> String {
-    match Policy::from_toml(text) {
-        Ok(policy) => panic!("{text:?} loaded: {policy:?}"),
-        Err(err) => err.to_string(),
-    }
-}
-
 // ------------------------------------------------------------ the example
 
 #[test]
 fn design_example_with_all_four_sections_is_the_default() {
-    let policy = load(DESIGN_TOML);
+    let policy = load(DESIGN_SECTIONS_TOML);
     assert_eq!(policy, Policy::default());
     // The defaults are the ones DESIGN §4 shows, field by field.
     assert_eq!(policy.limit.algorithm, Algorithm::Gradient);
@@ -93,7 +44,7 @@ fn design_example_with_all_four_sections_is_the_default() {
 fn the_whole_design_example_loads_maintenance_and_routes_included() {
     use std::time::{Duration, SystemTime};
 
-    let full = load(&format!("{DESIGN_TOML}{DESIGN_LATER_TOML}"));
+    let full = load(&format!("{DESIGN_SECTIONS_TOML}{DESIGN_LATER_TOML}"));
     // The sections before are the defaults, as without the rest.
     let Policy {
         maintenance,
@@ -134,7 +85,7 @@ fn the_whole_design_example_loads_maintenance_and_routes_included() {
 #[test]
 fn an_unknown_section_lists_the_sections() {
     assert_eq!(
-        error("[[maintenence]]\nfrom = \"2026-12-02T00:00:00Z\"\n"),
+        error("[[maintenence]]\nfrom = \"2026-12-02T00:00:00Z\"\n").to_string(),
         format!("maintenence: unknown field `maintenence`, {SECTIONS} (TOML line 1, column 3)")
     );
 }
@@ -723,7 +674,7 @@ fn validate_gives_the_loaders_message_and_parts() {
     };
     assert_eq!(policy.validate().unwrap_err().to_string(), err.to_string());
     let text = toml::to_string(&policy).unwrap();
-    assert_eq!(error(&text), err.to_string());
+    assert_eq!(error(&text).to_string(), err.to_string());
 
     let room = WaitingRoomPolicy {
         deadline_header: Some("x\u{7f}".to_owned()),
@@ -797,10 +748,7 @@ fn bad_yaml_inputs_name_field_and_value() {
             "priority.classes[1]: invalid type: map, expected a string (YAML line 2, column 21)",
         ),
     ];
-    for (text, expected) in cases {
-        let err = Policy::from_yaml(text).unwrap_err();
-        assert_eq!(err.to_string(), expected, "{text:?}");
-    }
+    support::policy::assert_messages(Policy::from_yaml, &cases);
 }
 
 #[cfg(feature = "json")]
@@ -826,8 +774,5 @@ fn bad_json_inputs_name_field_and_value() {
             "priority.classes: invalid type: null, expected a sequence (JSON line 1, column 29)",
         ),
     ];
-    for (text, expected) in cases {
-        let err = Policy::from_json(text).unwrap_err();
-        assert_eq!(err.to_string(), expected, "{text:?}");
-    }
+    support::policy::assert_messages(Policy::from_json, &cases);
 }

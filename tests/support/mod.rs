@@ -4,3 +4,5 @@
 
 pub mod alloc;
 pub mod metrics;
+#[cfg(feature = "toml")]
+pub mod policy;
