@@ -138,24 +138,7 @@ fn admitted_calls_through_a_closed_breaker_do_not_allocate() {
             // Building the layer starts the coarse clock's thread (once per
             // process): outside the counted section.
             let layer = CircuitBreakerLayer::new(policy.clone());
-            let mut svc = layer.layer(back_end(fails));
-            let mut run = |range: std::ops::Range<u64>| {
-                for i in range {
-                    match call_now(&mut svc, i) {
-                        Ok(answer) => assert_eq!(answer, i),
-                        Err(err) => {
-                            assert!(fails(i), "{name}, {back_end_name}: call {i} failed: {err}");
-                            assert!(err.downcast_ref::<Down>().is_some(), "{name}: {err}");
-                        }
-                    }
-                }
-            };
-            run(0..WARM_UP);
-            let allocations = allocations_in(|| run(WARM_UP..WARM_UP + CALLS));
-            assert_eq!(
-                allocations, 0,
-                "{name}, {back_end_name} back end: {allocations} allocations in {CALLS} admitted calls"
-            );
+            count_admitted(name, back_end_name, fails, layer.layer(back_end(fails)));
             let state = layer.state();
             assert!(
                 matches!(state, BreakerState::Closed | BreakerState::ForcedClosed),
@@ -287,6 +270,8 @@ fn admitted_calls_through_the_limit_the_room_and_the_stack_do_not_allocate() {
     }
 }
 
+/// Sends `WARM_UP` calls, then counts the allocations of `CALLS` more, each
+/// admitted (answered by the back end, or failed by it when `fails` says).
 fn count_admitted<S>(name: &str, back_end_name: &str, fails: fn(u64) -> bool, mut svc: S)
 where
     S: Service<u64, Response = u64, Error = tower::BoxError>,
