@@ -24,7 +24,7 @@ use crate::policy::{BreakerPolicy, Mode};
 use crate::reject::{Reason, Rejected};
 use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Mutex};
 
-use super::window::{Sample, Totals, Window};
+use super::window::{Sample, Window};
 
 /// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -361,12 +361,6 @@ impl BreakerCore {
         let word = Word(self.word.load(Acquire));
         let until = self.open_until.load(Relaxed);
         (word.tag() == TAG_OPEN && now < until).then_some(until)
-    }
-
-    /// The window's contents, for tests and diagnostics.
-    #[allow(dead_code)]
-    pub(crate) fn totals(&self, now: Nanos) -> Totals {
-        self.window.totals(now)
     }
 
     /// Decides whether a call may go to the back end now.

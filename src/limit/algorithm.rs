@@ -148,15 +148,6 @@ impl Learner {
                 .unwrap_or_else(|| g.update(limit, window, app_limited)),
         }
     }
-
-    /// The back end's unloaded latency as learned, in seconds, if known.
-    pub(crate) fn baseline_rtt(&self) -> Option<f64> {
-        match self {
-            Learner::Vegas(v, _) => v.latency.baseline(),
-            Learner::Gradient(g, _) => g.latency.baseline(),
-            Learner::Fixed | Learner::Aimd => None,
-        }
-    }
 }
 
 /// AIMD's multiplicative decrease.
@@ -261,6 +252,7 @@ impl Latency {
         (short, base)
     }
 
+    #[cfg(test)]
     fn baseline(&self) -> Option<f64> {
         self.base
     }

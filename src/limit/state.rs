@@ -313,19 +313,11 @@ impl LimitCore {
 
     /// Starts the limit again from its minimum (a back end coming out of
     /// maintenance or an outage is not flooded).
-    #[allow(dead_code)]
     pub(crate) fn restart_from_min(&self) {
         let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
         let min = self.min.load(Relaxed);
         learning.limit = f64::from(min);
         self.limit.store(min, Relaxed);
-    }
-
-    /// The unloaded latency the algorithm has learned, if any.
-    #[allow(dead_code)]
-    pub(crate) fn baseline_rtt(&self) -> Option<Duration> {
-        let learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
-        learning.learner.baseline_rtt().map(Duration::from_secs_f64)
     }
 }
 
