@@ -7,8 +7,8 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower::BoxError;
 
-use crate::admission::Permit;
 use crate::classify::Classify;
+use crate::core::permit::Permit;
 use crate::reject::Rejected;
 
 pin_project! {

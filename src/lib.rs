@@ -148,14 +148,13 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod admission;
 pub mod breaker;
 pub mod classify;
 pub mod clock;
+mod core;
 pub mod deadline;
 pub mod fallback;
 pub mod future;
-mod gates;
 pub mod limit;
 pub mod metrics;
 pub mod policy;
@@ -165,14 +164,13 @@ mod reject;
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod stack;
-mod sync;
 pub mod waiting_room;
 
 /// The admission core's atomics, for the loom model checks in
 /// `tests/loom.rs`; only in a `--cfg brownout_loom` build.
 #[cfg(brownout_loom)]
 #[doc(hidden)]
-pub use crate::sync::model as loom_model;
+pub use crate::core::loom_model;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -9,12 +9,12 @@ use std::task::{Context, Poll};
 use tower::{BoxError, Layer, Service};
 
 use crate::classify::{Classify, ErrorsAsFailures};
-use crate::gates::GateMap;
+use crate::core::gate_map::GateMap;
 use crate::priority::Priority;
 
 use super::{BreakerState, ResponseFuture};
 
-pub use crate::gates::OVERFLOW_KEY;
+pub use crate::core::gate_map::OVERFLOW_KEY;
 
 /// Applies a [`KeyedCircuitBreaker`]: one breaker per key of the request.
 ///

@@ -4,10 +4,10 @@ use std::hash::{BuildHasher, Hash};
 use metrics::SharedString;
 use tower::Layer;
 
-use crate::admission::{GateConfig, breaker_gate};
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
-use crate::gates::{GateMap, OVERFLOW_KEY};
+use crate::core::gate::{GateConfig, breaker_gate};
+use crate::core::gate_map::{GateMap, OVERFLOW_KEY};
 use crate::policy::{BreakerPolicy, Mode, PolicyError};
 
 use super::keyed::KeyedCircuitBreakerLayer;

@@ -69,23 +69,21 @@
 pub mod future;
 mod keyed;
 mod layer;
-pub(crate) mod state;
-mod window;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower::{BoxError, Service};
 
-use crate::admission::Gate;
 use crate::classify::{Classify, ErrorsAsFailures};
+use crate::core::gate::Gate;
 use crate::policy::Mode;
 use crate::priority::Priority;
 
 pub use self::future::ResponseFuture;
 pub use self::keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerLayer, OVERFLOW_KEY};
 pub use self::layer::CircuitBreakerLayer;
-pub use self::state::{BreakerState, MAX_PROBES};
+pub use crate::core::breaker::{BreakerState, MAX_PROBES};
 
 /// A circuit breaker in front of a service; see the [module docs](self).
 ///

@@ -30,7 +30,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-pub use crate::admission::Permit;
+pub use crate::core::permit::Permit;
 
 #[cfg(feature = "grpc")]
 mod grpc;

@@ -1,9 +1,9 @@
 use metrics::SharedString;
 use tower::Layer;
 
-use crate::admission::GateConfig;
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
+use crate::core::gate::GateConfig;
 use crate::policy::{LimitPolicy, PriorityPolicy};
 use crate::priority::{Classes, DefaultPriority};
 

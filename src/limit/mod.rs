@@ -57,17 +57,15 @@
 //! # }
 //! ```
 
-pub(crate) mod algorithm;
 mod layer;
-pub(crate) mod state;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower::{BoxError, Service};
 
-use crate::admission::Gate;
 use crate::classify::{Classify, ErrorsAsFailures};
+use crate::core::gate::Gate;
 use crate::priority::{Classes, DefaultPriority, PriorityOf};
 
 pub use self::layer::AdaptiveLimitLayer;

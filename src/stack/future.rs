@@ -10,9 +10,10 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::Service;
 
-use crate::admission::{Gate, Permit, Waiter};
 use crate::classify::Classify;
 use crate::clock::{Clock, Nanos};
+use crate::core::gate::{Gate, Waiter};
+use crate::core::permit::Permit;
 use crate::deadline::{DeadlineOf, NoDeadline};
 use crate::fallback::Fallback;
 

@@ -5,12 +5,12 @@ use tower::Layer;
 
 use arc_swap::ArcSwap;
 
-use crate::admission::{Gate, GateSpec};
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
+use crate::core::gate::{Gate, GateSpec};
+use crate::core::gate_map::{GateMap, OVERFLOW_KEY};
 use crate::deadline::NoDeadline;
 use crate::fallback::RejectAsError;
-use crate::gates::{GateMap, OVERFLOW_KEY};
 use crate::policy::Policy;
 use crate::priority::{Classes, DefaultPriority};
 

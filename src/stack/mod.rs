@@ -61,9 +61,9 @@ use std::task::{Context, Poll};
 
 use tower::Service;
 
-use crate::admission::Entry;
 use crate::classify::Classify;
 use crate::clock::saturating_nanos;
+use crate::core::gate::Entry;
 use crate::deadline::DeadlineOf;
 use crate::fallback::Fallback;
 use crate::priority::PriorityOf;

@@ -1,9 +1,9 @@
 use metrics::SharedString;
 use tower::Layer;
 
-use crate::admission::GateConfig;
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
+use crate::core::gate::GateConfig;
 use crate::deadline::NoDeadline;
 use crate::policy::{BreakerPolicy, LimitPolicy, PriorityPolicy, WaitingRoomPolicy};
 use crate::priority::{Classes, DefaultPriority};

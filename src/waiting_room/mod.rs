@@ -64,16 +64,15 @@
 //! ```
 
 mod layer;
-pub(crate) mod room;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower::{BoxError, Service};
 
-use crate::admission::{Entry, Gate};
 use crate::classify::{Classify, ErrorsAsFailures};
 use crate::clock::saturating_nanos;
+use crate::core::gate::{Entry, Gate};
 use crate::deadline::{DeadlineOf, NoDeadline};
 use crate::fallback::RejectAsError;
 use crate::priority::{DefaultPriority, PriorityOf};

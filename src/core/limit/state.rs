@@ -17,10 +17,10 @@ use std::sync::atomic::Ordering::*;
 use std::time::Duration;
 
 use crate::clock::Nanos;
+use crate::core::sync::{AtomicU32, AtomicU64, Mutex};
 use crate::policy::{Algorithm, LimitPolicy};
 use crate::priority::{MAX_CLASSES, Priority};
 use crate::reject::{Reason, Rejected};
-use crate::sync::{AtomicU32, AtomicU64, Mutex};
 
 use super::algorithm::{Learner, WindowSample};
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::admission::Gate;
+use crate::core::gate::Gate;
 
 /// The key, and `route` label, of the gate shared by keys beyond
 /// `max_keys`.

@@ -20,9 +20,9 @@ use std::sync::atomic::Ordering::*;
 use std::time::Duration;
 
 use crate::clock::{Nanos, saturating_nanos};
+use crate::core::sync::{AtomicU8, AtomicU32, AtomicU64, Mutex};
 use crate::policy::{BreakerPolicy, Mode};
 use crate::reject::{Reason, Rejected};
-use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Mutex};
 
 use super::window::{Sample, Window};
 

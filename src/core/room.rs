@@ -14,12 +14,12 @@
 use std::sync::atomic::Ordering::*;
 use std::task::Waker;
 
-use crate::breaker::state::Ticket;
 use crate::clock::{Nanos, saturating_nanos};
+use crate::core::breaker::Ticket;
+use crate::core::sync::{AtomicUsize, Mutex, fence};
 use crate::policy::{Order, WaitingRoomPolicy};
 use crate::priority::{MAX_CLASSES, Priority};
 use crate::reject::{Reason, Rejected};
-use crate::sync::{AtomicUsize, Mutex, fence};
 
 const NIL: u32 = u32::MAX;
 

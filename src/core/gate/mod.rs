@@ -1,0 +1,294 @@
+//! The admission path every brownout layer shares: one gate per route that
+//! decides, lock-free, whether a call may reach the back end, and the
+//! [`Permit`] an admitted call carries until its outcome is known.
+//!
+//! A gate has up to three stages, each optional: the circuit breaker, the
+//! adaptive limit, and the waiting room. A call is admitted when the
+//! breaker and the limit both say yes; otherwise it waits in the room (if
+//! the gate has one and waiting can help) or is rejected.
+//!
+//! A permit is the only way an admitted call leaves a trace: it is settled
+//! once, by the classifier, with an [`Outcome`](crate::classify::Outcome);
+//! dropped unsettled (the caller went away, a classifier panicked, a
+//! streaming body was abandoned) it gives back what it held (a half-open
+//! probe slot, an in-flight slot) and is counted as `cancelled`, never as a
+//! sample. Whatever a permit gives back goes to the room's next waiter
+//! first.
+//!
+//! Before the stages, a gate built from a policy checks its maintenance
+//! windows ([`maintenance`](crate::core::maintenance)): one relaxed load and a compare while no window
+//! has started. Inside a window every call is answered `Maintenance`; as it
+//! ends the breaker goes half-open and the limit restarts from its minimum.
+//!
+//! In shadow mode (`breaker.mode = "shadow"`) the gate rejects nothing: a
+//! window, an open breaker, a full limit or a waiting room that would hold
+//! or turn a call away is counted (`would_reject`, or `would_wait` for a
+//! call the room would have held) and logged at debug level, and the call
+//! goes through. A call past the limit is still counted in flight (on the
+//! gate, as the limiter's own count stops at its limit) until it ends; the
+//! limiter learns only from the calls within its limit.
+
+mod config;
+mod shadow;
+mod transitions;
+mod wait;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use metrics::SharedString;
+
+use crate::clock::{Clock, Nanos};
+use crate::core::breaker::{BreakerCore, BreakerState, Ticket};
+use crate::core::limit::LimitCore;
+use crate::core::maintenance::{Check, Maintenance};
+use crate::core::permit::Permit;
+use crate::core::room::Room;
+use crate::metrics::RouteMetrics;
+use crate::policy::{BreakerPolicy, LimitPolicy, MaintenanceWindow, Mode, WaitingRoomPolicy};
+use crate::priority::{Classes, Priority};
+use crate::reject::{Reason, Rejected};
+
+pub(crate) use self::config::GateConfig;
+pub(crate) use self::wait::{Entry, Waiter};
+
+/// What a gate is built from: which stages it has, and how it reports.
+#[derive(Debug, Clone)]
+pub(crate) struct GateSpec<'a> {
+    pub(crate) breaker: Option<&'a BreakerPolicy>,
+    pub(crate) limit: Option<&'a LimitPolicy>,
+    pub(crate) room: Option<&'a WaitingRoomPolicy>,
+    /// The policy's maintenance windows (empty for a standalone layer).
+    pub(crate) maintenance: &'a [MaintenanceWindow],
+    pub(crate) classes: &'a Classes,
+    pub(crate) route: SharedString,
+    pub(crate) clock: Clock,
+    pub(crate) seed: Option<u64>,
+}
+
+/// A gate with only a breaker.
+pub(crate) fn breaker_gate(
+    policy: &BreakerPolicy,
+    route: SharedString,
+    clock: Clock,
+    seed: Option<u64>,
+) -> Gate {
+    Gate::new(GateSpec {
+        breaker: Some(policy),
+        limit: None,
+        room: None,
+        maintenance: &[],
+        classes: &Classes::default(),
+        route,
+        clock,
+        seed,
+    })
+}
+
+/// What the stages gave an admitted call: the breaker's ticket, and
+/// whether the call went past a full limit in shadow mode (it then holds
+/// none of the limiter's slots, and is counted in flight on the gate).
+#[derive(Debug, Clone, Copy)]
+pub(in crate::core) struct Taken {
+    pub(in crate::core) ticket: Ticket,
+    pub(in crate::core) over: bool,
+}
+
+impl Taken {
+    pub(in crate::core) const fn within(ticket: Ticket) -> Self {
+        Self {
+            ticket,
+            over: false,
+        }
+    }
+}
+
+/// Who asks the stages for a slot: a call arriving, which shadow mode lets
+/// through whatever the stages say, or the waiting room letting a waiter
+/// out, which only ever takes a slot the limit has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::core) enum Asker {
+    Arrival,
+    Room,
+}
+
+/// One route's admission state, shared by every clone of its services.
+/// A stage a layer does not use is absent and costs nothing.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    pub(in crate::core) clock: Clock,
+    pub(in crate::core) maintenance: Maintenance,
+    pub(in crate::core) breaker: Option<BreakerCore>,
+    pub(in crate::core) limit: Option<LimitCore>,
+    pub(in crate::core) room: Option<Room>,
+    /// The room's capacity (0 without a room), read without its lock by
+    /// shadow mode to tell a call the room would hold from one it would
+    /// turn away.
+    pub(in crate::core) room_capacity: AtomicU32,
+    /// Calls let past a full limit in shadow mode, still in flight.
+    pub(in crate::core) over: AtomicU32,
+    pub(in crate::core) classes: Classes,
+    pub(in crate::core) metrics: RouteMetrics,
+}
+
+impl Gate {
+    pub(crate) fn new(spec: GateSpec<'_>) -> Self {
+        let now = spec.clock.now();
+        let room = spec.room.filter(|room| room.capacity > 0);
+        let gate = Self {
+            maintenance: Maintenance::new(spec.maintenance, &spec.clock, now),
+            room_capacity: AtomicU32::new(room.map_or(0, |room| room.capacity)),
+            over: AtomicU32::new(0),
+            breaker: spec
+                .breaker
+                .map(|policy| BreakerCore::new(policy, spec.seed.unwrap_or_else(fresh_seed))),
+            limit: spec
+                .limit
+                .map(|policy| LimitCore::new(policy, spec.classes.len(), now)),
+            room: room.map(Room::new),
+            metrics: RouteMetrics::new(
+                spec.route,
+                spec.limit.map(|_| spec.classes),
+                room.map(|_| spec.classes),
+            ),
+            classes: spec.classes.clone(),
+            clock: spec.clock,
+        };
+        if let Some(breaker) = &gate.breaker {
+            gate.metrics.breaker_state(breaker.state(now).gauge());
+        }
+        if let Some(limit) = &gate.limit {
+            gate.metrics.limit(limit.limit(), 0);
+        }
+        gate
+    }
+
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Decides whether a call of class `priority` may go to the back end
+    /// now; never waits.
+    #[inline(always)]
+    pub(crate) fn admit(self: &Arc<Self>, priority: Priority) -> Result<Permit, Rejected> {
+        let now = self.clock.now();
+        match self.acquire(priority, now, Asker::Arrival) {
+            Ok(taken) => Ok(self.permit(taken, now)),
+            Err(rejected) => Err(self.rejected(rejected, priority)),
+        }
+    }
+
+    /// The gate's stages in order: the maintenance windows, the breaker's
+    /// ticket, then an in-flight slot. A probe taken by the breaker goes
+    /// back if the limit sheds. In shadow mode an arrival passes every
+    /// stage, and what would have stopped it is counted.
+    #[inline]
+    pub(in crate::core) fn acquire(
+        &self,
+        priority: Priority,
+        now: Nanos,
+        asker: Asker,
+    ) -> Result<Taken, Rejected> {
+        if self.maintenance.near(now) {
+            self.check_maintenance(now, asker)?;
+        }
+        let ticket = match &self.breaker {
+            Some(breaker) => self.admit_breaker(breaker, now)?,
+            None => Ticket::UNTRACKED,
+        };
+        if let Some(limit) = &self.limit {
+            if let Err(shed) = limit.acquire(priority) {
+                if asker == Asker::Arrival && self.shadow() {
+                    return Ok(self.past_the_limit(ticket, priority));
+                }
+                if let Some(breaker) = &self.breaker {
+                    breaker.cancel(ticket);
+                }
+                return Err(shed);
+            }
+        }
+        Ok(Taken::within(ticket))
+    }
+
+    /// Calls in flight: the limiter's, and those shadow mode let past it.
+    pub(crate) fn inflight(&self) -> u32 {
+        let within = self.limit.as_ref().map_or(0, LimitCore::inflight);
+        within.saturating_add(self.over.load(Ordering::Relaxed))
+    }
+
+    /// Counts a rejection, and returns it.
+    pub(in crate::core) fn rejected(&self, rejected: Rejected, priority: Priority) -> Rejected {
+        self.metrics.rejected(rejected.reason());
+        if rejected.reason() == Reason::Shed {
+            self.metrics.shed(priority);
+        }
+        rejected
+    }
+
+    #[inline]
+    pub(in crate::core) fn admit_breaker(
+        &self,
+        breaker: &BreakerCore,
+        now: Nanos,
+    ) -> Result<Ticket, Rejected> {
+        let admission = breaker.admit(now);
+        if let Some(transition) = admission.transition {
+            self.report(transition);
+        }
+        if let Some(would) = &admission.would_reject {
+            self.would_reject(would.reason());
+        }
+        admission.verdict
+    }
+
+    /// The breaker's state now (closed for a gate without a breaker). A
+    /// maintenance window that has ended without a call since is ended
+    /// first, so the state read is the half-open one that follows it.
+    pub(crate) fn state(&self) -> BreakerState {
+        let now = self.clock.now();
+        if self.maintenance.near(now) {
+            if let Check::Ended = self.maintenance.check(now) {
+                self.maintenance_ended(now);
+            }
+        }
+        match &self.breaker {
+            Some(breaker) => breaker.state(now),
+            None => BreakerState::Closed,
+        }
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.breaker
+            .as_ref()
+            .map_or(Mode::Enforce, BreakerCore::mode)
+    }
+
+    /// The limiter, if this gate has one.
+    pub(crate) fn limiter(&self) -> Option<&LimitCore> {
+        self.limit.as_ref()
+    }
+
+    /// The priority classes of this gate.
+    pub(crate) fn classes(&self) -> &Classes {
+        &self.classes
+    }
+
+    /// Requests waiting in the room now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.room.as_ref().map_or(0, Room::waiting)
+    }
+
+    /// Slots the room has allocated: its memory high-water mark.
+    pub(crate) fn room_slots(&self) -> usize {
+        self.room
+            .as_ref()
+            .map_or(0, |room| room.with(|queues| queues.slots_allocated()))
+    }
+}
+
+/// breaker and per process, so that replicas do not probe in step.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
+}

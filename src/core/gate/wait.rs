@@ -1,0 +1,280 @@
+//! The gate's side of the waiting room: seating a call, polling a waiter,
+//! handing freed capacity to the waiters (the pump), the wait budget
+//! (`max_wait`, CoDel, the request's own deadline) and the retry hints.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::clock::{Nanos, saturating_nanos};
+use crate::core::permit::Permit;
+use crate::core::room::{Grant, Key, Queues, Room, Standing};
+use crate::priority::Priority;
+use crate::reject::{Reason, Rejected};
+
+use super::{Asker, Gate, Taken};
+
+/// How a call entered: admitted now, or waiting in the room.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    Now(Permit),
+    Wait(Waiter),
+}
+
+/// A call waiting in the room: its place and when its wait runs out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waiter {
+    key: Key,
+    until: Nanos,
+    /// What it is told if its wait runs out: `QueueTimeout`, or `Deadline`
+    /// when its own deadline came before the room's `max_wait`.
+    timeout: Reason,
+}
+
+impl Gate {
+    /// Admits a call now, or seats it in the waiting room when it cannot be
+    /// admitted yet but could be before its wait runs out. `deadline` is the
+    /// request's own, if it has one.
+    #[inline]
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        priority: Priority,
+        deadline: Option<Nanos>,
+    ) -> Result<Entry, Rejected> {
+        let Some(room) = &self.room else {
+            return self.admit(priority).map(Entry::Now);
+        };
+        let now = self.clock.now();
+        if deadline.is_some_and(|deadline| deadline <= now) {
+            return Err(self.rejected(self.with_hint(Reason::Deadline, now), priority));
+        }
+        if room.waiting() == 0 {
+            // The common case: nobody waits, so nobody is overtaken.
+            match self.acquire(priority, now, Asker::Arrival) {
+                Ok(taken) => return Ok(Entry::Now(self.permit(taken, now))),
+                Err(rejected) if !waitable(&rejected) => {
+                    return Err(self.rejected(rejected, priority));
+                }
+                Err(_) => {}
+            }
+        }
+        let seated = room.with(|queues| {
+            // Callers of the same or a more important class already wait:
+            // queue behind them rather than take a slot before them (but
+            // shadow mode seats nobody).
+            if !queues.has_waiters_at_or_above(priority) || self.shadow() {
+                match self.acquire(priority, now, Asker::Arrival) {
+                    Ok(taken) => return Ok(Entry::Now(self.permit(taken, now))),
+                    Err(rejected) if !waitable(&rejected) => return Err(rejected),
+                    Err(_) => {}
+                }
+            }
+            let (until, timeout) = self.wait_budget(room, queues, now, deadline);
+            if let Some((reopen_at, rejected)) = self.reopens_at(now) {
+                if reopen_at > until {
+                    // The maintenance window or the open breaker lasts past
+                    // this wait: say so now rather than at its end.
+                    return Err(rejected);
+                }
+            }
+            // A full room turns away a less important waiter for this one:
+            // count it out of the room.
+            if let Some(displaced) = queues.make_room(priority)? {
+                self.metrics.waiting(displaced, -1.0);
+            }
+            let key = queues.push(priority, now, until)?;
+            self.metrics.waiting(priority, 1.0);
+            // A slot may have freed between the failed attempt and the
+            // seat: hand it out now, or it would wait for the next release.
+            self.pump(room, queues, now);
+            Ok(Entry::Wait(Waiter {
+                key,
+                until,
+                timeout,
+            }))
+        });
+        seated.map_err(|rejected| self.rejected(rejected, priority))
+    }
+
+    /// Where a waiter stands: `Ready` with its permit or its rejection, or
+    /// `Pending` with the time at which it must be polled again (its wait
+    /// runs out, or the breaker is due to probe).
+    pub(crate) fn poll_waiter(
+        self: &Arc<Self>,
+        waiter: &Waiter,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Permit, Rejected>> {
+        let Some(room) = &self.room else {
+            return Poll::Ready(Err(Rejected::new(waiter.timeout)));
+        };
+        let now = self.clock.now();
+        let standing = room.with(|queues| {
+            self.pump(room, queues, now);
+            match queues.poll(waiter.key, cx.waker()) {
+                Standing::Waiting if now >= waiter.until => {
+                    if let Some(priority) = queues.waiting_priority(waiter.key) {
+                        self.metrics.waiting(priority, -1.0);
+                    }
+                    let grant = queues.leave(waiter.key);
+                    debug_assert!(grant.is_none(), "a waiting slot holds no grant");
+                    Standing::Rejected(self.with_hint(waiter.timeout, now))
+                }
+                standing => standing,
+            }
+        });
+        match standing {
+            Standing::Waiting => Poll::Pending,
+            Standing::Granted(grant) => {
+                Poll::Ready(Ok(self.permit(Taken::within(grant.ticket), now)))
+            }
+            Standing::Rejected(rejected) => {
+                self.metrics.rejected(rejected.reason());
+                Poll::Ready(Err(rejected))
+            }
+        }
+    }
+
+    /// When a pending waiter must be polled again if nothing wakes it: its
+    /// wait runs out, the breaker is due to probe, or a maintenance window
+    /// starts or ends.
+    pub(crate) fn wake_at(&self, waiter: &Waiter) -> Nanos {
+        let now = self.clock.now();
+        let mut at = waiter.until;
+        if let Some(probe_at) = self.next_probe_at(now) {
+            at = at.min(probe_at);
+        }
+        if let Some(boundary) = self.maintenance.boundary(now) {
+            at = at.min(boundary);
+        }
+        at
+    }
+
+    /// A waiter's future was dropped: it leaves the room at once, and a
+    /// permit it had been granted but not taken goes to the next waiter.
+    pub(crate) fn leave(&self, waiter: &Waiter) {
+        let Some(room) = &self.room else {
+            return;
+        };
+        let (held, grant) = room.with(|queues| {
+            if let Some(priority) = queues.waiting_priority(waiter.key) {
+                self.metrics.waiting(priority, -1.0);
+            }
+            (queues.holds(waiter.key), queues.leave(waiter.key))
+        });
+        // A waiter that already read its answer (a user's fallback or back
+        // end panicked right after) was counted with it.
+        if held {
+            self.metrics.cancelled();
+        }
+        if let Some(grant) = grant {
+            self.give_back(Taken::within(grant.ticket));
+        }
+    }
+
+    /// Hands freed capacity to waiters, most important first, until the
+    /// gate says no; turns away waiters the breaker will not let through
+    /// before their wait runs out. Called with the room's lock held.
+    pub(in crate::core) fn pump(&self, room: &Room, queues: &mut Queues, now: Nanos) {
+        loop {
+            let newest_first = room.newest_first(queues, now);
+            let Some((priority, since)) = queues.next_out(newest_first) else {
+                return;
+            };
+            match self.acquire(priority, now, Asker::Room) {
+                Ok(taken) => {
+                    debug_assert!(!taken.over, "a waiter only gets a slot of the limit's");
+                    let ticket = taken.ticket;
+                    queues.grant_next(newest_first, Grant { ticket, at: now });
+                    self.metrics.waiting(priority, -1.0);
+                    self.metrics.waited(priority, now.saturating_sub(since));
+                }
+                Err(_) => {
+                    if let Some((reopen_at, rejected)) = self.reopens_at(now) {
+                        let metrics = &self.metrics;
+                        queues.reject_where(|priority, until| {
+                            (until < reopen_at).then(|| {
+                                metrics.waiting(priority, -1.0);
+                                rejected.clone()
+                            })
+                        });
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// When a waiter seated now must leave, and what it is told then.
+    pub(in crate::core) fn wait_budget(
+        &self,
+        room: &Room,
+        queues: &Queues,
+        now: Nanos,
+        deadline: Option<Nanos>,
+    ) -> (Nanos, Reason) {
+        let settings = queues.settings();
+        let mut max_wait = settings.max_wait;
+        if room.newest_first(queues, now) {
+            // A standing queue: cut waits short (CoDel).
+            max_wait = max_wait.min(settings.codel_target);
+        }
+        let room_until = now.saturating_add(max_wait);
+        match deadline {
+            Some(deadline) if deadline < room_until => (deadline, Reason::Deadline),
+            _ => (room_until, Reason::QueueTimeout),
+        }
+    }
+
+    /// When an open breaker will let its next probe through, if it is open.
+    pub(in crate::core) fn next_probe_at(&self, now: Nanos) -> Option<Nanos> {
+        self.breaker.as_ref()?.next_probe_at(now)
+    }
+
+    /// When the gate opens again if something other than the limit keeps
+    /// it shut at `now`, and the answer until then: the end of the
+    /// maintenance window in force (unless in shadow mode), else the open
+    /// breaker's next probe.
+    pub(in crate::core) fn reopens_at(&self, now: Nanos) -> Option<(Nanos, Rejected)> {
+        if let Some(inside) = self.maintenance.inside(now) {
+            if !self.shadow() {
+                return Some(inside);
+            }
+        }
+        let probe_at = self.next_probe_at(now)?;
+        let wait = Duration::from_nanos(probe_at - now);
+        Some((probe_at, Rejected::new(Reason::Open).with_retry_after(wait)))
+    }
+
+    /// A rejection of `reason` with the best retry hint the gate has: the
+    /// end of a maintenance window, the breaker's next probe, or the time
+    /// the room takes to drain.
+    pub(in crate::core) fn with_hint(&self, reason: Reason, now: Nanos) -> Rejected {
+        let rejected = Rejected::new(reason);
+        if let Some((reopen_at, _)) = self.reopens_at(now) {
+            return rejected.with_retry_after(Duration::from_nanos(reopen_at.saturating_sub(now)));
+        }
+        match &self.limit {
+            Some(limit) => {
+                let waiting = self.room.as_ref().map_or(0, Room::waiting) as u64;
+                let turns = 1 + waiting / u64::from(limit.limit().max(1));
+                let rtt = saturating_nanos(limit.mean_rtt()).max(1_000_000);
+                rejected.with_retry_after(Duration::from_nanos(rtt.saturating_mul(turns)))
+            }
+            None => rejected,
+        }
+    }
+}
+
+/// Whether waiting can help: the breaker will let calls through again, a
+/// maintenance window will end, or the limit will free a slot. (A
+/// forced-open breaker says `Open` with no next probe; waiting cannot help
+/// it.)
+fn waitable(rejected: &Rejected) -> bool {
+    match rejected.reason() {
+        Reason::Shed => true,
+        // The room then checks that the breaker probes, or the window
+        // ends, before the wait runs out.
+        Reason::Open | Reason::Maintenance => rejected.retry_after().is_some(),
+        _ => false,
+    }
+}

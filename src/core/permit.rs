@@ -1,0 +1,215 @@
+//! The [`Permit`] an admitted call carries until its outcome is known, and
+//! what the gate does with that outcome: feed it to the breaker and the
+//! limit, give back what the call held, and hand it to the room.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::classify::Outcome;
+use crate::clock::{Clock, Nanos};
+use crate::core::breaker::{BreakerState, Ticket};
+use crate::core::gate::{Gate, Taken};
+use crate::core::room::Queues;
+use crate::reject::{Reason, Rejected};
+
+impl Gate {
+    #[inline]
+    pub(in crate::core) fn permit(self: &Arc<Self>, taken: Taken, now: Nanos) -> Permit {
+        Permit {
+            gate: Some(self.clone()),
+            ticket: taken.ticket,
+            over: taken.over,
+            start: now,
+            responded: None,
+        }
+    }
+
+    #[inline(always)]
+    pub(in crate::core) fn settle(
+        &self,
+        taken: Taken,
+        outcome: Outcome,
+        start: Nanos,
+        responded: Option<Nanos>,
+    ) {
+        let now = self.clock.now();
+        let elapsed = responded.unwrap_or(now).saturating_sub(start);
+        let failed = outcome == Outcome::Failure;
+        self.metrics.served(failed, elapsed as f64 * 1e-9);
+        self.learn(taken, failed, elapsed, now);
+    }
+
+    /// See [`Permit::abandon_at_deadline`].
+    #[cold]
+    pub(in crate::core) fn settle_abandoned(&self, taken: Taken, start: Nanos) -> Rejected {
+        let now = self.clock.now();
+        self.metrics.rejected(Reason::Deadline);
+        self.learn(taken, true, now.saturating_sub(start), now);
+        self.with_hint(Reason::Deadline, now)
+    }
+
+    /// Feeds a finished call to the breaker and the limit, and hands what
+    /// it freed to the room.
+    #[inline(always)]
+    pub(in crate::core) fn learn(&self, taken: Taken, failed: bool, elapsed: Nanos, now: Nanos) {
+        let Taken { ticket, over } = taken;
+        let mut opened = false;
+        if let Some(breaker) = &self.breaker {
+            if let Some(transition) = breaker.complete(ticket, failed, elapsed, now) {
+                opened = transition.to == BreakerState::Open;
+                self.report(transition);
+            }
+        }
+        if let Some(limit) = &self.limit {
+            if over {
+                // Past the limit in shadow mode: it held no slot of the
+                // limiter's, and is no sample of it.
+                self.over.fetch_sub(1, Ordering::Relaxed);
+            } else if let Some(change) = limit.complete(elapsed, failed, now) {
+                let over = self.over.load(Ordering::Relaxed);
+                self.metrics
+                    .limit(change.limit, change.inflight.saturating_add(over));
+                tracing::trace!(route = %self.metrics.route(), limit = change.limit, inflight = change.inflight, "brownout: limit updated");
+            }
+        }
+        self.wake_room();
+        if opened {
+            // Waiters seated while calls went through sleep until their
+            // wait runs out: wake them to sleep until the next probe.
+            if let Some(room) = &self.room {
+                if room.waiting() > 0 {
+                    room.with(Queues::wake_waiting);
+                }
+            }
+        }
+    }
+
+    #[inline]
+    pub(in crate::core) fn cancel(&self, taken: Taken) {
+        self.metrics.cancelled();
+        self.give_back(taken);
+    }
+
+    /// Returns what an admitted call held, without a sample.
+    pub(in crate::core) fn give_back(&self, taken: Taken) {
+        if let Some(breaker) = &self.breaker {
+            breaker.cancel(taken.ticket);
+        }
+        if let Some(limit) = &self.limit {
+            if taken.over {
+                self.over.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                limit.release();
+            }
+        }
+        self.wake_room();
+    }
+
+    /// Hands whatever is free to the room's waiters, if there are any.
+    #[inline]
+    pub(in crate::core) fn wake_room(&self) {
+        if let Some(room) = &self.room {
+            if room.waiting_after_release() > 0 {
+                let now = self.clock.now();
+                room.with(|queues| self.pump(room, queues, now));
+            }
+        }
+    }
+}
+
+/// The right to call the back end once, held by an admitted call until its
+/// outcome is known.
+///
+/// A [`Classify`](crate::classify::Classify) implementation receives the
+/// permit with the inner service's result and settles it with
+/// [`record`](Permit::record), at once or, for a streaming body whose
+/// verdict comes in its trailers, when the body ends. A permit dropped
+/// without a verdict counts as cancelled: not a sample, and a half-open
+/// probe slot it held is given back.
+pub struct Permit {
+    /// `None` once settled.
+    gate: Option<Arc<Gate>>,
+    ticket: Ticket,
+    /// Let past a full limit in shadow mode.
+    over: bool,
+    start: Nanos,
+    responded: Option<Nanos>,
+}
+
+impl Permit {
+    /// Settles the call with its outcome.
+    #[inline(always)]
+    pub fn record(mut self, outcome: Outcome) {
+        if let Some(gate) = self.gate.take() {
+            let taken = Taken {
+                ticket: self.ticket,
+                over: self.over,
+            };
+            gate.settle(taken, outcome, self.start, self.responded);
+        }
+    }
+
+    /// Notes that the response has started (its headers arrived), so that
+    /// slow-call detection measures time to the response rather than to
+    /// the end of a long body. Calling it again has no effect.
+    pub fn responded(&mut self) {
+        if self.responded.is_none() {
+            if let Some(gate) = &self.gate {
+                self.responded = Some(gate.clock.now());
+            }
+        }
+    }
+
+    /// The call outlived its caller's deadline and is abandoned: a failure
+    /// for the breaker and the limit (the back end did not answer in time),
+    /// and for the caller a `deadline` rejection, not a served call, with
+    /// the gate's retry hint.
+    pub(crate) fn abandon_at_deadline(mut self) -> Rejected {
+        match self.gate.take() {
+            Some(gate) => {
+                let taken = Taken {
+                    ticket: self.ticket,
+                    over: self.over,
+                };
+                gate.settle_abandoned(taken, self.start)
+            }
+            None => Rejected::new(Reason::Deadline),
+        }
+    }
+
+    /// The clock the call is timed by (none once settled).
+    pub(crate) fn clock(&self) -> Option<&Clock> {
+        self.gate.as_ref().map(|gate| &gate.clock)
+    }
+
+    /// How long ago the call was admitted.
+    pub fn elapsed(&self) -> Duration {
+        match &self.gate {
+            Some(gate) => Duration::from_nanos(gate.clock.now().saturating_sub(self.start)),
+            None => Duration::ZERO,
+        }
+    }
+}
+
+impl Drop for Permit {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(gate) = self.gate.take() {
+            gate.cancel(Taken {
+                ticket: self.ticket,
+                over: self.over,
+            });
+        }
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("settled", &self.gate.is_none())
+            .field("ticket", &self.ticket)
+            .finish()
+    }
+}
