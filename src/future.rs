@@ -81,7 +81,9 @@ where
                 let permit = permit
                     .take()
                     .expect("ResponseFuture polled after completion");
-                Poll::Ready(classifier.classify(result, permit).map_err(Into::into))
+                Poll::Ready(
+                    crate::classify::settle(&*classifier, result, permit).map_err(Into::into),
+                )
             }
             StateProj::Rejected { rejected } => Poll::Ready(Err(rejected
                 .take()

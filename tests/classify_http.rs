@@ -1,6 +1,6 @@
 #![cfg(feature = "http")]
-//! `ServerErrorsAsFailures`: 5xx and inner errors open the breaker, 4xx
-//! never does.
+//! `ServerErrorsAsFailures`: 5xx and inner errors open the breaker; a 4xx
+//! is not evidence either way.
 
 mod support;
 
@@ -106,19 +106,29 @@ async fn inner_errors_open_the_breaker() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn successes_and_client_errors_dilute_server_errors() {
-    // failure_rate 0.5 over the last 10 calls: 4 server errors among 6
-    // client errors stay under it; a fifth 5xx in place of a 4xx reaches it.
+async fn client_errors_are_not_evidence() {
+    // failure_rate 0.5 over the last 10 calls, judged from 10 calls. A 4xx
+    // says nothing about the back end: it neither counts towards the 10
+    // nor dilutes the server errors.
     let layer = layer(10);
     let mut svc = service(&layer);
-    for status in [503, 404, 500, 400, 502, 200, 504, 401, 201, 403] {
+    for _ in 0..25 {
+        for status in [404, 400, 405, 401, 429] {
+            call(&mut svc, Ok(status)).await.unwrap();
+        }
+    }
+    assert_eq!(layer.state(), BreakerState::Closed);
+    // 9 calls of evidence, 4 of them server errors: still below 10 calls.
+    for status in [503, 200, 500, 200, 502, 200, 504, 200, 200] {
         call(&mut svc, Ok(status)).await.unwrap();
     }
     assert_eq!(layer.state(), BreakerState::Closed);
-    // The oldest call (503) leaves the window, a 500 comes in: still 4 of 10.
-    call(&mut svc, Ok(500)).await.unwrap();
+    // Client errors in between push nothing out of the window...
+    for _ in 0..10 {
+        call(&mut svc, Ok(404)).await.unwrap();
+    }
     assert_eq!(layer.state(), BreakerState::Closed);
-    // The 404 leaves, a 500 comes in: 5 of 10.
+    // ...so a fifth 5xx makes 5 of 10.
     call(&mut svc, Ok(500)).await.unwrap();
     assert_eq!(layer.state(), BreakerState::Open);
     assert_open(call(&mut svc, Ok(200)).await);

@@ -10,7 +10,7 @@ use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{Classify, Outcome, Permit};
+use super::{Classified, Classify, Outcome, Unsettled};
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
@@ -169,6 +169,11 @@ const DEFAULT_FAILURES: u32 = GrpcCode::Unavailable.bit()
     | GrpcCode::Internal.bit()
     | GrpcCode::Unknown.bit();
 
+/// The codes [`GrpcErrorsAsFailures::new`] ignores (not evidence either
+/// way): `UNIMPLEMENTED`, the answer of a router that has no such method,
+/// given before any back end is called.
+const DEFAULT_IGNORED: u32 = GrpcCode::Unimplemented.bit();
+
 /// Classifies gRPC calls by their `grpc-status`, read from the response
 /// headers or, as is usual, from the trailers at the end of the body.
 ///
@@ -177,8 +182,12 @@ const DEFAULT_FAILURES: u32 = GrpcCode::Unavailable.bit()
 /// `INTERNAL` or `UNKNOWN`: the codes that say the back end is down,
 /// overloaded, too slow or broken. The others (`NOT_FOUND`,
 /// `INVALID_ARGUMENT`, `PERMISSION_DENIED`, …) are about the request and
-/// count as successes. [`with_failure`](Self::with_failure) and
-/// [`with_success`](Self::with_success) change the set.
+/// count as successes, except `UNIMPLEMENTED`, which a router answers for
+/// a method it does not know without calling the back end: it is
+/// [`Outcome::Ignored`], not evidence either way.
+/// [`with_failure`](Self::with_failure),
+/// [`with_success`](Self::with_success) and
+/// [`with_ignored`](Self::with_ignored) change the sets.
 ///
 /// # When the call is settled
 ///
@@ -224,6 +233,8 @@ const DEFAULT_FAILURES: u32 = GrpcCode::Unavailable.bit()
 pub struct GrpcErrorsAsFailures {
     /// Bit `n` set: code `n` is a failure.
     failures: u32,
+    /// Bit `n` set: code `n` is not evidence (never also a failure).
+    ignored: u32,
 }
 
 impl GrpcErrorsAsFailures {
@@ -232,18 +243,28 @@ impl GrpcErrorsAsFailures {
     pub const fn new() -> Self {
         Self {
             failures: DEFAULT_FAILURES,
+            ignored: DEFAULT_IGNORED,
         }
     }
 
     /// Counts `code` as a failure too.
     pub const fn with_failure(mut self, code: GrpcCode) -> Self {
         self.failures |= code.bit();
+        self.ignored &= !code.bit();
         self
     }
 
     /// Counts `code` as a success.
     pub const fn with_success(mut self, code: GrpcCode) -> Self {
         self.failures &= !code.bit();
+        self.ignored &= !code.bit();
+        self
+    }
+
+    /// Counts `code` as [`Outcome::Ignored`]: not evidence either way.
+    pub const fn with_ignored(mut self, code: GrpcCode) -> Self {
+        self.failures &= !code.bit();
+        self.ignored |= code.bit();
         self
     }
 
@@ -252,9 +273,12 @@ impl GrpcErrorsAsFailures {
         self.failures & code.bit() != 0
     }
 
-    fn outcome_of(&self, code: GrpcCode) -> Outcome {
+    /// The outcome of a call ending with `code`.
+    pub const fn outcome_of(&self, code: GrpcCode) -> Outcome {
         if self.is_failure(code) {
             Outcome::Failure
+        } else if self.ignored & code.bit() != 0 {
+            Outcome::Ignored
         } else {
             Outcome::Success
         }
@@ -295,6 +319,7 @@ impl fmt::Debug for GrpcErrorsAsFailures {
         }
         f.debug_struct("GrpcErrorsAsFailures")
             .field("failures", &Failures(self.failures))
+            .field("ignored", &Failures(self.ignored))
             .finish()
     }
 }
@@ -320,45 +345,30 @@ where
     B: Body,
 {
     type Response = Response<GrpcBody<B>>;
+    type Eos = GrpcErrorsAsFailures;
 
-    fn classify(
-        &self,
-        result: Result<Response<B>, E>,
-        mut permit: Permit,
-    ) -> Result<Response<GrpcBody<B>>, E> {
-        let response = match result {
-            Ok(response) => response,
-            Err(err) => {
-                permit.record(Outcome::Failure);
-                return Err(err);
-            }
+    fn classify(&self, result: &Result<Response<B>, E>) -> Classified<Self> {
+        let Ok(response) = result else {
+            return Classified::Ready(Outcome::Failure);
         };
-        let verdict = if let Some(status) = response.headers().get(GRPC_STATUS) {
-            Some(self.outcome_of_status(status))
+        if let Some(status) = response.headers().get(GRPC_STATUS) {
+            Classified::Ready(self.outcome_of_status(status))
         } else if !response.status().is_success() {
-            Some(self.outcome_of(GrpcCode::from_http_status(response.status())))
+            Classified::Ready(self.outcome_of(GrpcCode::from_http_status(response.status())))
         } else if response.body().is_end_stream() {
             // No status in the headers and no trailers to come.
-            Some(Outcome::Failure)
+            Classified::Ready(Outcome::Failure)
         } else {
-            None
-        };
-        let permit = match verdict {
-            Some(outcome) => {
-                permit.record(outcome);
-                None
-            }
-            None => {
-                permit.responded();
-                Some(permit)
-            }
-        };
-        let classifier = *self;
-        Ok(response.map(|inner| GrpcBody {
-            inner,
-            permit,
-            classifier,
-        }))
+            Classified::RequiresEos(*self)
+        }
+    }
+
+    fn respond(
+        &self,
+        response: Response<B>,
+        unsettled: Option<Unsettled<Self>>,
+    ) -> Response<GrpcBody<B>> {
+        response.map(|inner| GrpcBody { inner, unsettled })
     }
 }
 
@@ -378,8 +388,7 @@ pin_project! {
     pub struct GrpcBody<B> {
         #[pin]
         inner: B,
-        permit: Option<Permit>,
-        classifier: GrpcErrorsAsFailures,
+        unsettled: Option<Unsettled<GrpcErrorsAsFailures>>,
     }
 }
 
@@ -389,8 +398,7 @@ impl<B> GrpcBody<B> {
     pub fn unclassified(inner: B) -> Self {
         Self {
             inner,
-            permit: None,
-            classifier: GrpcErrorsAsFailures::new(),
+            unsettled: None,
         }
     }
 }
@@ -411,10 +419,10 @@ impl<B: Body> Body for GrpcBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        if this.permit.is_some() {
+        if let Some(unsettled) = this.unsettled.as_ref() {
             let verdict = match &frame {
                 Some(Ok(frame)) => match frame.trailers_ref() {
-                    Some(trailers) => Some(this.classifier.outcome_of_trailers(trailers)),
+                    Some(trailers) => Some(unsettled.eos().outcome_of_trailers(trailers)),
                     // A data frame, and nothing after it: no trailers.
                     None if this.inner.is_end_stream() => Some(Outcome::Failure),
                     None => None,
@@ -422,8 +430,8 @@ impl<B: Body> Body for GrpcBody<B> {
                 Some(Err(_)) | None => Some(Outcome::Failure),
             };
             if let Some(outcome) = verdict {
-                if let Some(permit) = this.permit.take() {
-                    permit.record(outcome);
+                if let Some(unsettled) = this.unsettled.take() {
+                    unsettled.settle(outcome);
                 }
             }
         }

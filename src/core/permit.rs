@@ -36,7 +36,17 @@ impl Gate {
     ) {
         let now = self.clock.now();
         let elapsed = responded.unwrap_or(now).saturating_sub(start);
-        let failed = outcome == Outcome::Failure;
+        let failed = match outcome {
+            Outcome::Success => false,
+            Outcome::Failure => true,
+            Outcome::Ignored => {
+                // Served, but no evidence about the back end: give back
+                // what the call held, teach nothing.
+                self.metrics.served(false, elapsed as f64 * 1e-9);
+                self.give_back(taken);
+                return;
+            }
+        };
         self.metrics.served(failed, elapsed as f64 * 1e-9);
         self.learn(taken, failed, elapsed, now);
     }
@@ -122,12 +132,13 @@ impl Gate {
 /// The right to call the back end once, held by an admitted call until its
 /// outcome is known.
 ///
-/// A [`Classify`](crate::classify::Classify) implementation receives the
-/// permit with the inner service's result and settles it with
-/// [`record`](Permit::record), at once or, for a streaming body whose
-/// verdict comes in its trailers, when the body ends. A permit dropped
-/// without a verdict counts as cancelled: not a sample, and a half-open
-/// probe slot it held is given back.
+/// The layer's response future settles it with
+/// [`record`](Permit::record) and the verdict of its
+/// [`Classify`](crate::classify::Classify) implementation, at once or, for
+/// a streaming body whose verdict comes in its trailers, through an
+/// [`Unsettled`](crate::classify::Unsettled) call the body settles when it
+/// ends. A permit dropped without a verdict counts as cancelled: not a
+/// sample, and a half-open probe slot it held is given back.
 pub struct Permit {
     /// `None` once settled.
     gate: Option<Arc<Gate>>,

@@ -208,7 +208,7 @@ where
                 } => {
                     if let Poll::Ready(result) = call.poll(cx) {
                         let permit = permit.take().expect("polled after completion");
-                        match classifier.classify(result, permit) {
+                        match crate::classify::settle(&*classifier, result, permit) {
                             Ok(response) => return Poll::Ready(Ok(response)),
                             Err(error) => match fallback.on_inner_error(error) {
                                 Ok(answer) => State::Answering { answer },

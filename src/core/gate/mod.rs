@@ -8,7 +8,8 @@
 //! the gate has one and waiting can help) or is rejected.
 //!
 //! A permit is the only way an admitted call leaves a trace: it is settled
-//! once, by the classifier, with an [`Outcome`](crate::classify::Outcome);
+//! once, by the response future, with the classifier's
+//! [`Outcome`](crate::classify::Outcome);
 //! dropped unsettled (the caller went away, a classifier panicked, a
 //! streaming body was abandoned) it gives back what it held (a half-open
 //! probe slot, an in-flight slot) and is counted as `cancelled`, never as a
