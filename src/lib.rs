@@ -154,7 +154,6 @@ pub mod clock;
 mod core;
 pub mod deadline;
 pub mod fallback;
-pub mod future;
 pub mod limit;
 pub mod metrics;
 pub mod policy;

@@ -66,7 +66,7 @@
 //! # }
 //! ```
 
-pub mod future;
+mod future;
 mod keyed;
 mod layer;
 

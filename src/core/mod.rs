@@ -11,6 +11,7 @@
 //! this core.
 
 pub(crate) mod breaker;
+pub(crate) mod future;
 pub(crate) mod gate;
 pub(crate) mod gate_map;
 pub(crate) mod limit;

@@ -57,6 +57,7 @@
 //! # }
 //! ```
 
+mod future;
 mod layer;
 
 use std::sync::Arc;
@@ -68,8 +69,8 @@ use crate::classify::{Classify, ErrorsAsFailures};
 use crate::core::gate::Gate;
 use crate::priority::{Classes, DefaultPriority, PriorityOf};
 
+pub use self::future::ResponseFuture;
 pub use self::layer::AdaptiveLimitLayer;
-pub use crate::future::ResponseFuture;
 
 /// An adaptive concurrency limit in front of a service; see the
 /// [module docs](self). Clones share the limit.

@@ -1,4 +1,5 @@
-//! The response future of every admission layer (breaker, limit).
+//! The future of a call that is admitted or rejected at once, with no
+//! waiting: what the breaker's and the limit's response futures run.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,9 +18,8 @@ pin_project! {
     ///
     /// Dropping the future drops the permit, which gives back whatever it
     /// held (a half-open probe slot) and counts the call as cancelled.
-    #[project = Proj]
     #[derive(Debug)]
-    pub struct ResponseFuture<F, C> {
+    pub(crate) struct AdmitOrReject<F, C> {
         #[pin]
         state: State<F, C>,
     }
@@ -41,7 +41,7 @@ pin_project! {
     }
 }
 
-impl<F, C> ResponseFuture<F, C> {
+impl<F, C> AdmitOrReject<F, C> {
     pub(crate) fn admitted(inner: F, permit: Permit, classifier: C) -> Self {
         Self {
             state: State::Admitted {
@@ -61,7 +61,7 @@ impl<F, C> ResponseFuture<F, C> {
     }
 }
 
-impl<F, T, E, C> Future for ResponseFuture<F, C>
+impl<F, T, E, C> Future for AdmitOrReject<F, C>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
@@ -78,16 +78,14 @@ where
                 classifier,
             } => {
                 let result = ready!(inner.poll(cx));
-                let permit = permit
-                    .take()
-                    .expect("ResponseFuture polled after completion");
+                let permit = permit.take().expect("polled after completion");
                 Poll::Ready(
                     crate::classify::settle(&*classifier, result, permit).map_err(Into::into),
                 )
             }
             StateProj::Rejected { rejected } => Poll::Ready(Err(rejected
                 .take()
-                .expect("ResponseFuture polled after completion")
+                .expect("polled after completion")
                 .into())),
         }
     }
