@@ -153,6 +153,9 @@ pub mod classify;
 pub mod clock;
 mod core;
 pub mod deadline;
+#[cfg(feature = "defer")]
+#[cfg_attr(docsrs, doc(cfg(feature = "defer")))]
+pub mod defer;
 pub mod fallback;
 pub mod limit;
 pub mod metrics;

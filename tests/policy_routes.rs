@@ -793,7 +793,7 @@ mod props {
             limit in limit_override(),
             waiting_room in waiting_room_override(),
         ) -> RoutePolicy {
-            RoutePolicy { breaker, limit, waiting_room }
+            RoutePolicy { breaker, limit, waiting_room, defer: None }
         }
     }
 
@@ -811,6 +811,7 @@ mod props {
                     breaker,
                     limit,
                     waiting_room,
+                    defer: None,
                 }
                 .apply_to(&mut policy);
                 policy
@@ -877,6 +878,7 @@ mod props {
                 waiting_room: WaitingRoomOverride {
                     capacity, max_wait, order, codel_interval, codel_target, deadline_header,
                 },
+                defer: None,
             }
         }
     }

@@ -239,6 +239,7 @@
 
 mod breaker;
 mod check;
+mod defer;
 mod duration;
 mod limit;
 mod maintenance;
@@ -246,6 +247,7 @@ mod priority;
 mod route;
 mod waiting_room;
 
+pub use defer::{ByteSize, DEFERRABLE_REASONS, DeferPolicy, DeferStoreKind};
 pub use breaker::{BackoffPolicy, BreakerPolicy, Mode, WindowPolicy};
 pub use limit::{Algorithm, LimitPolicy};
 pub use maintenance::MaintenanceWindow;

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::duration;
 use super::{
-    BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Order, Policy, PolicyError, WaitingRoomPolicy,
-    WindowPolicy,
+    BackoffPolicy, BreakerPolicy, DeferPolicy, LimitPolicy, Mode, Order, Policy, PolicyError,
+    WaitingRoomPolicy, WindowPolicy,
 };
 use crate::policy::Algorithm;
 
@@ -227,12 +227,19 @@ pub struct RoutePolicy {
     /// Overrides of the `[waiting_room]` section.
     #[serde(skip_serializing_if = "WaitingRoomOverride::is_empty")]
     pub waiting_room: WaitingRoomOverride,
+    /// The route's deferral of rejected requests (feature `defer`); a
+    /// route-only section, off when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub defer: Option<DeferPolicy>,
 }
 
 impl RoutePolicy {
     /// Whether this route changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.breaker.is_empty() && self.limit.is_empty() && self.waiting_room.is_empty()
+        self.breaker.is_empty()
+            && self.limit.is_empty()
+            && self.waiting_room.is_empty()
+            && self.defer.is_none()
     }
 
     /// Writes this route's overrides into `policy`'s sections.
@@ -268,6 +275,9 @@ impl RoutePolicy {
             waiting_room
                 .validate_at(&format!("{at}.waiting_room"))
                 .map_err(inherited)?;
+        }
+        if let Some(defer) = &self.defer {
+            defer.validate_at(&format!("{at}.defer"))?;
         }
         Ok(())
     }
@@ -307,13 +317,14 @@ const PRIORITY_IS_GLOBAL: &str = "priority classes are global and cannot be set 
      set them in the top-level `priority` section";
 
 /// The fields a route may write.
-const ROUTE_FIELDS: &[&str] = &["breaker", "limit", "waiting_room"];
+const ROUTE_FIELDS: &[&str] = &["breaker", "limit", "waiting_room", "defer"];
 
 #[derive(Clone, Copy)]
 enum RouteField {
     Breaker,
     Limit,
     WaitingRoom,
+    Defer,
 }
 
 impl<'de> Deserialize<'de> for RouteField {
@@ -332,6 +343,7 @@ impl<'de> Deserialize<'de> for RouteField {
                     "breaker" => Ok(RouteField::Breaker),
                     "limit" => Ok(RouteField::Limit),
                     "waiting_room" => Ok(RouteField::WaitingRoom),
+                    "defer" => Ok(RouteField::Defer),
                     "priority" => Err(E::custom(PRIORITY_IS_GLOBAL)),
                     other => Err(E::unknown_field(other, ROUTE_FIELDS)),
                 }
@@ -359,7 +371,7 @@ impl<'de> Deserialize<'de> for RoutePolicy {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RoutePolicy, A::Error> {
                 let mut route = RoutePolicy::default();
-                let mut seen = [false; 3];
+                let mut seen = [false; 4];
                 while let Some(field) = map.next_key::<RouteField>()? {
                     let index = field as usize;
                     if std::mem::replace(&mut seen[index], true) {
@@ -369,6 +381,7 @@ impl<'de> Deserialize<'de> for RoutePolicy {
                         RouteField::Breaker => route.breaker = map.next_value()?,
                         RouteField::Limit => route.limit = map.next_value()?,
                         RouteField::WaitingRoom => route.waiting_room = map.next_value()?,
+                        RouteField::Defer => route.defer = Some(map.next_value()?),
                     }
                 }
                 Ok(route)

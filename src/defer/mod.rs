@@ -1,0 +1,88 @@
+//! Durable deferral (feature `defer`): requests rejected during a long
+//! outage are written to a durable store, answered `202 Accepted` with a
+//! ticket, and replayed, most important class first, when the back end is
+//! back.
+//!
+//! ```text
+//! request ─► BrownoutLayer (admission) ─► rejected: open / maintenance / shed
+//!         ─► DeferFallback: route opts in, method replay-safe, body ≤ max_body?
+//!               yes ─► store.append (durable) ─► 202 + ticket + Location
+//!               no, or store full ─► the ordinary fallback (503 + Retry-After)
+//! Replayer ─► store.claim ─► the same brownout-protected service as live traffic
+//!               rejected ─► release, back off      answered ─► store.complete
+//! GET <status_path>/{ticket} ─► StatusService ─► pending / served / failed / expired
+//! ```
+//!
+//! A route opts in with a `[routes."…".defer]` section
+//! ([`DeferPolicy`](crate::policy::DeferPolicy)).
+//!
+//! # Stores
+//!
+//! | store | feature | durability |
+//! |---|---|---|
+//! | [`EmbeddedStore`] (redb) | `defer` | each append is a transaction synced to disk (`fsync`) before it returns, so before the `202` leaves |
+//! | `RedisStore` (Redis Streams) | `defer-redis` | as the server's `appendonly`/`appendfsync` say: `appendfsync always` for the embedded store's promise |
+//!
+//! # gRPC
+//!
+//! gRPC requests are not deferred: a unary gRPC call has no standard "accepted,
+//! come back later" answer (a status code means the call is over), and a
+//! client library would read any `OK` as the call's real response. Put a
+//! deferrable HTTP endpoint in front of such work instead.
+//!
+//! # Metrics
+//!
+//! [`DEFERRED_TOTAL`], [`DEFERRED_PENDING`], [`REPLAYED_TOTAL`],
+//! [`DEFERRED_EXPIRED_TOTAL`] and [`DEFERRED_AGE_SECONDS`]; [`describe`]
+//! gives each its help text.
+
+mod codec;
+mod embedded;
+mod store;
+
+pub use self::embedded::{EmbeddedStore, FILE_NAME};
+pub use self::store::{
+    Appended, Claimed, DeferStore, Deferred, Outcome, Status, StoreConfig, StoreError,
+    StoreFuture, Ticket,
+};
+
+/// Counter: requests deferred, by `route` and `reason` (the rejection that
+/// deferred them).
+pub const DEFERRED_TOTAL: &str = "brownout_deferred_total";
+/// Gauge: requests pending (waiting or being replayed), by `route` and
+/// `priority` (class name).
+pub const DEFERRED_PENDING: &str = "brownout_deferred_pending";
+/// Counter: replays settled, by `route` and `outcome` (`served`, `failed`).
+pub const REPLAYED_TOTAL: &str = "brownout_replayed_total";
+/// Counter: deferred requests expired at `max_age`, by `route`.
+pub const DEFERRED_EXPIRED_TOTAL: &str = "brownout_deferred_expired_total";
+/// Gauge: age in seconds of the oldest waiting deferred request, by `route`
+/// (0 when none waits).
+pub const DEFERRED_AGE_SECONDS: &str = "brownout_deferred_age_seconds";
+
+/// Registers the help text of the deferral metrics with the installed
+/// recorder.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_counter!(
+        DEFERRED_TOTAL,
+        "Requests deferred to the durable store instead of rejected, by route and reason."
+    );
+    describe_gauge!(
+        DEFERRED_PENDING,
+        "Deferred requests waiting for (or in) their replay, by route and priority class."
+    );
+    describe_counter!(
+        REPLAYED_TOTAL,
+        "Deferred requests replayed and settled, by route and outcome (served, failed)."
+    );
+    describe_counter!(
+        DEFERRED_EXPIRED_TOTAL,
+        "Deferred requests expired at max_age without a replay, by route."
+    );
+    describe_gauge!(
+        DEFERRED_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest waiting deferred request, by route."
+    );
+}
