@@ -396,7 +396,7 @@ fn bad_inputs_name_the_route_and_the_field() {
         (
             "[routes.\"/payments\"]\nretries = 3\n",
             "routes.\"/payments\".retries: unknown field `retries`, expected one of `breaker`, \
-             `limit`, `waiting_room` (TOML line 2, column 1)"
+             `limit`, `waiting_room`, `defer` (TOML line 2, column 1)"
                 .into(),
         ),
         (

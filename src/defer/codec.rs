@@ -79,9 +79,7 @@ impl<'a> Reader<'a> {
     fn version(&mut self) -> Result<(), StoreError> {
         match self.u8()? {
             VERSION => Ok(()),
-            v => Err(self.corrupt(&format!(
-                "record version {v}, this build reads {VERSION}"
-            ))),
+            v => Err(self.corrupt(&format!("record version {v}, this build reads {VERSION}"))),
         }
     }
 }

@@ -20,8 +20,8 @@ use redb::{
 
 use super::codec::{decode_outcome, decode_request, encode_outcome, encode_request};
 use super::store::{
-    Appended, Claimed, DeferStore, Deferred, Outcome, Status, StoreConfig, StoreError,
-    StoreFuture, Ticket, to_ms,
+    Appended, Claimed, DeferStore, Deferred, Outcome, Status, StoreConfig, StoreError, StoreFuture,
+    Ticket, to_ms,
 };
 
 /// The file the store keeps in its directory.
@@ -42,7 +42,8 @@ const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
 /// "seq" and "pending:<rank>" counters.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
-/// The embedded store (feature `defer`); see the [module docs](self).
+/// The embedded store (feature `defer`): a redb database, every commit
+/// synced to disk before it returns.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
@@ -456,9 +457,8 @@ impl Inner {
         let found = entries.get(ticket.as_str()).map_err(io)?;
         found
             .map(|v| {
-                split_entry(ticket.as_str(), v.value()).map(|(_, r)| Status::Pending {
-                    arrived: r.arrived,
-                })
+                split_entry(ticket.as_str(), v.value())
+                    .map(|(_, r)| Status::Pending { arrived: r.arrived })
             })
             .transpose()
     }

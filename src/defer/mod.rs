@@ -38,12 +38,14 @@
 
 mod codec;
 mod embedded;
+#[cfg(feature = "defer-redis")]
+mod redis;
 mod store;
 
 pub use self::embedded::{EmbeddedStore, FILE_NAME};
 pub use self::store::{
-    Appended, Claimed, DeferStore, Deferred, Outcome, Status, StoreConfig, StoreError,
-    StoreFuture, Ticket,
+    Appended, Claimed, DeferStore, Deferred, Outcome, Status, StoreConfig, StoreError, StoreFuture,
+    Ticket,
 };
 
 /// Counter: requests deferred, by `route` and `reason` (the rejection that

@@ -101,7 +101,8 @@ impl Default for DeferPolicy {
 }
 
 /// The reasons `when` may name.
-pub const DEFERRABLE_REASONS: [&str; 5] = ["open", "maintenance", "shed", "queue_full", "queue_timeout"];
+pub const DEFERRABLE_REASONS: [&str; 5] =
+    ["open", "maintenance", "shed", "queue_full", "queue_timeout"];
 
 impl DeferPolicy {
     /// Largest `max_body` and `max_answer`: 16 MiB.
@@ -167,7 +168,9 @@ impl DeferPolicy {
         }
         for method in &self.methods {
             if method.is_empty()
-                || !method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+                || !method
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
             {
                 return Err(PolicyError::invalid(
                     field("methods"),
@@ -223,7 +226,9 @@ impl ByteSize {
             .unwrap_or(trimmed.len());
         let (number, unit) = trimmed.split_at(split);
         let number: u64 = number.parse().map_err(|_| {
-            format!("invalid size {text:?}: expected a number of bytes such as \"64KiB\" or \"1MiB\"")
+            format!(
+                "invalid size {text:?}: expected a number of bytes such as \"64KiB\" or \"1MiB\""
+            )
         })?;
         let scale: u64 = match unit.trim() {
             "" | "B" => 1,

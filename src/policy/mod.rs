@@ -247,8 +247,8 @@ mod priority;
 mod route;
 mod waiting_room;
 
-pub use defer::{ByteSize, DEFERRABLE_REASONS, DeferPolicy, DeferStoreKind};
 pub use breaker::{BackoffPolicy, BreakerPolicy, Mode, WindowPolicy};
+pub use defer::{ByteSize, DEFERRABLE_REASONS, DeferPolicy, DeferStoreKind};
 pub use limit::{Algorithm, LimitPolicy};
 pub use maintenance::MaintenanceWindow;
 pub use priority::{MAX_CLASSES, PriorityPolicy};

@@ -1,0 +1,1 @@
+//! The Redis Streams store (feature `defer-redis`).
