@@ -188,7 +188,7 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
     /// Calls in flight on `route` now, if the route has been seen: those
     /// within its limit and, in shadow mode, those let past it.
     pub fn inflight(&self, route: &str) -> Option<u32> {
-        self.shared.gates.get(route).map(|gate| gate.inflight())
+        self.gate_of(route).map(|gate| gate.inflight())
     }
 
     /// Requests waiting on `route` now (0 if it has not been seen).
