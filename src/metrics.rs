@@ -9,7 +9,7 @@
 //!
 //! | name | kind | labels | meaning |
 //! |---|---|---|---|
-//! | `brownout_requests_total` | counter | `route`, `outcome`, `reason` | every request's one outcome: `served`, `fallback`, `rejected`, `cancelled`; in shadow mode also `would_reject` (with the reason enforce mode would have given) and `would_wait` (a request the waiting room would have held), both of which were served |
+//! | `brownout_requests_total` | counter | `route`, `outcome`, `reason` | every request's one outcome: `served` (the inner service answered), `rejected` (with its reason; a rejection a fallback answered is counted here too), `cancelled` (the caller dropped the request before its answer); in shadow mode also `would_reject` (with the reason enforce mode would have given) and `would_wait` (a request the waiting room would have held), both of which were served |
 //! | `brownout_breaker_state` | gauge | `route` | 0 closed, 1 half-open, 2 open, 3 forced |
 //! | `brownout_breaker_transitions_total` | counter | `route`, `from`, `to` | state changes |
 //! | `brownout_latency_seconds` | histogram | `route`, `outcome` | time to the inner answer of served calls, `outcome` = `success` or `failure` |
@@ -53,7 +53,7 @@ pub fn describe() {
         metrics::describe_counter!(
             REQUESTS_TOTAL,
             Unit::Count,
-            "Requests by outcome (served, fallback, rejected, cancelled; would_reject and would_wait in shadow mode) and reason"
+            "Requests by outcome (served, rejected, cancelled; would_reject and would_wait in shadow mode) and reason"
         );
         metrics::describe_gauge!(
             BREAKER_STATE,
@@ -84,6 +84,16 @@ pub fn describe() {
             SHED_TOTAL,
             Unit::Count,
             "Requests shed by the limit, by priority class"
+        );
+        metrics::describe_gauge!(
+            WAITING,
+            Unit::Count,
+            "Requests in the waiting room, by priority class"
+        );
+        metrics::describe_histogram!(
+            WAIT_SECONDS,
+            Unit::Seconds,
+            "Time in the waiting room of requests that left it with a permit, by priority class"
         );
     });
 }
