@@ -68,7 +68,16 @@ impl PolicyHandle {
 
     /// Validates `policy` and puts it in force on every route, new and
     /// existing; on error the policy in force stays.
+    ///
+    /// Applies run one after the other (a second waits for the first to
+    /// end), and a route first seen while an apply runs follows the policy
+    /// that apply puts in force.
     pub fn apply(&self, policy: Policy) -> Result<(), PolicyError> {
+        let _applying = self
+            .shared
+            .applying
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         policy.validate()?;
         let old = self.shared.policy.load_full();
         if policy.priority != old.priority {
@@ -78,8 +87,14 @@ impl PolicyHandle {
                 "cannot be applied while running: the priority classes are fixed at start; restart to change them",
             ));
         }
-        let entries = self.shared.gates.entries();
-        for (route, _) in &entries {
+        // New routes wait for their policy from here until it is decided.
+        let mut built = self.shared.built();
+        let mut entries = self.shared.gates.entries();
+        let seen = entries
+            .iter()
+            .map(|(route, _)| route.clone())
+            .chain(built.iter().cloned().map(Some));
+        for route in seen {
             let key = route.as_deref().unwrap_or("");
             let (before, after) = (old.route(key), policy.route(key));
             if before.breaker.window != after.breaker.window {
@@ -96,7 +111,22 @@ impl PolicyHandle {
         }
         log_changes(&old, &policy);
         self.shared.policy.store(Arc::new(policy));
+        let late = std::mem::take(&mut *built);
+        drop(built);
+        // Gates built from the old policy that were not yet in the map when
+        // it was read: waits for their insertion to end.
+        for route in late {
+            let gate =
+                self.shared
+                    .gates
+                    .with(&*route, |key: &str| Arc::<str>::from(key), Arc::clone);
+            if !entries.iter().any(|(_, seen)| Arc::ptr_eq(seen, &gate)) {
+                entries.push((Some(route), gate));
+            }
+        }
         let policy = self.shared.policy.load();
+        #[cfg(test)]
+        pause::at(&format!("apply {:p}", Arc::as_ptr(&self.shared)));
         for (route, gate) in entries {
             let key = route.as_deref().unwrap_or("");
             let effective = policy.route(key);
@@ -142,5 +172,148 @@ fn log_changes(old: &Policy, new: &Policy) {
     section!("routes", routes);
     if old == new {
         tracing::info!("brownout: policy reloaded: nothing changed");
+    }
+}
+
+/// Pause points for tests of races: a thread reaching an armed point
+/// says so and waits for the test to let it go.
+#[cfg(test)]
+pub(super) mod pause {
+    use std::collections::HashMap;
+    use std::sync::mpsc::{Receiver, Sender, channel};
+    use std::sync::{Mutex, OnceLock};
+
+    type Points = Mutex<HashMap<String, (Sender<()>, Receiver<()>)>>;
+
+    fn points() -> &'static Points {
+        static POINTS: OnceLock<Points> = OnceLock::new();
+        POINTS.get_or_init(Points::default)
+    }
+
+    /// An armed point, seen from the test.
+    pub(crate) struct Armed {
+        reached: Receiver<()>,
+        go: Sender<()>,
+    }
+
+    impl Armed {
+        /// Waits until a thread is paused at the point.
+        pub(crate) fn reached(&self) {
+            self.reached.recv().expect("the paused thread lives");
+        }
+
+        /// Lets the paused thread go on.
+        pub(crate) fn go(self) {
+            let _ = self.go.send(());
+        }
+    }
+
+    /// Arms `point`: the first thread to reach it pauses there.
+    pub(crate) fn arm(point: &str) -> Armed {
+        let (reached_tx, reached) = channel();
+        let (go, go_rx) = channel();
+        let mut points = points().lock().unwrap();
+        points.insert(point.to_owned(), (reached_tx, go_rx));
+        Armed { reached, go }
+    }
+
+    /// Pauses here if a test armed `point`.
+    pub(crate) fn at(point: &str) {
+        let armed = points().lock().unwrap().remove(point);
+        if let Some((reached, go)) = armed {
+            let _ = reached.send(());
+            let _ = go.recv();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::mpsc::channel;
+    use std::thread;
+    use std::time::Duration;
+
+    use crate::policy::{Mode, Policy};
+    use crate::{BreakerState, BrownoutLayer};
+
+    use super::pause;
+
+    fn with_mode(mode: Mode) -> Policy {
+        let mut policy = Policy::default();
+        policy.breaker.mode = mode;
+        policy
+    }
+
+    /// Runs `apply` on a thread and waits for it to end, or for a second if
+    /// it is blocked (by a paused thread that must be let go first).
+    fn apply_while_paused(apply: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {
+        let (done, ended) = channel();
+        let applier = thread::spawn(move || {
+            apply();
+            let _ = done.send(());
+        });
+        let _ = ended.recv_timeout(Duration::from_secs(1));
+        applier
+    }
+
+    #[test]
+    fn a_route_first_seen_during_an_apply_follows_the_new_policy() {
+        let route = "/first-seen-during-an-apply";
+        let layer = BrownoutLayer::from_policy(&with_mode(Mode::Enforce));
+        let handle = layer.handle();
+        // The route's gate is being built: its policy has been read.
+        let armed = pause::arm(&format!("built {route}"));
+        let shared = handle.shared.clone();
+        let caller = thread::spawn(move || {
+            shared
+                .gates
+                .with(route, |key: &str| Arc::<str>::from(key), |_| ())
+        });
+        armed.reached();
+        let applying = handle.clone();
+        let applier = apply_while_paused(move || {
+            applying.apply(with_mode(Mode::ForcedOpen)).unwrap();
+        });
+        armed.go();
+        caller.join().unwrap();
+        applier.join().unwrap();
+        assert_eq!(layer.state(route), Some(BreakerState::ForcedOpen));
+    }
+
+    #[test]
+    fn concurrent_applies_are_serialised_and_the_last_one_wins_everywhere() {
+        let layer = BrownoutLayer::from_policy(&with_mode(Mode::Enforce));
+        let handle = layer.handle();
+        handle
+            .shared
+            .gates
+            .with("/seen", |key: &str| Arc::<str>::from(key), |_| ());
+        // The first apply pauses after putting its policy in force, before
+        // reconfiguring the routes.
+        let armed = pause::arm(&format!("apply {:p}", Arc::as_ptr(&handle.shared)));
+        let first = handle.clone();
+        let first = thread::spawn(move || first.apply(with_mode(Mode::ForcedOpen)).unwrap());
+        armed.reached();
+        let second = handle.clone();
+        let second = apply_while_paused(move || {
+            second.apply(with_mode(Mode::ForcedClosed)).unwrap();
+        });
+        armed.go();
+        first.join().unwrap();
+        second.join().unwrap();
+        let in_force = handle.current().breaker.mode;
+        let expected = match in_force {
+            Mode::ForcedOpen => BreakerState::ForcedOpen,
+            Mode::ForcedClosed => BreakerState::ForcedClosed,
+            mode => panic!("{mode:?} was never applied"),
+        };
+        for route in ["/seen", "default", "overflow"] {
+            let state = layer.state(route);
+            if route == "default" && state.is_none() {
+                continue;
+            }
+            assert_eq!(state, Some(expected), "{route} follows the policy in force");
+        }
     }
 }

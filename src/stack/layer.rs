@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use metrics::SharedString;
 use tower::Layer;
@@ -26,6 +26,22 @@ pub(crate) struct Shared {
     pub(crate) policy: Arc<ArcSwap<Policy>>,
     pub(crate) gates: GateMap<Arc<str>>,
     pub(crate) classes: Classes,
+    /// Held through a whole [`PolicyHandle::apply`](super::PolicyHandle::apply),
+    /// so that applies run one after the other.
+    pub(crate) applying: Mutex<()>,
+    /// The routes whose gates were built since the last apply, all from the
+    /// policy in force. A new route's gate reads its policy with this held,
+    /// and an apply puts its policy in force with this held: a gate built
+    /// from the old policy is listed here by then, so the apply finds and
+    /// reconfigures it even if it is not yet in `gates`.
+    pub(crate) built: Arc<Mutex<Vec<Arc<str>>>>,
+}
+
+impl Shared {
+    /// Takes the `built` list's lock, whoever panicked while holding it.
+    pub(crate) fn built(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
+        self.built.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The gate settings of `route` under `policy`: its `[routes."…"]`
@@ -92,15 +108,23 @@ impl BrownoutLayer {
         let classes = Classes::from_policy(&policy.priority);
         let clock = clock.unwrap_or_else(Clock::detect);
         let in_force = Arc::new(ArcSwap::from_pointee(policy.clone()));
+        let built = Arc::new(Mutex::new(Vec::new()));
         let gates = {
             let in_force = in_force.clone();
             let classes = classes.clone();
+            let built = built.clone();
             GateMap::new(max_routes, move |route: Option<&Arc<str>>| {
                 let (label, effective) = match route {
-                    Some(route) => (
-                        SharedString::from(route.to_string()),
-                        in_force.load().route(route),
-                    ),
+                    Some(route) => {
+                        let effective = {
+                            let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+                            built.push(route.clone());
+                            in_force.load().route(route)
+                        };
+                        #[cfg(test)]
+                        super::handle::pause::at(&format!("built {route}"));
+                        (SharedString::from(route.to_string()), effective)
+                    }
                     None => (
                         SharedString::const_str(OVERFLOW_KEY),
                         in_force.load().route(""),
@@ -114,6 +138,8 @@ impl BrownoutLayer {
                 policy: in_force,
                 gates,
                 classes,
+                applying: Mutex::new(()),
+                built,
             }),
             policy: Arc::new(policy.clone()),
             fallback: RejectAsError,
