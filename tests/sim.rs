@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brownout::sim::{
-    Change, Condition, ServiceTime, SimBackend, SimConfigError, SimError, SimResponse,
+    Abandoned, Change, Condition, ServiceTime, SimBackend, SimConfigError, SimError, SimResponse,
 };
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, advance, sleep, sleep_until};
@@ -550,4 +550,223 @@ fn back_end_and_future_fit_tower_stacks() {
     fn boxable<E: Into<tower::BoxError>>() {}
     service(&constant(1, ms(1)));
     boxable::<SimError>();
+}
+
+/// Mean and coefficient of variation of `draws`, in seconds.
+fn mean_cv(draws: &[Duration]) -> (f64, f64) {
+    let n = draws.len() as f64;
+    let secs: Vec<f64> = draws.iter().map(Duration::as_secs_f64).collect();
+    let mean = secs.iter().sum::<f64>() / n;
+    let var = secs.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt() / mean)
+}
+
+#[test]
+fn gamma_service_times_have_the_asked_mean_and_cv() {
+    for cv in [0.5, 1.0, 2.0] {
+        let st = ServiceTime::Gamma { mean: ms(400), cv };
+        assert_eq!(st.mean(), ms(400));
+        let draws = st.draws(5, 50_000).unwrap();
+        assert_eq!(draws, st.draws(5, 50_000).unwrap(), "seeded");
+        assert_ne!(
+            draws[..100],
+            st.draws(6, 100).unwrap()[..],
+            "the seed matters"
+        );
+        let (mean, got_cv) = mean_cv(&draws);
+        assert!((mean - 0.4).abs() < 0.4 * 0.03, "cv {cv}: mean {mean}");
+        assert!((got_cv - cv).abs() < cv * 0.08, "cv {cv}: cv {got_cv}");
+        // Whole milliseconds, never zero.
+        assert!(draws.iter().all(|d| d.subsec_nanos() % 1_000_000 == 0));
+        assert!(draws.iter().all(|d| *d >= ms(1)));
+    }
+    // cv 0 is a constant.
+    let st = ServiceTime::Gamma {
+        mean: ms(400),
+        cv: 0.0,
+    };
+    assert_eq!(st.draws(1, 3).unwrap(), [ms(400); 3]);
+}
+
+#[test]
+fn pareto_service_times_have_a_power_law_tail() {
+    let alpha = 1.5;
+    let st = ServiceTime::Pareto {
+        mean: ms(300),
+        alpha,
+    };
+    assert_eq!(st.mean(), ms(300));
+    let draws = st.draws(9, 200_000).unwrap();
+    assert_eq!(draws[..1000], st.draws(9, 1000).unwrap()[..], "seeded");
+    // The smallest service time is mean × (alpha − 1) / alpha = 100 ms.
+    let least = draws.iter().min().unwrap();
+    assert_eq!(*least, ms(100));
+    // P(X > x × 100 ms) = x^−alpha: 10^−1.5 ≈ 3.16% above 1 s, 0.1% above 10 s.
+    let share =
+        |at: Duration| draws.iter().filter(|d| **d > at).count() as f64 / draws.len() as f64;
+    let above_1s = share(Duration::from_secs(1));
+    assert!((above_1s - 0.0316).abs() < 0.0316 * 0.1, "{above_1s}");
+    let above_10s = share(Duration::from_secs(10));
+    assert!((above_10s - 0.001).abs() < 0.001 * 0.3, "{above_10s}");
+
+    // With a lighter tail the sample mean settles on the mean.
+    let st = ServiceTime::Pareto {
+        mean: ms(300),
+        alpha: 3.0,
+    };
+    let (mean, _) = mean_cv(&st.draws(9, 100_000).unwrap());
+    assert!((mean - 0.3).abs() < 0.3 * 0.03, "{mean}");
+}
+
+#[test]
+fn bad_gamma_and_pareto_settings_name_the_field() {
+    let cases = [
+        (
+            ServiceTime::Gamma {
+                mean: ms(10),
+                cv: -1.0,
+            },
+            "service_time.cv",
+            "-1",
+        ),
+        (
+            ServiceTime::Gamma {
+                mean: ms(10),
+                cv: f64::INFINITY,
+            },
+            "service_time.cv",
+            "inf",
+        ),
+        (
+            ServiceTime::Pareto {
+                mean: ms(10),
+                alpha: 1.0,
+            },
+            "service_time.alpha",
+            "1",
+        ),
+        (
+            ServiceTime::Pareto {
+                mean: ms(10),
+                alpha: f64::NAN,
+            },
+            "service_time.alpha",
+            "NaN",
+        ),
+    ];
+    for (st, field, value) in cases {
+        let err = SimBackend::builder().service_time(st).build().unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(field) && text.contains(value), "{text}");
+        assert!(st.draws(1, 1).is_err());
+    }
+}
+
+fn keep_working(capacity: usize, service: Duration) -> SimBackend {
+    SimBackend::builder()
+        .capacity(capacity)
+        .service_time(ServiceTime::Constant(service))
+        .abandoned(Abandoned::KeepWorking)
+        .build()
+        .expect("valid settings")
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_working_holds_an_abandoned_call_s_slot_until_its_service_ends() {
+    let b = keep_working(1, Duration::from_secs(10));
+    let sim = b.handle();
+    let first = tokio::time::timeout(Duration::from_secs(2), b.clone().oneshot(()));
+    let second = tokio::spawn(b.clone().oneshot(()));
+    assert!(first.await.is_err());
+    // The caller left at 2 s; the back end still works on its call.
+    let s = sim.stats();
+    assert_eq!(
+        (s.in_service, s.queued, s.cancelled, s.abandoned_working),
+        (1, 1, 1, 1)
+    );
+    // Nothing else touches the back end: its own timer frees the slot at 10 s.
+    let r = second.await.unwrap().unwrap();
+    assert_eq!(r.queue_delay, Duration::from_secs(10));
+    assert_eq!(r.latency(), Duration::from_secs(20));
+    let s = sim.stats();
+    assert_eq!(
+        (
+            s.started,
+            s.served,
+            s.cancelled,
+            s.open(),
+            s.in_service,
+            s.abandoned_working
+        ),
+        (2, 1, 1, 0, 0, 0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_working_serves_an_abandoned_queued_call_in_its_turn() {
+    let b = keep_working(1, Duration::from_secs(10));
+    let sim = b.handle();
+    let mut svc = b.clone();
+    let a = tokio::spawn(svc.call(())); // in service 0..10 s
+    let q = svc.call(()); // queued, abandoned at 1 s: served 10..20 s for nobody
+    let c = tokio::spawn(svc.call(())); // queued behind q: 20..30 s
+    settle().await;
+    advance(Duration::from_secs(1)).await;
+    drop(q);
+    let s = sim.stats();
+    assert_eq!(
+        (s.in_service, s.queued, s.cancelled, s.abandoned_working),
+        (1, 2, 1, 1)
+    );
+    assert_eq!(a.await.unwrap().unwrap().latency(), Duration::from_secs(10));
+    settle().await;
+    let s = sim.stats();
+    assert_eq!((s.in_service, s.queued, s.abandoned_working), (1, 1, 1));
+    let r = c.await.unwrap().unwrap();
+    assert_eq!(r.queue_delay, Duration::from_secs(20));
+    let s = sim.stats();
+    assert_eq!(
+        (
+            s.started,
+            s.served,
+            s.cancelled,
+            s.open(),
+            s.abandoned_working
+        ),
+        (3, 2, 1, 0, 0)
+    );
+    assert_eq!(s.peak_in_service, 1, "never above the capacity");
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_working_drops_abandoned_queued_calls_when_the_back_end_goes_down() {
+    let b = keep_working(1, Duration::from_secs(10));
+    let sim = b.handle();
+    let mut svc = b.clone();
+    let a = svc.call(()); // in service
+    let q = svc.call(()); // queued
+    drop(q);
+    assert_eq!(sim.stats().abandoned_working, 1);
+    sim.set_condition(Condition::DownFast).unwrap();
+    // The queue empties; the call in service finishes as it started.
+    let s = sim.stats();
+    assert_eq!((s.queued, s.in_service, s.abandoned_working), (0, 1, 0));
+    assert!(a.await.is_ok());
+    assert_eq!(sim.stats().open(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_an_abandoned_call_frees_its_slot_at_once() {
+    let b = SimBackend::builder()
+        .capacity(1)
+        .service_time(ServiceTime::Constant(Duration::from_secs(10)))
+        .abandoned(Abandoned::Free)
+        .build()
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(2), b.clone().oneshot(()));
+    let second = tokio::spawn(b.clone().oneshot(()));
+    assert!(first.await.is_err());
+    assert_eq!(b.handle().stats().abandoned_working, 0);
+    let r = second.await.unwrap().unwrap();
+    assert_eq!(r.queue_delay, Duration::from_secs(2));
 }

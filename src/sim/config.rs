@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand_distr::{Distribution, Exp, LogNormal};
+use rand_distr::{Distribution, Exp, Gamma, LogNormal, Pareto};
 
 /// How long the back end takes to serve one call once the call has a slot,
 /// before the [`Condition::Slow`] factor is applied.
@@ -41,6 +41,26 @@ pub enum ServiceTime {
         /// Coefficient of variation, a finite number `>= 0`.
         cv: f64,
     },
+    /// Gamma-distributed with this mean and coefficient of variation
+    /// (shape `1 / cv²`, scale `mean × cv²`): `cv = 1` is exponential,
+    /// above 1 more small values and a longer tail. `cv = 0` is a constant.
+    Gamma {
+        /// Mean service time.
+        mean: Duration,
+        /// Coefficient of variation, a finite number `>= 0`.
+        cv: f64,
+    },
+    /// Pareto-distributed (a power-law tail) with this mean and tail index
+    /// `alpha`: the smallest service time is `mean × (alpha − 1) / alpha`,
+    /// and the chance of a call taking more than `x` times that falls as
+    /// `x^−alpha`. `alpha` at or below 2 has an infinite variance: a few
+    /// calls take very long indeed.
+    Pareto {
+        /// Mean service time.
+        mean: Duration,
+        /// Tail index, a finite number `> 1` (a mean exists only then).
+        alpha: f64,
+    },
 }
 
 impl Default for ServiceTime {
@@ -55,7 +75,10 @@ impl ServiceTime {
     pub const fn mean(&self) -> Duration {
         match *self {
             ServiceTime::Constant(d) => d,
-            ServiceTime::Exponential { mean } | ServiceTime::LogNormal { mean, .. } => mean,
+            ServiceTime::Exponential { mean }
+            | ServiceTime::LogNormal { mean, .. }
+            | ServiceTime::Gamma { mean, .. }
+            | ServiceTime::Pareto { mean, .. } => mean,
         }
     }
 
@@ -76,23 +99,33 @@ impl ServiceTime {
     /// # Errors
     ///
     /// [`SimConfigError::Invalid`] if the distribution's parameters are
-    /// invalid (a coefficient of variation that is negative or not finite).
+    /// invalid (a coefficient of variation that is negative or not finite,
+    /// a Pareto `alpha` that is not a finite number `> 1`).
     pub fn draws(&self, seed: u64, n: usize) -> Result<Vec<Duration>, SimConfigError> {
         let mut sampler = Sampler::new(*self, seed)?;
         Ok((0..n).map(|_| sampler.sample()).collect())
     }
 
     pub(crate) fn validate(&self) -> Result<(), SimConfigError> {
-        if let ServiceTime::LogNormal { cv, .. } = *self {
-            if !(cv.is_finite() && cv >= 0.0) {
-                return Err(SimConfigError::invalid(
+        match *self {
+            ServiceTime::LogNormal { cv, .. } | ServiceTime::Gamma { cv, .. }
+                if !(cv.is_finite() && cv >= 0.0) =>
+            {
+                Err(SimConfigError::invalid(
                     "service_time.cv",
                     cv,
                     "a coefficient of variation must be a finite number >= 0",
-                ));
+                ))
             }
+            ServiceTime::Pareto { alpha, .. } if !(alpha.is_finite() && alpha > 1.0) => {
+                Err(SimConfigError::invalid(
+                    "service_time.alpha",
+                    alpha,
+                    "a Pareto tail index must be a finite number > 1 (the mean is infinite at 1 and below)",
+                ))
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -108,6 +141,8 @@ enum Dist {
     Constant(Duration),
     Exp(Exp<f64>),
     LogNormal(LogNormal<f64>),
+    Gamma(Gamma<f64>),
+    Pareto(Pareto<f64>),
 }
 
 impl Sampler {
@@ -115,11 +150,15 @@ impl Sampler {
         service_time.validate()?;
         let dist = match service_time {
             ServiceTime::Constant(d) => Dist::Constant(d),
-            ServiceTime::Exponential { mean } | ServiceTime::LogNormal { mean, .. }
+            ServiceTime::Exponential { mean }
+            | ServiceTime::LogNormal { mean, .. }
+            | ServiceTime::Gamma { mean, .. }
+            | ServiceTime::Pareto { mean, .. }
                 if mean.is_zero() =>
             {
                 Dist::Constant(Duration::ZERO)
             }
+            ServiceTime::Gamma { mean, cv: 0.0 } => Dist::Constant(mean),
             ServiceTime::Exponential { mean } => {
                 let exp = Exp::new(1.0 / mean.as_secs_f64()).map_err(|_| {
                     SimConfigError::invalid(
@@ -140,6 +179,29 @@ impl Sampler {
                 })?;
                 Dist::LogNormal(ln)
             }
+            ServiceTime::Gamma { mean, cv } => {
+                let shape = 1.0 / (cv * cv);
+                let scale = mean.as_secs_f64() * cv * cv;
+                let gamma = Gamma::new(shape, scale).map_err(|_| {
+                    SimConfigError::invalid(
+                        "service_time",
+                        format_args!("mean {mean:?}, cv {cv}"),
+                        "a gamma needs a mean > 0 and a finite cv >= 0 (not too small)",
+                    )
+                })?;
+                Dist::Gamma(gamma)
+            }
+            ServiceTime::Pareto { mean, alpha } => {
+                let scale = mean.as_secs_f64() * (alpha - 1.0) / alpha;
+                let pareto = Pareto::new(scale, alpha).map_err(|_| {
+                    SimConfigError::invalid(
+                        "service_time",
+                        format_args!("mean {mean:?}, alpha {alpha}"),
+                        "a Pareto needs a mean > 0 and a finite alpha > 1",
+                    )
+                })?;
+                Dist::Pareto(pareto)
+            }
         };
         Ok(Self {
             rng: SmallRng::seed_from_u64(seed),
@@ -152,9 +214,30 @@ impl Sampler {
             Dist::Constant(d) => return quantize(*d),
             Dist::Exp(exp) => exp.sample(&mut self.rng),
             Dist::LogNormal(ln) => ln.sample(&mut self.rng),
+            Dist::Gamma(gamma) => gamma.sample(&mut self.rng),
+            Dist::Pareto(pareto) => pareto.sample(&mut self.rng),
         };
-        quantize(secs_to_duration(secs))
+        // A positive draw below a nanosecond (a gamma with a large cv has
+        // many) is still a positive service time: at least 1 ms.
+        let d = quantize(secs_to_duration(secs));
+        if d.is_zero() && secs > 0.0 {
+            super::TIMER_RESOLUTION
+        } else {
+            d
+        }
     }
+}
+
+/// `base × factor` in whole milliseconds, exact for a factor of 1,
+/// saturating, never panicking.
+pub(crate) fn scale(base: Duration, factor: f64) -> Duration {
+    if factor == 1.0 {
+        return base;
+    }
+    // `as u64` saturates (and maps NaN to 0): no panic on any factor.
+    quantize(Duration::from_nanos(
+        (base.as_nanos() as f64 * factor).round() as u64,
+    ))
 }
 
 /// Seconds to a duration, saturating instead of panicking.
@@ -174,6 +257,31 @@ pub(crate) fn quantize(d: Duration) -> Duration {
     }
     let ms = ((d.as_nanos() + 500_000) / 1_000_000).max(1);
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// What a simulated back end does with a call whose caller went away (its
+/// response future was dropped: the client timed out or hung up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Abandoned {
+    /// The back end notices at once, like a server that watches its
+    /// connections: the call leaves the queue, or gives its slot to the
+    /// next queued call.
+    #[default]
+    Free,
+    /// The back end keeps working on it, like most servers, which never
+    /// learn that nobody waits for the answer: a call in service keeps its
+    /// slot until its service time ends, and a queued call stays queued,
+    /// then takes a slot for its whole service time when its turn comes
+    /// (unless the back end is down by then). The caller's side is the
+    /// same: the call counts as cancelled when its future is dropped;
+    /// [`SimStats::abandoned_working`](super::SimStats::abandoned_working)
+    /// counts the calls still being worked on.
+    ///
+    /// Releasing a slot later takes a tokio runtime (the back end's
+    /// schedule task does it); a future dropped outside any runtime frees
+    /// what it held at once.
+    KeepWorking,
 }
 
 /// The state of the simulated back end: how it answers calls.

@@ -2,7 +2,8 @@
 //! condition, schedule and counters, all behind one std mutex (the
 //! simulation is not a hot path).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Waker;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::config::{Change, Condition, Sampler, fraction_of};
+use super::config::{Abandoned, Change, Condition, Sampler, fraction_of, scale};
 
 /// Everything clones of one back end share.
 #[derive(Debug)]
@@ -20,6 +21,9 @@ pub(crate) struct Shared {
     pub(crate) origin: Instant,
     pub(crate) base_capacity: usize,
     pub(crate) down_latency: Duration,
+    pub(crate) abandoned: Abandoned,
+    /// This back end, for starting the schedule driver from `&self`.
+    me: Weak<Shared>,
     /// Wakes the schedule driver when a change is scheduled or the back end
     /// goes away.
     notify: Arc<Notify>,
@@ -84,6 +88,15 @@ pub(crate) struct State {
     schedule: BTreeMap<(Instant, u64), Change>,
     next_change: u64,
     driver: bool,
+    /// Abandoned calls still queued ([`Abandoned::KeepWorking`]), with
+    /// their base service time.
+    abandoned_queued: HashMap<u64, Duration>,
+    /// When the abandoned calls in service give their slots back, earliest
+    /// first.
+    abandoned_ends: BinaryHeap<Reverse<Instant>>,
+    /// The driver must look at the schedule again (an abandoned call's end
+    /// was added).
+    wake_driver: bool,
     pub(crate) stats: super::SimStats,
 }
 
@@ -105,13 +118,14 @@ impl Shared {
         capacity: usize,
         condition: Condition,
         down_latency: Duration,
-    ) -> Self {
+        abandoned: Abandoned,
+    ) -> Arc<Self> {
         let origin = Instant::now();
         let stats = super::SimStats {
             capacity,
             ..super::SimStats::default()
         };
-        Self {
+        Arc::new_cyclic(|me| Self {
             state: Mutex::new(State {
                 sampler,
                 capacity,
@@ -123,13 +137,18 @@ impl Shared {
                 schedule: BTreeMap::new(),
                 next_change: 0,
                 driver: false,
+                abandoned_queued: HashMap::new(),
+                abandoned_ends: BinaryHeap::new(),
+                wake_driver: false,
                 stats,
             }),
             origin,
             base_capacity: capacity,
             down_latency,
+            abandoned,
+            me: me.clone(),
             notify: Arc::new(Notify::new()),
-        }
+        })
     }
 
     /// Runs `f` on the state after applying every change due by now; wakes
@@ -137,12 +156,20 @@ impl Shared {
     pub(crate) fn with<T>(&self, f: impl FnOnce(&mut State, Instant, &mut Vec<Waker>) -> T) -> T {
         let now = Instant::now();
         let mut wakers = Vec::new();
-        let out = {
+        let (out, driver) = {
             let mut st = lock(&self.state);
             st.apply_due(now, self.base_capacity, &mut wakers);
-            f(&mut st, now, &mut wakers)
+            let out = f(&mut st, now, &mut wakers);
+            (out, st.driver_wanted())
         };
         wake_all(wakers);
+        match driver {
+            Driver::Start(rt) => {
+                rt.spawn(drive(self.me.clone(), Arc::clone(&self.notify)));
+            }
+            Driver::Notify => self.notify.notify_one(),
+            Driver::None => {}
+        }
         out
     }
 
@@ -217,26 +244,47 @@ impl Shared {
     }
 
     /// A call's future was dropped before it answered. `stage` says what it
-    /// held.
-    pub(crate) fn cancel(&self, seq: u64, stage: Held) {
+    /// held; `base` is its base service time.
+    pub(crate) fn cancel(&self, seq: u64, base: Duration, stage: Held) {
+        // Working on after the caller left needs a timer to give the slot
+        // back: without a runtime, free it now.
+        let keep = self.abandoned == Abandoned::KeepWorking
+            && tokio::runtime::Handle::try_current().is_ok();
         self.with(|st, now, wakers| {
             st.stats.cancelled += 1;
             let held = match stage {
                 Held::Queued => match st.slots.remove(&seq).map(|s| s.decision) {
+                    Some(Decision::Waiting) if keep => {
+                        // Stays in the queue; served for nobody in its turn.
+                        st.abandoned_queued.insert(seq, base);
+                        st.stats.abandoned_working += 1;
+                        Held::Nothing
+                    }
                     Some(Decision::Waiting) => {
                         if let Some(pos) = st.queue.iter().position(|&s| s == seq) {
                             st.queue.remove(pos);
                         }
                         Held::Nothing
                     }
-                    Some(Decision::Serve { .. }) => Held::Service,
+                    Some(Decision::Serve { start, factor }) => Held::Service {
+                        until: start.checked_add(scale(base, factor)),
+                    },
                     Some(Decision::Hang) => Held::Hang,
                     Some(Decision::Fail { .. }) | None => Held::Nothing,
                 },
                 other => other,
             };
             match held {
-                Held::Service => {
+                Held::Service { until } if keep => {
+                    st.stats.abandoned_working += 1;
+                    // A service time too long for the clock keeps its slot
+                    // for ever, as the call would have.
+                    if let Some(until) = until {
+                        st.abandoned_ends.push(Reverse(until));
+                        st.wake_driver = true;
+                    }
+                }
+                Held::Service { .. } => {
                     st.stats.in_service = st.stats.in_service.saturating_sub(1);
                     st.pump(now, wakers);
                 }
@@ -277,16 +325,24 @@ impl Shared {
             Ok(Some(rt))
         })?;
         if let Some(rt) = start_driver {
-            rt.spawn(drive(Arc::downgrade(self), Arc::clone(&self.notify)));
+            rt.spawn(drive(self.me.clone(), Arc::clone(&self.notify)));
         } else {
             self.notify.notify_one();
         }
         Ok(())
     }
 
-    /// Applies due changes; the next one's time.
+    /// Applies due changes and gives back the slots of abandoned calls
+    /// whose service ended; the next such moment.
     fn tick(&self) -> Option<Instant> {
-        self.with(|st, _, _| st.schedule.keys().next().map(|&(t, _)| t))
+        self.with(|st, _, _| {
+            let change = st.schedule.keys().next().map(|&(t, _)| t);
+            let end = st.abandoned_ends.peek().map(|&Reverse(t)| t);
+            match (change, end) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        })
     }
 
     pub(crate) fn snapshot(&self) -> (super::SimStats, Condition, usize) {
@@ -301,13 +357,21 @@ impl Shared {
     }
 }
 
+/// What the schedule driver needs after a change to the state.
+enum Driver {
+    None,
+    Notify,
+    Start(tokio::runtime::Handle),
+}
+
 /// What a dropped call was holding.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Held {
     /// It was (or had been) queued: look up its decision.
     Queued,
-    /// A service slot.
-    Service,
+    /// A service slot, until its service would have ended (never if
+    /// `None`).
+    Service { until: Option<Instant> },
     /// A hanging call.
     Hang,
     /// Nothing (a pending error).
@@ -341,13 +405,45 @@ impl State {
     }
 
     fn apply_due(&mut self, now: Instant, base: usize, wakers: &mut Vec<Waker>) {
-        while let Some(entry) = self.schedule.first_entry() {
-            let when = entry.key().0;
-            if when > now {
-                break;
+        loop {
+            let change = self.schedule.keys().next().map(|&(t, _)| t);
+            let end = self.abandoned_ends.peek().map(|&Reverse(t)| t);
+            match (change, end) {
+                // An abandoned call's service ends first (or with the change).
+                (c, Some(end)) if end <= now && c.is_none_or(|c| end <= c) => {
+                    self.abandoned_ends.pop();
+                    self.stats.in_service = self.stats.in_service.saturating_sub(1);
+                    self.stats.abandoned_working = self.stats.abandoned_working.saturating_sub(1);
+                    self.pump(now, wakers);
+                }
+                (Some(when), _) if when <= now => {
+                    let Some(entry) = self.schedule.first_entry() else {
+                        break;
+                    };
+                    let change = entry.remove();
+                    self.apply_change_since(change, when, now, base, wakers);
+                }
+                _ => break,
             }
-            let change = entry.remove();
-            self.apply_change_since(change, when, now, base, wakers);
+        }
+    }
+
+    /// Whether the driver must start or look again, once the lock is
+    /// released.
+    fn driver_wanted(&mut self) -> Driver {
+        if !std::mem::take(&mut self.wake_driver) {
+            return Driver::None;
+        }
+        if self.driver {
+            return Driver::Notify;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                self.driver = true;
+                Driver::Start(rt)
+            }
+            // Applied at the next use of the back end instead.
+            Err(_) => Driver::None,
         }
     }
 
@@ -401,6 +497,31 @@ impl State {
     /// end is down.
     fn pump(&mut self, now: Instant, wakers: &mut Vec<Waker>) {
         while let Some(&seq) = self.queue.front() {
+            if let Some(&base) = self.abandoned_queued.get(&seq) {
+                // Nobody waits for this one: serve it for nothing, or drop
+                // it if the back end went down.
+                match self.effect(now) {
+                    Effect::Serve(factor) => {
+                        if self.stats.in_service >= self.capacity {
+                            break;
+                        }
+                        self.stats.in_service += 1;
+                        // A service time too long for the clock keeps the
+                        // slot for ever, as it would have.
+                        if let Some(end) = now.checked_add(scale(base, factor)) {
+                            self.abandoned_ends.push(Reverse(end));
+                            self.wake_driver = true;
+                        }
+                    }
+                    Effect::Fail | Effect::Hang => {
+                        self.stats.abandoned_working =
+                            self.stats.abandoned_working.saturating_sub(1);
+                    }
+                }
+                self.abandoned_queued.remove(&seq);
+                self.queue.pop_front();
+                continue;
+            }
             let decision = match self.effect(now) {
                 Effect::Fail => Decision::Fail { at: now },
                 Effect::Hang => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::config::quantize;
+use super::config::scale;
 use super::core::{Arrival, Decision, Held, Shared};
 
 /// A served call's answer: how long it queued inside the back end and how
@@ -87,14 +87,14 @@ pin_project! {
     impl PinnedDrop for ResponseFuture {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            let held = match this.stage {
+            let held = match *this.stage {
                 Stage::Done => return,
                 Stage::Queued => Held::Queued,
-                Stage::Serving { .. } => Held::Service,
+                Stage::Serving { deadline, .. } => Held::Service { until: deadline },
                 Stage::Failing { .. } => Held::Nothing,
                 Stage::Hanging => Held::Hang,
             };
-            this.shared.cancel(*this.seq, held);
+            this.shared.cancel(*this.seq, *this.base, held);
         }
     }
 }
@@ -106,18 +106,6 @@ impl fmt::Debug for ResponseFuture {
             .field("stage", &self.stage)
             .finish_non_exhaustive()
     }
-}
-
-/// `base × factor` in whole milliseconds, exact for a factor of 1,
-/// saturating, never panicking.
-fn scale(base: Duration, factor: f64) -> Duration {
-    if factor == 1.0 {
-        return base;
-    }
-    // `as u64` saturates (and maps NaN to 0): no panic on any factor.
-    quantize(Duration::from_nanos(
-        (base.as_nanos() as f64 * factor).round() as u64,
-    ))
 }
 
 impl ResponseFuture {

@@ -12,7 +12,8 @@
 //! notice. [`poll_ready`](tower::Service::poll_ready) is always ready.
 //!
 //! - **Service time.** Each call draws a base service time from a
-//!   [`ServiceTime`] distribution (constant, exponential or log-normal) with a
+//!   [`ServiceTime`] distribution (constant, exponential, log-normal, gamma
+//!   or Pareto) with a
 //!   seeded RNG, in call order: the same seed gives the same sequence of
 //!   draws ([`ServiceTime::draws`] shows it), so a run on a current-thread
 //!   runtime is deterministic.
@@ -38,7 +39,10 @@
 //!
 //! A response future that is dropped (the caller timed out or went away)
 //! counts as cancelled and frees its place in the queue or its service slot,
-//! like a real back end noticing a closed connection.
+//! like a real back end noticing a closed connection; or, with
+//! [`Abandoned::KeepWorking`] ([`SimBuilder::abandoned`]), the back end
+//! works on regardless and the call holds its place until its service
+//! time ends.
 //!
 //! # Time and determinism
 //!
@@ -107,7 +111,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::config::Sampler;
-pub use self::config::{Change, Condition, ServiceTime, SimConfigError};
+pub use self::config::{Abandoned, Change, Condition, ServiceTime, SimConfigError};
 use self::core::Shared;
 pub use self::future::{ResponseFuture, SimError, SimResponse};
 
@@ -186,6 +190,7 @@ pub struct SimBuilder {
     seed: u64,
     condition: Condition,
     down_latency: Duration,
+    abandoned: Abandoned,
 }
 
 impl Default for SimBuilder {
@@ -196,6 +201,7 @@ impl Default for SimBuilder {
             seed: 0,
             condition: Condition::Up,
             down_latency: DEFAULT_DOWN_LATENCY,
+            abandoned: Abandoned::Free,
         }
     }
 }
@@ -232,6 +238,14 @@ impl SimBuilder {
         self
     }
 
+    /// What the back end does with calls whose caller went away:
+    /// [`Abandoned::Free`] (the default) gives back their place at once,
+    /// [`Abandoned::KeepWorking`] serves them out.
+    pub fn abandoned(mut self, abandoned: Abandoned) -> Self {
+        self.abandoned = abandoned;
+        self
+    }
+
     /// The back end. Its virtual time zero (for [`SimHandle::at`]) is now:
     /// build it after pausing tokio's time.
     ///
@@ -243,12 +257,13 @@ impl SimBuilder {
         self.condition.validate()?;
         let sampler = Sampler::new(self.service_time, self.seed)?;
         Ok(SimBackend {
-            shared: Arc::new(Shared::new(
+            shared: Shared::new(
                 sampler,
                 self.capacity,
                 self.condition,
                 self.down_latency,
-            )),
+                self.abandoned,
+            ),
         })
     }
 }
@@ -417,6 +432,10 @@ pub struct SimStats {
     pub peak_concurrent: usize,
     /// The capacity now.
     pub capacity: usize,
+    /// Calls whose caller went away that the back end is still working
+    /// on, queued or in service (in `queued` and `in_service` too); only
+    /// with [`Abandoned::KeepWorking`].
+    pub abandoned_working: usize,
 }
 
 impl SimStats {
