@@ -44,8 +44,9 @@ impl Shared {
     }
 }
 
-/// The gate settings of `route` under `policy`: its `[routes."…"]`
-/// overrides applied to the top-level sections.
+/// The gate settings of a route from `effective`, its policy with its
+/// `[routes."…"]` overrides already applied by [`Policy::route`]; this
+/// only points the gate at its sections and labels it `label`.
 pub(crate) fn route_spec<'a>(
     effective: &'a Policy,
     classes: &'a Classes,
