@@ -392,6 +392,16 @@ impl Inner {
                     .map_err(io)?
                     .insert((rank, seq), ticket.as_str())
                     .map_err(io)?;
+                // A claim given back does not count as an attempt.
+                let mut attempts = txn.open_table(ATTEMPTS).map_err(io)?;
+                let now = attempts
+                    .get(ticket.as_str())
+                    .map_err(io)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                attempts
+                    .insert(ticket.as_str(), now.saturating_sub(1))
+                    .map_err(io)?;
             }
         }
         txn.commit().map_err(io)
@@ -538,6 +548,10 @@ fn split_key_record(key: &str, value: &[u8]) -> Result<(u64, Ticket), StoreError
 }
 
 impl DeferStore for EmbeddedStore {
+    fn now(&self) -> SystemTime {
+        self.inner.config.clock.system_time()
+    }
+
     fn append(&self, request: Deferred) -> StoreFuture<'_, Appended> {
         self.run(move |s| s.append(request))
     }

@@ -37,16 +37,29 @@
 //! gives each its help text.
 
 mod codec;
+mod deferral;
 mod embedded;
+mod http;
+mod replay;
 #[cfg(feature = "defer-redis")]
 mod redis;
 mod store;
 
+pub use self::deferral::{Deferral, RouteDeferral};
 pub use self::embedded::{EmbeddedStore, FILE_NAME};
+pub use self::replay::{MAX_BACKOFF, MIN_BACKOFF, ReplayHandle, UPKEEP};
+pub use self::http::{
+    DeferFallback, DeferStatus, DeferStatusLayer, MAX_IDEMPOTENCY_KEY, StatusFuture,
+    idempotency_key,
+};
 pub use self::store::{
     Appended, Claimed, DeferStore, Deferred, Outcome, Status, StoreConfig, StoreError, StoreFuture,
     Ticket,
 };
+
+/// The request header that makes deferral and replay exactly-once from
+/// the client's view (the IETF httpapi draft's `Idempotency-Key`).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Counter: requests deferred, by `route` and `reason` (the rejection that
 /// deferred them).

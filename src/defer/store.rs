@@ -109,8 +109,10 @@ pub struct Claimed {
     pub ticket: Ticket,
     /// The request.
     pub request: Deferred,
-    /// How many times it has been claimed, this time included: more than 1
-    /// after a replay that was interrupted (a crash) or put back.
+    /// How many times it has been claimed and not given back
+    /// ([`DeferStore::release`]), this time included: more than 1 after a
+    /// replay that was interrupted (a crash, or a claim left past
+    /// `claim_after`).
     pub attempts: u32,
 }
 
@@ -243,10 +245,13 @@ pub(crate) fn from_ms(ms: u64) -> SystemTime {
 /// - [`complete`](Self::complete) stores a ticket's outcome once: a second
 ///   completion of the same ticket changes nothing and says so.
 /// - [`release`](Self::release) puts a claimed request back in its place
-///   (the back end was not ready), for the next claim.
+///   (the back end was not ready), for the next claim, uncounted.
 /// - [`expire`](Self::expire) settles every waiting request older than
 ///   `max_age` as [`Outcome::Expired`].
 pub trait DeferStore: Send + Sync + 'static {
+    /// Now, by the store's clock: arrival times are stamped with it.
+    fn now(&self) -> SystemTime;
+
     /// Writes `request` durably, unless its idempotency key was seen or the
     /// store is full.
     fn append(&self, request: Deferred) -> StoreFuture<'_, Appended>;
@@ -254,7 +259,8 @@ pub trait DeferStore: Send + Sync + 'static {
     /// The next request to replay, if any is waiting.
     fn claim(&self) -> StoreFuture<'_, Option<Claimed>>;
 
-    /// Puts a claimed request back where it was, for a later claim.
+    /// Puts a claimed request back where it was, for a later claim; the
+    /// claim does not count as an attempt.
     fn release(&self, ticket: Ticket) -> StoreFuture<'_, ()>;
 
     /// Settles a claimed ticket with `outcome`; `true` when this call

@@ -39,6 +39,7 @@ pub enum DeferStoreKind {
 /// max_body = "64KiB"                 # larger: the ordinary fallback answers
 /// max_answer = "64KiB"               # the back end's answer kept for the status endpoint
 /// keep_headers = ["content-type", "accept"]
+/// require_idempotency_key = false    # true: 400 without one
 /// status_path = "/deferred"          # GET /deferred/{ticket}
 /// replay_share = 0.5                 # at most this share of the limit replays
 /// claim_after = "30s"                # a replay not settled by then is retried
@@ -67,6 +68,9 @@ pub struct DeferPolicy {
     pub max_body: ByteSize,
     /// Largest answer body kept for the status endpoint; longer ones are cut.
     pub max_answer: ByteSize,
+    /// Whether a request without an `Idempotency-Key` is refused (`400`)
+    /// instead of deferred.
+    pub require_idempotency_key: bool,
     /// The request headers stored with a deferred request and sent with its
     /// replay (`Idempotency-Key` always is).
     pub keep_headers: Vec<String>,
@@ -92,6 +96,7 @@ impl Default for DeferPolicy {
             max_pending: 100_000,
             max_body: ByteSize(64 * 1024),
             max_answer: ByteSize(64 * 1024),
+            require_idempotency_key: false,
             keep_headers: ["content-type", "accept"].map(str::to_owned).to_vec(),
             status_path: "/deferred".to_owned(),
             replay_share: 0.5,

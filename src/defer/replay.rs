@@ -1,0 +1,379 @@
+//! The replayer: drains a route's store through the same brownout-protected
+//! service as live traffic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::sync::Notify;
+use tokio::task::{JoinHandle, JoinSet};
+use tower::{BoxError, Service, ServiceExt};
+
+use crate::priority::{Classes, Priority};
+use crate::reject::Rejected;
+
+use super::deferral::{Deferral, RouteDeferral};
+use super::store::{Claimed, DeferStore, Outcome, Ticket};
+use super::{
+    DEFERRED_AGE_SECONDS, DEFERRED_EXPIRED_TOTAL, DEFERRED_PENDING, IDEMPOTENCY_KEY,
+    REPLAYED_TOTAL,
+};
+
+/// How often the replayer expires old requests and refreshes its gauges,
+/// and how long it waits before looking again at an empty store.
+pub const UPKEEP: Duration = Duration::from_secs(1);
+/// First pause after a replay brownout rejected; doubles up to
+/// [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between two tries while the back end is not ready (a
+/// longer retry hint, such as a maintenance window's end, is cut to this,
+/// so that a window ended early is noticed).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A running replayer; [`stop`](Self::stop) it, or drop it to let it run
+/// on (it stops with the runtime).
+#[derive(Debug)]
+pub struct ReplayHandle {
+    stop: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl ReplayHandle {
+    /// Stops the replayer and waits for it. Replays under way are dropped:
+    /// their claims stay in the store and are handed out again after
+    /// `claim_after` (or at the next open of an embedded store), so each is
+    /// tried again, and settled once.
+    pub async fn stop(self) {
+        self.stop.notify_one();
+        let _ = self.task.await;
+    }
+}
+
+/// What one replay came to.
+enum Replayed {
+    /// Settled (or found settled).
+    Settled,
+    /// Brownout, or the back end, said "not yet": put back; wait this long.
+    NotYet(Option<Duration>),
+}
+
+impl Deferral {
+    /// Starts a replayer for every deferring route; see [`replay`](Self::replay).
+    pub fn replay_all<S, B, RB>(
+        &self,
+        service: S,
+        limit: impl Fn(&str) -> Option<u32> + Clone + Send + Sync + 'static,
+    ) -> Vec<ReplayHandle>
+    where
+        S: Service<Request<B>, Response = Response<RB>, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: From<Bytes> + Send + 'static,
+        RB: Body + Send + 'static,
+        RB::Data: Send,
+        RB::Error: Into<BoxError>,
+    {
+        self.routes()
+            .map(|route| {
+                let key = route.route.clone();
+                let limit = limit.clone();
+                self.replay(route, service.clone(), move || limit(&key))
+            })
+            .collect()
+    }
+
+    /// Starts the replayer of `route`, on the current tokio runtime.
+    ///
+    /// `service` is the same brownout-protected service live traffic goes
+    /// through, built with a fallback that passes rejections on as errors
+    /// (`BrownoutLayer::from_policy(&p).http().fallback(RejectAsError)`,
+    /// sharing the live stack's state: a clone of its layer). `limit`
+    /// says the route's learned limit now (`move || layer.limit(route)`).
+    ///
+    /// The replayer claims requests most important class first, oldest
+    /// first, keeps at most `replay_share` × the limit of them in flight
+    /// (at least one), and sends each with its method, URI, kept headers,
+    /// body, priority class (as a [`Priority`] extension) and an
+    /// `Idempotency-Key` (the client's, or else the ticket), so that a
+    /// back end can recognise a request replayed twice after a crash.
+    ///
+    /// | the replay | then |
+    /// |---|---|
+    /// | brownout rejects it (breaker open, maintenance, shed) | put back in its place; pause ([`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`], or the rejection's retry hint) |
+    /// | the back end answers 502, 503 or 504, or cannot be reached | the same: the back end is not back yet |
+    /// | the back end answers anything else | `served`, with status and body (up to `max_answer`) |
+    /// | its answer's body cannot be read | `failed` |
+    ///
+    /// Every [`UPKEEP`] it expires the requests older than `max_age` and
+    /// sets the pending and age gauges.
+    pub fn replay<S, B, RB>(
+        &self,
+        route: &RouteDeferral,
+        service: S,
+        limit: impl Fn() -> Option<u32> + Send + Sync + 'static,
+    ) -> ReplayHandle
+    where
+        S: Service<Request<B>, Response = Response<RB>, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: From<Bytes> + Send + 'static,
+        RB: Body + Send + 'static,
+        RB::Data: Send,
+        RB::Error: Into<BoxError>,
+    {
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(run(
+            route.clone(),
+            self.classes.clone(),
+            service,
+            limit,
+            stop.clone(),
+        ));
+        ReplayHandle { stop, task }
+    }
+}
+
+async fn run<S, B, RB>(
+    route: RouteDeferral,
+    classes: Classes,
+    service: S,
+    limit: impl Fn() -> Option<u32> + Send + Sync + 'static,
+    stop: Arc<Notify>,
+) where
+    S: Service<Request<B>, Response = Response<RB>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: From<Bytes> + Send + 'static,
+    RB: Body + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
+    let store = route.store.clone();
+    let mut replays: JoinSet<Replayed> = JoinSet::new();
+    let mut backoff = MIN_BACKOFF;
+    let mut paused_until: Option<tokio::time::Instant> = None;
+    let mut next_upkeep = tokio::time::Instant::now();
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= next_upkeep {
+            upkeep(&route, &classes).await;
+            next_upkeep = now + UPKEEP;
+        }
+        let paused = paused_until.is_some_and(|until| now < until);
+        let mut idle = false;
+        if !paused {
+            let share = route.policy.replay_share;
+            let allowed = ((f64::from(limit().unwrap_or(1)) * share).floor() as usize).max(1);
+            while replays.len() < allowed {
+                match store.claim().await {
+                    Ok(Some(claimed)) => {
+                        let replay = replay_one(
+                            route.clone(),
+                            store.clone(),
+                            service.clone(),
+                            claimed,
+                        );
+                        replays.spawn(replay);
+                    }
+                    Ok(None) => {
+                        idle = true;
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::error!(route = %route.route, %err, "brownout: deferral store failed: cannot claim");
+                        idle = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let wake = match paused_until {
+            Some(until) if paused => until.min(next_upkeep),
+            _ => next_upkeep,
+        };
+        tokio::select! {
+            () = &mut stopped => break,
+            Some(done) = replays.join_next(), if !replays.is_empty() => {
+                match done {
+                    Ok(Replayed::Settled) => {
+                        backoff = MIN_BACKOFF;
+                    }
+                    Ok(Replayed::NotYet(hint)) => {
+                        let pause = hint.unwrap_or(backoff).clamp(MIN_BACKOFF, MAX_BACKOFF);
+                        paused_until = Some(tokio::time::Instant::now() + pause);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                    Err(err) => {
+                        tracing::error!(route = %route.route, %err, "brownout: a replay panicked; its claim is handed out again after claim_after");
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(wake), if idle || paused || replays.is_empty() => {}
+        }
+    }
+    replays.abort_all();
+}
+
+/// Expires old requests and sets the gauges.
+async fn upkeep(route: &RouteDeferral, classes: &Classes) {
+    let store = &route.store;
+    match store.expire().await {
+        Ok(0) => {}
+        Ok(n) => metrics::counter!(DEFERRED_EXPIRED_TOTAL, "route" => route.route.to_string())
+            .increment(n),
+        Err(err) => {
+            tracing::error!(route = %route.route, %err, "brownout: deferral store failed: cannot expire");
+        }
+    }
+    if let Ok(pending) = store.pending().await {
+        for (rank, count) in pending.iter().enumerate() {
+            let name = classes.name(Priority::new(rank as u8)).to_owned();
+            metrics::gauge!(DEFERRED_PENDING, "route" => route.route.to_string(), "priority" => name)
+                .set(*count as f64);
+        }
+    }
+    if let Ok(oldest) = store.oldest().await {
+        let age = oldest
+            .and_then(|o| store.now().duration_since(o).ok())
+            .unwrap_or(Duration::ZERO);
+        metrics::gauge!(DEFERRED_AGE_SECONDS, "route" => route.route.to_string())
+            .set(age.as_secs_f64());
+    }
+}
+
+/// The request to send for `claimed`.
+fn rebuild<B: From<Bytes>>(claimed: &Claimed) -> Result<Request<B>, String> {
+    let r = &claimed.request;
+    let method = Method::from_bytes(r.method.as_bytes())
+        .map_err(|e| format!("stored method {:?}: {e}", r.method))?;
+    let uri: Uri = r
+        .uri
+        .parse()
+        .map_err(|e| format!("stored URI {:?}: {e}", r.uri))?;
+    let mut request = Request::new(B::from(r.body.clone()));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    for (name, value) in &r.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| format!("stored header name {name:?}: {e}"))?;
+        let value = HeaderValue::from_maybe_shared(value.clone())
+            .map_err(|e| format!("stored header {name}: {e}"))?;
+        headers.append(name, value);
+    }
+    let key = r
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| claimed.ticket.to_string());
+    let key = HeaderValue::try_from(key).map_err(|e| format!("idempotency key: {e}"))?;
+    headers.insert(IDEMPOTENCY_KEY, key);
+    request
+        .extensions_mut()
+        .insert(Priority::new(r.priority));
+    Ok(request)
+}
+
+async fn settle(route: &RouteDeferral, store: &Arc<dyn DeferStore>, ticket: Ticket, outcome: Outcome) -> Replayed {
+    let label = outcome.as_str();
+    match store.complete(ticket.clone(), outcome).await {
+        Ok(true) => {
+            metrics::counter!(REPLAYED_TOTAL, "route" => route.route.to_string(), "outcome" => label)
+                .increment(1);
+        }
+        Ok(false) => {
+            tracing::debug!(route = %route.route, %ticket, "brownout: replay already settled");
+        }
+        Err(err) => {
+            tracing::error!(route = %route.route, %ticket, %err, "brownout: deferral store failed: cannot store an outcome; the request will be replayed again");
+        }
+    }
+    Replayed::Settled
+}
+
+async fn not_yet(
+    route: &RouteDeferral,
+    store: &Arc<dyn DeferStore>,
+    ticket: Ticket,
+    hint: Option<Duration>,
+) -> Replayed {
+    if let Err(err) = store.release(ticket).await {
+        tracing::error!(route = %route.route, %err, "brownout: deferral store failed: cannot put a request back; it is handed out again after claim_after");
+    }
+    Replayed::NotYet(hint)
+}
+
+async fn replay_one<S, B, RB>(
+    route: RouteDeferral,
+    store: Arc<dyn DeferStore>,
+    service: S,
+    claimed: Claimed,
+) -> Replayed
+where
+    S: Service<Request<B>, Response = Response<RB>, Error = BoxError>,
+    B: From<Bytes>,
+    RB: Body,
+    RB::Error: Into<BoxError>,
+{
+    let ticket = claimed.ticket.clone();
+    if claimed.attempts > 1 {
+        tracing::info!(route = %route.route, %ticket, attempts = claimed.attempts, "brownout: replaying a request whose earlier replay was interrupted");
+    }
+    let request = match rebuild::<B>(&claimed) {
+        Ok(request) => request,
+        Err(why) => return settle(&route, &store, ticket, Outcome::Failed(why)).await,
+    };
+    let answer = match service.oneshot(request).await {
+        Ok(answer) => answer,
+        Err(err) => {
+            if let Some(rejected) = err.downcast_ref::<Rejected>() {
+                return not_yet(&route, &store, ticket, rejected.retry_after()).await;
+            }
+            tracing::debug!(route = %route.route, %err, "brownout: replay could not reach the back end");
+            return not_yet(&route, &store, ticket, None).await;
+        }
+    };
+    let status = answer.status();
+    if matches!(status.as_u16(), 502..=504) {
+        return not_yet(&route, &store, ticket, None).await;
+    }
+    let content_type = answer
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let max = usize::try_from(route.policy.max_answer.0).unwrap_or(usize::MAX);
+    let body = answer.into_body();
+    tokio::pin!(body);
+    let mut kept = BytesMut::new();
+    let unreadable = loop {
+        let frame = match body.frame().await {
+            None => break None,
+            Some(Ok(frame)) => frame,
+            Some(Err(err)) => break Some(Into::<BoxError>::into(err).to_string()),
+        };
+        if let Ok(mut data) = frame.into_data() {
+            use bytes::Buf;
+            while data.has_remaining() && kept.len() < max {
+                let chunk = data.chunk();
+                let take = chunk.len().min(max - kept.len());
+                kept.extend_from_slice(&chunk[..take]);
+                data.advance(take);
+            }
+            if kept.len() >= max {
+                break None;
+            }
+        }
+    };
+    if let Some(err) = unreadable {
+        let why = format!("the back end answered {status} but its body could not be read: {err}");
+        return settle(&route, &store, ticket, Outcome::Failed(why)).await;
+    }
+    let outcome = Outcome::Served {
+        status: status.as_u16(),
+        content_type,
+        body: kept.freeze(),
+    };
+    settle(&route, &store, ticket, outcome).await
+}
