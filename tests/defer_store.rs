@@ -274,7 +274,11 @@ async fn release_puts_back_in_place((store, _guard): Opened) {
     assert_eq!(c.ticket, a);
     store.release(c.ticket).await.unwrap();
     let again = store.claim().await.unwrap().unwrap();
-    assert_eq!((again.ticket, again.attempts), (a, 1), "a release is not an attempt");
+    assert_eq!(
+        (again.ticket, again.attempts),
+        (a, 1),
+        "a release is not an attempt"
+    );
     assert_eq!(store.claim().await.unwrap().unwrap().ticket, b);
 }
 

@@ -297,10 +297,30 @@ impl Inner {
         to_ms(arrived).saturating_add(self.config.max_age.as_millis() as u64) <= now
     }
 
+    /// Whether a claim could find something: a read, so that a replayer
+    /// polling an empty store syncs nothing.
+    fn claimable(&self, now: u64, lease: u64) -> Result<bool, StoreError> {
+        let txn = self.read()?;
+        if !txn.open_table(QUEUE).map_err(io)?.is_empty().map_err(io)? {
+            return Ok(true);
+        }
+        let claimed = txn.open_table(CLAIMED).map_err(io)?;
+        for row in claimed.iter().map_err(io)? {
+            let (_, value) = row.map_err(io)?;
+            if value.value().0.saturating_add(lease) <= now {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn claim(&self) -> Result<Option<Claimed>, StoreError> {
-        let txn = self.write()?;
         let now = self.config.now_ms();
         let lease = self.config.claim_after.as_millis() as u64;
+        if !self.claimable(now, lease)? {
+            return Ok(None);
+        }
+        let txn = self.write()?;
         // A claim left unsettled past its lease first, in order.
         let stale = {
             let claimed = txn.open_table(CLAIMED).map_err(io)?;
@@ -345,6 +365,7 @@ impl Inner {
             },
         };
         let Some((rank, seq, ticket)) = next else {
+            // Nothing claimed; commit only what was expired on the way.
             txn.commit().map_err(io)?;
             return Ok(None);
         };
@@ -417,9 +438,33 @@ impl Inner {
         Ok(done)
     }
 
+    /// Whether the oldest waiting request of some class is past `max_age`:
+    /// a read, so that an upkeep with nothing to expire syncs nothing.
+    fn any_expired(&self, now: u64) -> Result<bool, StoreError> {
+        let txn = self.read()?;
+        let queue = txn.open_table(QUEUE).map_err(io)?;
+        let entries = txn.open_table(ENTRIES).map_err(io)?;
+        for rank in 0..self.config.classes {
+            let mut rows = queue.range((rank, 0)..=(rank, u64::MAX)).map_err(io)?;
+            if let Some(row) = rows.next() {
+                let (_, ticket) = row.map_err(io)?;
+                if let Some(v) = entries.get(ticket.value()).map_err(io)? {
+                    let (_, request) = split_entry(ticket.value(), v.value())?;
+                    if self.expired(now, request.arrived) {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
     fn expire(&self) -> Result<u64, StoreError> {
-        let txn = self.write()?;
         let now = self.config.now_ms();
+        if !self.any_expired(now)? {
+            return Ok(0);
+        }
+        let txn = self.write()?;
         let mut expired = 0;
         for rank in 0..self.config.classes {
             loop {

@@ -28,7 +28,12 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A problem document (RFC 9457) with `status`.
-fn problem<B: From<String>>(status: StatusCode, kind: &str, title: &str, detail: &str) -> Response<B> {
+fn problem<B: From<String>>(
+    status: StatusCode,
+    kind: &str,
+    title: &str,
+    detail: &str,
+) -> Response<B> {
     let body = serde_json::json!({
         "type": format!("urn:brownout:{kind}"),
         "title": title,
@@ -252,7 +257,12 @@ where
                         .iter()
                         .any(|keep| name.as_str().eq_ignore_ascii_case(keep))
                 })
-                .map(|(name, value)| (name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes())))
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        Bytes::copy_from_slice(value.as_bytes()),
+                    )
+                })
                 .collect();
             let deferred = Deferred {
                 priority: priority.rank(),
@@ -315,7 +325,12 @@ where
 }
 
 /// The `202 Accepted` of a deferred request.
-fn accepted<B: From<String>>(ticket: &Ticket, location: &str, rejected: &Rejected, repeat: bool) -> Response<B> {
+fn accepted<B: From<String>>(
+    ticket: &Ticket,
+    location: &str,
+    rejected: &Rejected,
+    repeat: bool,
+) -> Response<B> {
     let mut body = serde_json::json!({
         "ticket": ticket.as_str(),
         "status": "pending",
@@ -332,7 +347,9 @@ fn accepted<B: From<String>>(ticket: &Ticket, location: &str, rejected: &Rejecte
         response.headers_mut().insert(LOCATION, value);
     }
     if let Some(secs) = rejected.retry_after_secs() {
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }

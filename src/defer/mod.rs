@@ -40,18 +40,18 @@ mod codec;
 mod deferral;
 mod embedded;
 mod http;
-mod replay;
 #[cfg(feature = "defer-redis")]
 mod redis;
+mod replay;
 mod store;
 
 pub use self::deferral::{Deferral, RouteDeferral};
 pub use self::embedded::{EmbeddedStore, FILE_NAME};
-pub use self::replay::{MAX_BACKOFF, MIN_BACKOFF, ReplayHandle, UPKEEP};
 pub use self::http::{
     DeferFallback, DeferStatus, DeferStatusLayer, MAX_IDEMPOTENCY_KEY, StatusFuture,
     idempotency_key,
 };
+pub use self::replay::{MAX_BACKOFF, MIN_BACKOFF, ReplayHandle, UPKEEP};
 pub use self::store::{
     Appended, Claimed, DeferStore, Deferred, Outcome, Status, StoreConfig, StoreError, StoreFuture,
     Ticket,

@@ -18,20 +18,19 @@ use crate::reject::Rejected;
 use super::deferral::{Deferral, RouteDeferral};
 use super::store::{Claimed, DeferStore, Outcome, Ticket};
 use super::{
-    DEFERRED_AGE_SECONDS, DEFERRED_EXPIRED_TOTAL, DEFERRED_PENDING, IDEMPOTENCY_KEY,
-    REPLAYED_TOTAL,
+    DEFERRED_AGE_SECONDS, DEFERRED_EXPIRED_TOTAL, DEFERRED_PENDING, IDEMPOTENCY_KEY, REPLAYED_TOTAL,
 };
 
 /// How often the replayer expires old requests and refreshes its gauges,
 /// and how long it waits before looking again at an empty store.
-pub const UPKEEP: Duration = Duration::from_secs(1);
+pub const UPKEEP: Duration = Duration::from_secs(5);
 /// First pause after a replay brownout rejected; doubles up to
 /// [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest pause between two tries while the back end is not ready (a
 /// longer retry hint, such as a maintenance window's end, is cut to this,
 /// so that a window ended early is noticed).
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A running replayer; [`stop`](Self::stop) it, or drop it to let it run
 /// on (it stops with the runtime).
@@ -169,12 +168,8 @@ async fn run<S, B, RB>(
             while replays.len() < allowed {
                 match store.claim().await {
                     Ok(Some(claimed)) => {
-                        let replay = replay_one(
-                            route.clone(),
-                            store.clone(),
-                            service.clone(),
-                            claimed,
-                        );
+                        let replay =
+                            replay_one(route.clone(), store.clone(), service.clone(), claimed);
                         replays.spawn(replay);
                     }
                     Ok(None) => {
@@ -269,13 +264,16 @@ fn rebuild<B: From<Bytes>>(claimed: &Claimed) -> Result<Request<B>, String> {
         .unwrap_or_else(|| claimed.ticket.to_string());
     let key = HeaderValue::try_from(key).map_err(|e| format!("idempotency key: {e}"))?;
     headers.insert(IDEMPOTENCY_KEY, key);
-    request
-        .extensions_mut()
-        .insert(Priority::new(r.priority));
+    request.extensions_mut().insert(Priority::new(r.priority));
     Ok(request)
 }
 
-async fn settle(route: &RouteDeferral, store: &Arc<dyn DeferStore>, ticket: Ticket, outcome: Outcome) -> Replayed {
+async fn settle(
+    route: &RouteDeferral,
+    store: &Arc<dyn DeferStore>,
+    ticket: Ticket,
+    outcome: Outcome,
+) -> Replayed {
     let label = outcome.as_str();
     match store.complete(ticket.clone(), outcome).await {
         Ok(true) => {
