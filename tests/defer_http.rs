@@ -15,7 +15,6 @@ use axum::body::Body;
 use brownout::defer::{Deferral, ReplayHandle};
 use brownout::fallback::{ProblemJson, RejectAsError};
 use brownout::{BrownoutLayer, Mode, Policy};
-use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -444,6 +443,9 @@ async fn a_request_not_replayed_within_max_age_is_expired_and_said_so() {
 
 // ------------------------------------------------------------------ metrics
 
+/// A metric seen: name, labels, value.
+type Metric = (String, Vec<(String, String)>, f64);
+
 fn snapshotter() -> &'static Snapshotter {
     static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
     SNAPSHOTTER.get_or_init(|| {
@@ -456,11 +458,7 @@ fn snapshotter() -> &'static Snapshotter {
     })
 }
 
-fn metric(
-    snapshot: &[(String, Vec<(String, String)>, f64)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn metric(snapshot: &[Metric], name: &str, labels: &[(&str, &str)]) -> f64 {
     snapshot
         .iter()
         .filter(|(n, l, _)| {
@@ -473,7 +471,7 @@ fn metric(
         .sum()
 }
 
-fn take() -> Vec<(String, Vec<(String, String)>, f64)> {
+fn take() -> Vec<Metric> {
     snapshotter()
         .snapshot()
         .into_vec()
@@ -559,5 +557,4 @@ async fn metrics_count_deferred_pending_replayed_expired_and_age() {
         0.0
     );
     replayer.stop().await;
-    let _ = Bytes::new();
 }

@@ -7,6 +7,10 @@
 #[path = "support/tempdir.rs"]
 mod tempdir;
 
+#[cfg(feature = "defer-redis")]
+#[path = "support/redis.rs"]
+mod redis_server;
+
 use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -115,6 +119,18 @@ contract!(embedded, |config: StoreConfig| async move {
     )
 });
 
+#[cfg(feature = "defer-redis")]
+contract!(redis, |config: StoreConfig| async move {
+    let server = redis_server::RedisServer::start();
+    let store = brownout::defer::RedisStore::open(&server.url(), "contract", config)
+        .await
+        .expect("open");
+    (
+        Arc::new(store) as Arc<dyn DeferStore>,
+        Box::new(server) as Box<dyn Any>,
+    )
+});
+
 async fn append_is_pending_and_unknown_is_none((store, _guard): Opened) {
     let config = config(10);
     let t = ticket(store.append(request(&config, 1, "a", None)).await.unwrap());
@@ -164,7 +180,11 @@ async fn claims_most_important_first_then_oldest((store, _guard): Opened) {
         vec![2, 2, 3],
         "claimed is still pending"
     );
-    assert_eq!(store.oldest().await.unwrap(), None, "nothing waits");
+    assert_eq!(
+        store.oldest().await.unwrap(),
+        Some(config.clock.system_time() - Duration::from_millis(35)),
+        "being replayed is pending"
+    );
 }
 
 async fn idempotency_key_repeats_and_conflicts((store, _guard): Opened) {
@@ -464,6 +484,74 @@ async fn embedded_path_that_is_not_a_store_directory_is_an_error_naming_it() {
             "deferral store {}: cannot open: holds 1 other file",
             other.display()
         )),
+        "{err}"
+    );
+}
+
+// ------------------------------------------------ Redis store, two replicas
+
+#[cfg(feature = "defer-redis")]
+#[tokio::test(start_paused = true)]
+async fn redis_replicas_share_one_backlog_and_take_over_a_dead_ones_claims() {
+    let server = redis_server::RedisServer::start();
+    let config = config(100);
+    let url = server.url();
+    let open = || brownout::defer::RedisStore::open(&url, "/shared", config.clone());
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    assert_ne!(a.consumer(), b.consumer());
+    let mut tickets = Vec::new();
+    for i in 0..4 {
+        tickets.push(ticket(
+            a.append(request(&config, 1, &format!("{i}"), None))
+                .await
+                .unwrap(),
+        ));
+    }
+    // Each replica claims from the one backlog: no request twice.
+    let first = a.claim().await.unwrap().unwrap();
+    let second = b.claim().await.unwrap().unwrap();
+    assert_eq!((&first.ticket, &second.ticket), (&tickets[0], &tickets[1]));
+    // Replica `a` dies holding its claim. `b` settles its own and goes on.
+    drop(a);
+    assert!(b.complete(second.ticket, Outcome::Expired).await.unwrap());
+    assert_eq!(b.claim().await.unwrap().unwrap().ticket, tickets[2]);
+    // After claim_after, `b` takes over the dead replica's claim first.
+    tokio::time::advance(CLAIM_AFTER).await;
+    let taken = b.claim().await.unwrap().unwrap();
+    assert_eq!(
+        (taken.ticket.clone(), taken.attempts),
+        (tickets[0].clone(), 2)
+    );
+    assert!(
+        b.complete(taken.ticket, Outcome::Failed("x".into()))
+            .await
+            .unwrap()
+    );
+    // A fresh replica sees the same backlog.
+    let c = open().await.unwrap();
+    assert_eq!(c.pending().await.unwrap(), vec![0, 2, 0]);
+    assert_eq!(
+        c.status(tickets[0].clone()).await.unwrap(),
+        Some(Status::Done(Outcome::Failed("x".into())))
+    );
+}
+
+#[cfg(feature = "defer-redis")]
+#[tokio::test]
+async fn redis_server_that_does_not_answer_is_an_error_naming_the_url() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let err = brownout::defer::RedisStore::open(&url, "/x", config(10))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("deferral store {url}: cannot open: ")),
         "{err}"
     );
 }

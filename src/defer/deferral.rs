@@ -53,7 +53,7 @@ impl RouteDeferral {
 
 /// The deferring routes of a policy, each with its store open: the source
 /// of the [fallback](Self::fallback) that defers, the
-/// [status layer](Self::status_layer), and the [replayer](Self::replayer).
+/// [status layer](Self::status_layer), and the [replayer](Self::replay).
 ///
 /// Cloning is cheap; every clone shares the stores.
 #[derive(Debug, Clone)]

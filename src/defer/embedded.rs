@@ -545,10 +545,16 @@ impl Inner {
         let txn = self.read()?;
         let queue = txn.open_table(QUEUE).map_err(io)?;
         let entries = txn.open_table(ENTRIES).map_err(io)?;
-        if queue.is_empty().map_err(io)? {
-            return Ok(None);
-        }
+        let claimed = txn.open_table(CLAIMED).map_err(io)?;
         let mut oldest: Option<SystemTime> = None;
+        // Being replayed is pending too (a few at a time).
+        for row in claimed.iter().map_err(io)? {
+            let (ticket, _) = row.map_err(io)?;
+            if let Some(v) = entries.get(ticket.value()).map_err(io)? {
+                let (_, request) = split_entry(ticket.value(), v.value())?;
+                oldest = Some(oldest.map_or(request.arrived, |o| o.min(request.arrived)));
+            }
+        }
         for rank in 0..self.config.classes {
             let mut rows = queue.range((rank, 0)..=(rank, u64::MAX)).map_err(io)?;
             if let Some(row) = rows.next() {

@@ -16,12 +16,69 @@
 //! A route opts in with a `[routes."…".defer]` section
 //! ([`DeferPolicy`](crate::policy::DeferPolicy)).
 //!
+//! # Composing it
+//!
+//! [`Deferral::open`] opens every deferring route's store; its
+//! [`fallback`](Deferral::fallback) goes into the composed stack in place
+//! of the ordinary one (which it wraps), its
+//! [`status_layer`](Deferral::status_layer) goes in front, and a
+//! [replayer](Deferral::replay) per route sends the stored requests through
+//! a clone of the same stack (sharing its breakers and limits) once the
+//! back end is back:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use brownout::defer::Deferral;
+//! use brownout::fallback::{ProblemJson, RejectAsError};
+//! use brownout::{BrownoutLayer, Policy};
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::{Layer, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! # let dir = std::env::temp_dir().join(format!("brownout-doc-{}", std::process::id()));
+//! let policy = Policy::from_toml(&format!(r#"
+//!     [breaker]
+//!     mode = "forced_open"          # the back end is down
+//!
+//!     [routes."/applications".defer]
+//!     path = {:?}
+//! "#, dir.display().to_string())).unwrap();
+//!
+//! let backend = tower::service_fn(|_: Request<Full<Bytes>>| async {
+//!     Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("created")))
+//! });
+//! let deferral = Deferral::open(&policy).await.unwrap();
+//! let layer = BrownoutLayer::from_policy(&policy).http();
+//! let app = ServiceBuilder::new()
+//!     .layer(deferral.status_layer())
+//!     .layer(layer.clone().fallback(deferral.fallback(ProblemJson)))
+//!     .service(backend.clone());
+//!
+//! // The same stack, with rejections as errors, for the replayer.
+//! let replay = layer.clone().fallback(RejectAsError).layer(backend);
+//! let route = deferral.route("/applications").unwrap();
+//! let limits = layer.clone();
+//! let replayer = deferral.replay(route, replay, move || limits.limit("/applications"));
+//!
+//! let request = Request::post("/applications").body(Full::from("{}")).unwrap();
+//! let response = app.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::ACCEPTED);
+//! assert!(response.headers()["location"].to_str().unwrap().starts_with("/deferred/"));
+//! replayer.stop().await;
+//! # drop(deferral);
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! # }
+//! ```
+//!
 //! # Stores
 //!
 //! | store | feature | durability |
 //! |---|---|---|
 //! | [`EmbeddedStore`] (redb) | `defer` | each append is a transaction synced to disk (`fsync`) before it returns, so before the `202` leaves |
-//! | `RedisStore` (Redis Streams) | `defer-redis` | as the server's `appendonly`/`appendfsync` say: `appendfsync always` for the embedded store's promise |
+//! | [`RedisStore`](self#stores) (Redis Streams, consumer group `brownout`) | `defer-redis` | as the server's `appendonly`/`appendfsync` say: `appendfsync always` for the embedded store's promise |
 //!
 //! # gRPC
 //!
@@ -51,6 +108,9 @@ pub use self::http::{
     DeferFallback, DeferStatus, DeferStatusLayer, MAX_IDEMPOTENCY_KEY, StatusFuture,
     idempotency_key,
 };
+#[cfg(feature = "defer-redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "defer-redis")))]
+pub use self::redis::RedisStore;
 pub use self::replay::{MAX_BACKOFF, MIN_BACKOFF, ReplayHandle, UPKEEP};
 pub use self::store::{
     Appended, Claimed, DeferStore, Deferred, Outcome, Status, StoreConfig, StoreError, StoreFuture,

@@ -279,6 +279,7 @@ pub trait DeferStore: Send + Sync + 'static {
     /// Requests pending (waiting or being replayed), by class rank.
     fn pending(&self) -> StoreFuture<'_, Vec<u64>>;
 
-    /// When the oldest waiting request arrived, if any waits.
+    /// When the oldest pending request (waiting or being replayed)
+    /// arrived, if any is pending.
     fn oldest(&self) -> StoreFuture<'_, Option<SystemTime>>;
 }
