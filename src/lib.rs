@@ -25,6 +25,7 @@
 //!
 //! Ops describe all of it in a [`Policy`] file (TOML, YAML or JSON); metric
 //! names are in [`metrics`].
+//! Contributors: the request's way through the code, and where to add an algorithm, a rejection reason or a fallback, are in `docs/architecture.md`.
 //!
 //! # Example
 //!
