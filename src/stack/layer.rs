@@ -82,8 +82,27 @@ pub struct BrownoutLayer<
     D = NoDeadline,
     C = ErrorsAsFailures,
 > {
-    policy: Arc<Policy>,
+    settings: Settings,
     shared: Arc<Shared>,
+    parts: Parts<F, R, P, D, C>,
+}
+
+/// What the stack's gates are built from. The setters that rebuild the
+/// gates ([`max_routes`](BrownoutLayer::max_routes),
+/// [`clock`](BrownoutLayer::clock)) change one field and rebuild from all
+/// of them, so that each keeps what the others set.
+#[derive(Debug, Clone)]
+struct Settings {
+    policy: Arc<Policy>,
+    max_routes: usize,
+    /// `None`: detected when the gates are built.
+    clock: Option<Clock>,
+}
+
+/// The parts that look at each request and answer it; the type-changing
+/// builders swap one each.
+#[derive(Debug, Clone)]
+struct Parts<F, R, P, D, C> {
     fallback: F,
     route: R,
     priority: P,
@@ -99,15 +118,36 @@ impl BrownoutLayer {
     /// into range, and an error is logged; load policies with
     /// [`Policy::from_path`] and friends, which validate.
     pub fn from_policy(policy: &Policy) -> Self {
-        Self::with_settings(policy, DEFAULT_MAX_ROUTES, None)
+        let settings = Settings {
+            policy: Arc::new(policy.clone()),
+            max_routes: DEFAULT_MAX_ROUTES,
+            clock: None,
+        };
+        Self {
+            shared: settings.build(),
+            settings,
+            parts: Parts {
+                fallback: RejectAsError,
+                route: SingleRoute,
+                priority: DefaultPriority,
+                deadline: NoDeadline,
+                classifier: ErrorsAsFailures,
+            },
+        }
     }
+}
 
-    fn with_settings(policy: &Policy, max_routes: usize, clock: Option<Clock>) -> Self {
+impl Settings {
+    /// A fresh stack state: the policy in force and no gates but the
+    /// overflow gate.
+    fn build(&self) -> Arc<Shared> {
+        let policy = &*self.policy;
+        let max_routes = self.max_routes;
         if let Err(err) = policy.validate() {
             tracing::error!(%err, "brownout: invalid policy, using it with its values clamped");
         }
         let classes = Classes::from_policy(&policy.priority);
-        let clock = clock.unwrap_or_else(Clock::detect);
+        let clock = self.clock.clone().unwrap_or_else(Clock::detect);
         let in_force = Arc::new(ArcSwap::from_pointee(policy.clone()));
         let built = Arc::new(Mutex::new(Vec::new()));
         let gates = {
@@ -134,21 +174,13 @@ impl BrownoutLayer {
                 Gate::new(route_spec(&effective, &classes, label, clock.clone()))
             })
         };
-        Self {
-            shared: Arc::new(Shared {
-                policy: in_force,
-                gates,
-                classes,
-                applying: Mutex::new(()),
-                built,
-            }),
-            policy: Arc::new(policy.clone()),
-            fallback: RejectAsError,
-            route: SingleRoute,
-            priority: DefaultPriority,
-            deadline: NoDeadline,
-            classifier: ErrorsAsFailures,
-        }
+        Arc::new(Shared {
+            policy: in_force,
+            gates,
+            classes,
+            applying: Mutex::new(()),
+            built,
+        })
     }
 }
 
@@ -156,21 +188,29 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
     /// At most `max_routes` routes get gates of their own (default
     /// [`DEFAULT_MAX_ROUTES`]); later ones share one, labelled `overflow`.
     /// Starts the stack afresh.
-    pub fn max_routes(self, max_routes: usize) -> Self {
-        let fresh = BrownoutLayer::with_settings(&self.policy, max_routes, None);
-        self.with_shared(fresh.shared)
+    pub fn max_routes(mut self, max_routes: usize) -> Self {
+        self.settings.max_routes = max_routes;
+        self.shared = self.settings.build();
+        self
     }
 
     /// Uses `clock` instead of the detected one. Starts the stack afresh.
-    pub fn clock(self, clock: Clock) -> Self {
-        let max = DEFAULT_MAX_ROUTES;
-        let fresh = BrownoutLayer::with_settings(&self.policy, max, Some(clock));
-        self.with_shared(fresh.shared)
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.settings.clock = Some(clock);
+        self.shared = self.settings.build();
+        self
     }
 
-    fn with_shared(mut self, shared: Arc<Shared>) -> Self {
-        self.shared = shared;
-        self
+    /// The same stack with its request parts changed by `change`.
+    fn with_parts<F2, R2, P2, D2, C2>(
+        self,
+        change: impl FnOnce(Parts<F, R, P, D, C>) -> Parts<F2, R2, P2, D2, C2>,
+    ) -> BrownoutLayer<F2, R2, P2, D2, C2> {
+        BrownoutLayer {
+            settings: self.settings,
+            shared: self.shared,
+            parts: change(self.parts),
+        }
     }
 
     /// The policy the stack follows now (a [`PolicyHandle`](super::PolicyHandle)
@@ -225,67 +265,57 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
 
     /// Answers rejections with `fallback`.
     pub fn fallback<F2>(self, fallback: F2) -> BrownoutLayer<F2, R, P, D, C> {
-        BrownoutLayer {
-            policy: self.policy,
-            shared: self.shared,
+        self.with_parts(|parts| Parts {
             fallback,
-            route: self.route,
-            priority: self.priority,
-            deadline: self.deadline,
-            classifier: self.classifier,
-        }
+            route: parts.route,
+            priority: parts.priority,
+            deadline: parts.deadline,
+            classifier: parts.classifier,
+        })
     }
 
     /// Names each request's route with `route`.
     pub fn route_by<R2>(self, route: R2) -> BrownoutLayer<F, R2, P, D, C> {
-        BrownoutLayer {
-            policy: self.policy,
-            shared: self.shared,
-            fallback: self.fallback,
+        self.with_parts(|parts| Parts {
+            fallback: parts.fallback,
             route,
-            priority: self.priority,
-            deadline: self.deadline,
-            classifier: self.classifier,
-        }
+            priority: parts.priority,
+            deadline: parts.deadline,
+            classifier: parts.classifier,
+        })
     }
 
     /// Finds each request's class with `priority`.
     pub fn priority<P2>(self, priority: P2) -> BrownoutLayer<F, R, P2, D, C> {
-        BrownoutLayer {
-            policy: self.policy,
-            shared: self.shared,
-            fallback: self.fallback,
-            route: self.route,
+        self.with_parts(|parts| Parts {
+            fallback: parts.fallback,
+            route: parts.route,
             priority,
-            deadline: self.deadline,
-            classifier: self.classifier,
-        }
+            deadline: parts.deadline,
+            classifier: parts.classifier,
+        })
     }
 
     /// Finds each request's own deadline with `deadline`.
     pub fn deadline<D2>(self, deadline: D2) -> BrownoutLayer<F, R, P, D2, C> {
-        BrownoutLayer {
-            policy: self.policy,
-            shared: self.shared,
-            fallback: self.fallback,
-            route: self.route,
-            priority: self.priority,
+        self.with_parts(|parts| Parts {
+            fallback: parts.fallback,
+            route: parts.route,
+            priority: parts.priority,
             deadline,
-            classifier: self.classifier,
-        }
+            classifier: parts.classifier,
+        })
     }
 
     /// Uses `classifier` to tell failures from successes.
     pub fn classify<C2>(self, classifier: C2) -> BrownoutLayer<F, R, P, D, C2> {
-        BrownoutLayer {
-            policy: self.policy,
-            shared: self.shared,
-            fallback: self.fallback,
-            route: self.route,
-            priority: self.priority,
-            deadline: self.deadline,
+        self.with_parts(|parts| Parts {
+            fallback: parts.fallback,
+            route: parts.route,
+            priority: parts.priority,
+            deadline: parts.deadline,
             classifier,
-        }
+        })
     }
 }
 
@@ -306,9 +336,9 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
         crate::deadline::HeaderDeadline,
         crate::classify::ServerErrorsAsFailures,
     > {
-        let priority = crate::priority::HeaderPriority::from_policy(&self.policy.priority);
+        let priority = crate::priority::HeaderPriority::from_policy(&self.settings.policy.priority);
         let deadline = crate::deadline::HeaderDeadline::new(
-            self.policy.waiting_room.deadline_header.as_deref(),
+            self.settings.policy.waiting_room.deadline_header.as_deref(),
         );
         self.fallback(crate::fallback::ProblemJson)
             .route_by(super::HttpRoute)
@@ -335,7 +365,7 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
         crate::deadline::HeaderDeadline,
         crate::classify::GrpcErrorsAsFailures,
     > {
-        let priority = crate::priority::HeaderPriority::from_policy(&self.policy.priority);
+        let priority = crate::priority::HeaderPriority::from_policy(&self.settings.policy.priority);
         self.fallback(crate::fallback::GrpcUnavailable)
             .route_by(super::HttpRoute)
             .priority(priority)
@@ -353,11 +383,11 @@ impl<S, F: Clone, R: Clone, P: Clone, D: Clone, C: Clone> Layer<S>
         Brownout {
             inner,
             shared: self.shared.clone(),
-            fallback: self.fallback.clone(),
-            route: self.route.clone(),
-            priority: self.priority.clone(),
-            deadline: self.deadline.clone(),
-            classifier: self.classifier.clone(),
+            fallback: self.parts.fallback.clone(),
+            route: self.parts.route.clone(),
+            priority: self.parts.priority.clone(),
+            deadline: self.parts.deadline.clone(),
+            classifier: self.parts.classifier.clone(),
         }
     }
 }
