@@ -249,3 +249,72 @@ fn a_bad_policy_names_its_field() {
     let err = drill::parse_policy("[limit]\ninital = 5\n").unwrap_err();
     assert!(err.starts_with("limit.inital"), "{err}");
 }
+
+#[test]
+fn every_scenario_file_parses_and_plans() {
+    let (policy, _) = drill::load_policy(None).expect("booking.toml loads");
+    let classes = brownout::priority::Classes::from_policy(&policy.priority);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/scenarios");
+    let plans = drill::all::load_all(Some(std::path::Path::new(dir)), &classes)
+        .unwrap_or_else(|err| panic!("{err}"));
+    let names: Vec<&str> = plans.iter().map(|(_, plan)| plan.name.as_str()).collect();
+    // The family: each file once, named as its file.
+    for name in [
+        "seed",
+        "slow-x2",
+        "slow-x4",
+        "slow-x8",
+        "cut-27",
+        "cut-10",
+        "ramp-to-dead",
+        "heavy-tail",
+        "abandoned",
+        "burst",
+        "healthy-20",
+        "healthy-60",
+        "healthy-95",
+        "long-outage",
+    ] {
+        assert!(names.contains(&name), "no scenario {name:?} in {names:?}");
+    }
+    for (file, plan) in &plans {
+        assert!(
+            file.ends_with(&format!("/{}.toml", plan.name)),
+            "{file} is named {:?}",
+            plan.name
+        );
+        assert!(!plan.description.is_empty(), "{file}: no description");
+        // Virtual time is cheap, but not free: keep `--all` quick.
+        let requests: f64 = plan
+            .phases
+            .iter()
+            .map(|p| p.rate * p.duration.as_secs_f64())
+            .sum();
+        assert!(requests < 2_000_000.0, "{file}: {requests} requests");
+    }
+    let abandoned = &plans[names.iter().position(|n| *n == "abandoned").unwrap()].1;
+    assert_eq!(abandoned.abandoned, brownout::sim::Abandoned::KeepWorking);
+    let heavy = &plans[names.iter().position(|n| *n == "heavy-tail").unwrap()].1;
+    assert!(
+        heavy
+            .phases
+            .iter()
+            .any(|p| matches!(p.service_time, brownout::sim::ServiceTime::Pareto { .. }))
+    );
+}
+
+#[test]
+fn a_bad_scenario_in_the_directory_names_its_file_and_field() {
+    let dir = std::env::temp_dir().join(format!("brownout-drill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = SHORT.replace(
+        "{ kind = \"log_normal\", mean = \"200ms\", cv = 0.3 }",
+        "{ kind = \"pareto\", mean = \"200ms\", alpha = 0.8 }",
+    );
+    std::fs::write(dir.join("bad.toml"), bad).unwrap();
+    let classes = brownout::priority::Classes::default();
+    let err = drill::all::load_all(Some(&dir), &classes).unwrap_err();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(err.contains("backend.service_time.alpha"), "{err}");
+}

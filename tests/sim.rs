@@ -770,3 +770,32 @@ async fn by_default_an_abandoned_call_frees_its_slot_at_once() {
     let r = second.await.unwrap().unwrap();
     assert_eq!(r.queue_delay, Duration::from_secs(2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_service_time_change_applies_to_later_calls() {
+    let b = constant(4, ms(100));
+    let sim = b.handle();
+    sim.at(
+        Duration::from_secs(1),
+        ServiceTime::Pareto {
+            mean: ms(300),
+            alpha: 2.0,
+        },
+    )
+    .unwrap();
+    let before = b.clone().oneshot(()).await.unwrap();
+    assert_eq!(before.service_time, ms(100));
+    sleep_until(sim.origin() + Duration::from_secs(1)).await;
+    // Pareto with mean 300 ms and alpha 2: never below 150 ms.
+    for _ in 0..20 {
+        let after = b.clone().oneshot(()).await.unwrap();
+        assert!(after.service_time >= ms(150), "{after:?}");
+    }
+    let err = sim
+        .apply(ServiceTime::Pareto {
+            mean: ms(300),
+            alpha: 0.5,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("service_time.alpha"), "{err}");
+}

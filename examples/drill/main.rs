@@ -5,7 +5,14 @@
 //! ```text
 //! cargo run --release --example drill                          # the built-in scenario
 //! cargo run --release --example drill -- my-outage.toml --json # yours, plus JSON
+//! cargo run --release --example drill -- --all                 # every file in examples/scenarios
 //! ```
+//!
+//! `--all` runs every scenario file in `examples/scenarios/` (or in the
+//! directory given after it) and prints one table: scenario × phase ×
+//! stack → goodput, urgent served, p50/p99 latency of the served, p99 time
+//! to answer the unserved, lost; and per scenario brownout's goodput minus
+//! the baseline's. With `--json`, one JSON object for the whole set.
 //!
 //! Options: `--policy FILE` (default `examples/policies/booking.toml`),
 //! `--svg FILE` (default `target/drill/report.svg`), `--csv FILE` (the
@@ -37,6 +44,7 @@
 //! `lost` (no outcome at all), which must be 0; the drill exits with status
 //! 1 if it is not, or if the library's own counters disagree.
 
+pub mod all;
 pub mod chart;
 pub mod report;
 pub mod run;
@@ -65,10 +73,15 @@ struct Args {
     csv: Option<PathBuf>,
     sample_every: Option<Duration>,
     json: bool,
+    all: bool,
 }
 
 const USAGE: &str = "usage: drill [SCENARIO.toml] [--policy POLICY.toml] [--svg REPORT.svg] \
-                     [--csv SAMPLES.csv] [--sample-every 1s] [--json]";
+                     [--csv SAMPLES.csv] [--sample-every 1s] [--json]\n       \
+                     drill --all [SCENARIO_DIR] [--policy POLICY.toml] [--json]";
+
+/// Where `--all` finds its scenarios unless told.
+const SCENARIO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/scenarios");
 
 fn args() -> Result<Args, String> {
     let mut args = Args {
@@ -78,11 +91,13 @@ fn args() -> Result<Args, String> {
         csv: None,
         sample_every: None,
         json: false,
+        all: false,
     };
     let mut it = std::env::args_os().skip(1);
     while let Some(arg) = it.next() {
         match arg.to_str() {
             Some("--json") => args.json = true,
+            Some("--all") => args.all = true,
             Some("--policy") => {
                 args.policy = Some(it.next().ok_or("--policy needs a file")?.into());
             }
@@ -122,7 +137,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match drill(&args) {
+    if args.all && (args.svg.is_some() || args.csv.is_some() || args.sample_every.is_some()) {
+        eprintln!(
+            "drill: --all draws no chart: --svg, --csv and --sample-every are for one scenario\n{USAGE}"
+        );
+        return ExitCode::from(2);
+    }
+    let result = if args.all {
+        all::drill_all(args.scenario.as_deref(), args.policy.as_deref(), args.json)
+    } else {
+        drill(&args)
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(message) => {

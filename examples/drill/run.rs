@@ -429,6 +429,7 @@ async fn run_in_paused_time(
         .service_time(plan.service_time)
         .seed(plan.seed)
         .down_latency(plan.down_latency)
+        .abandoned(plan.abandoned)
         .build()
         .map_err(|err| format!("backend: {err}"))?;
     let sim = backend.handle();
@@ -631,6 +632,8 @@ async fn sample(live: Rc<Live>, every: Duration) {
 
 fn set_backend(sim: &SimHandle, phase: &PhasePlan) -> Result<(), String> {
     let at = |err| format!("phase {:?}: {err}", phase.name);
+    sim.apply(Change::ServiceTime(phase.service_time))
+        .map_err(at)?;
     sim.apply(Change::CapacityFraction(phase.capacity_fraction))
         .map_err(at)?;
     sim.apply(Change::Condition(phase.condition)).map_err(at)

@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use brownout::priority::Classes;
-use brownout::sim::{Condition, ServiceTime};
+use brownout::sim::{Abandoned, Condition, ServiceTime};
 use serde::Deserialize;
 
 /// The built-in scenario, `examples/scenarios/seed.toml`.
@@ -78,6 +78,31 @@ pub struct Backend {
     /// How long a down back end takes to refuse a call.
     #[serde(default = "default_down_latency", with = "humantime_serde")]
     pub down_latency: Duration,
+    /// What the back end does with a call its client abandoned: `free`
+    /// (the default: it notices and frees the slot) or `keep_working` (it
+    /// serves the call out, holding the slot for its whole service time).
+    #[serde(default)]
+    pub abandoned: AbandonedSpec,
+}
+
+/// `abandoned = "keep_working"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbandonedSpec {
+    /// The slot is freed when the client goes away.
+    #[default]
+    Free,
+    /// The back end works on until the call's service time ends.
+    KeepWorking,
+}
+
+impl AbandonedSpec {
+    pub fn to_sim(self) -> Abandoned {
+        match self {
+            AbandonedSpec::Free => Abandoned::Free,
+            AbandonedSpec::KeepWorking => Abandoned::KeepWorking,
+        }
+    }
 }
 
 fn default_down_latency() -> Duration {
@@ -108,6 +133,23 @@ pub enum ServiceTimeSpec {
         /// Standard deviation / mean.
         cv: f64,
     },
+    /// Gamma-distributed: cv 1 is exponential, above 1 a heavier tail.
+    Gamma {
+        /// The mean service time.
+        #[serde(with = "humantime_serde")]
+        mean: Duration,
+        /// Standard deviation / mean.
+        cv: f64,
+    },
+    /// Pareto-distributed: a power-law tail of index `alpha` (> 1).
+    Pareto {
+        /// The mean service time.
+        #[serde(with = "humantime_serde")]
+        mean: Duration,
+        /// Tail index: the lower, the heavier (infinite variance at 2 and
+        /// below).
+        alpha: f64,
+    },
 }
 
 impl ServiceTimeSpec {
@@ -116,11 +158,46 @@ impl ServiceTimeSpec {
             ServiceTimeSpec::Constant { mean } => ServiceTime::Constant(mean),
             ServiceTimeSpec::Exponential { mean } => ServiceTime::Exponential { mean },
             ServiceTimeSpec::LogNormal { mean, cv } => ServiceTime::LogNormal { mean, cv },
+            ServiceTimeSpec::Gamma { mean, cv } => ServiceTime::Gamma { mean, cv },
+            ServiceTimeSpec::Pareto { mean, alpha } => ServiceTime::Pareto { mean, alpha },
         }
     }
 
     pub fn mean(self) -> Duration {
         self.to_sim().mean()
+    }
+
+    /// Checks the parameters; errors name `at`'s fields.
+    fn check(self, at: &str) -> Result<(), ScenarioError> {
+        let mean = self.mean();
+        if mean.is_zero() {
+            return Err(ScenarioError::new(
+                format!("{at}.mean"),
+                "0s: a call must take some time",
+            ));
+        }
+        at_most_a_day(&format!("{at}.mean"), mean)?;
+        match self {
+            ServiceTimeSpec::LogNormal { cv, .. } | ServiceTimeSpec::Gamma { cv, .. }
+                if !(cv.is_finite() && cv >= 0.0) =>
+            {
+                Err(ScenarioError::new(
+                    format!("{at}.cv"),
+                    format!("{cv} is not a finite number >= 0"),
+                ))
+            }
+            ServiceTimeSpec::Pareto { alpha, .. } if !(alpha.is_finite() && alpha > 1.0) => {
+                Err(ScenarioError::new(
+                    format!("{at}.alpha"),
+                    format!(
+                        "{alpha} is not a finite number > 1 (a Pareto tail index of 1 or less has no mean)"
+                    ),
+                ))
+            }
+            _ => brownout::sim::Change::ServiceTime(self.to_sim())
+                .validate()
+                .map_err(|err| ScenarioError::new(at, err.to_string())),
+        }
     }
 }
 
@@ -178,6 +255,10 @@ pub struct Phase {
     /// The back end's condition during the phase.
     #[serde(default)]
     pub backend: BackendState,
+    /// Overrides `backend.service_time` for the calls made during the
+    /// phase.
+    #[serde(default)]
+    pub service_time: Option<ServiceTimeSpec>,
     /// Offered load: new requests a second (Poisson arrivals; retries come
     /// on top).
     pub rate: f64,
@@ -316,24 +397,9 @@ impl Scenario {
                 "0 calls at once: the back end needs a capacity of at least 1",
             ));
         }
-        let mean = backend.service_time.mean();
-        if mean.is_zero() {
-            return Err(ScenarioError::new(
-                "backend.service_time.mean",
-                "0s: a call must take some time",
-            ));
-        }
-        if let ServiceTimeSpec::LogNormal { cv, .. } = backend.service_time {
-            if !(cv.is_finite() && cv >= 0.0) {
-                return Err(ScenarioError::new(
-                    "backend.service_time.cv",
-                    format!("{cv} is not a finite number >= 0"),
-                ));
-            }
-        }
+        backend.service_time.check("backend.service_time")?;
         at_most_a_day("backend.timeout", backend.timeout)?;
         at_most_a_day("backend.down_latency", backend.down_latency)?;
-        at_most_a_day("backend.service_time.mean", mean)?;
         at_most_a_day("clients.deadline", self.clients.deadline)?;
         at_most_a_day("clients.retry_default", self.clients.retry_default)?;
         at_most_a_day("clients.retry_max_wait", self.clients.retry_max_wait)?;
@@ -401,6 +467,13 @@ impl Scenario {
                 None => default_mix.clone(),
             };
             let condition = condition(&at("backend"), &phase.backend)?;
+            let service_time = match phase.service_time {
+                Some(spec) => {
+                    spec.check(&at("service_time"))?;
+                    spec.to_sim()
+                }
+                None => backend.service_time.to_sim(),
+            };
             phases.push(PhasePlan {
                 name: phase.name.clone(),
                 start,
@@ -409,6 +482,7 @@ impl Scenario {
                 condition,
                 capacity_fraction: phase.backend.capacity,
                 factor: phase.backend.factor.unwrap_or(1.0),
+                service_time,
                 rate: phase.rate,
                 deadline,
                 mix,
@@ -443,6 +517,7 @@ impl Scenario {
             service_time: backend.service_time.to_sim(),
             timeout: backend.timeout,
             down_latency: backend.down_latency,
+            abandoned: backend.abandoned.to_sim(),
             baseline_concurrency: self.baseline.concurrency.unwrap_or(backend.capacity),
             retry_default: clients.retry_default,
             retry_max_wait: clients.retry_max_wait,
@@ -595,6 +670,7 @@ pub struct Plan {
     pub service_time: ServiceTime,
     pub timeout: Duration,
     pub down_latency: Duration,
+    pub abandoned: Abandoned,
     pub baseline_concurrency: usize,
     pub retry_default: Duration,
     pub retry_max_wait: Duration,
@@ -614,6 +690,8 @@ pub struct PhasePlan {
     pub condition: Condition,
     pub capacity_fraction: f64,
     pub factor: f64,
+    /// The service times of calls made in this phase.
+    pub service_time: ServiceTime,
     pub rate: f64,
     pub deadline: Duration,
     pub mix: Mix,
@@ -631,7 +709,7 @@ impl PhasePlan {
     /// that while flapping, none while down.
     pub fn throughput(&self, plan: &Plan) -> f64 {
         let slots = slots(plan.capacity, self.capacity_fraction) as f64;
-        let service = plan.service_time.mean().as_secs_f64();
+        let service = self.service_time.mean().as_secs_f64();
         match self.state {
             State::Up => slots / service,
             State::Slow => slots / (service * self.factor),
@@ -649,6 +727,12 @@ impl PhasePlan {
             }
             _ => self.state.as_str().to_owned(),
         };
+        if self.service_time != plan.service_time {
+            out.push_str(&format!(
+                ", service time {}",
+                describe_service_time(self.service_time)
+            ));
+        }
         if self.capacity_fraction != 1.0 {
             let slots = slots(plan.capacity, self.capacity_fraction);
             out.push_str(&format!(
@@ -661,6 +745,19 @@ impl PhasePlan {
             out.push_str(", planned maintenance");
         }
         out
+    }
+}
+
+/// A service time distribution in a few words, e.g. `gamma mean 400ms cv 1`.
+pub fn describe_service_time(st: ServiceTime) -> String {
+    let mean = humantime::format_duration(st.mean());
+    match st {
+        ServiceTime::Constant(_) => format!("constant {mean}"),
+        ServiceTime::Exponential { .. } => format!("exponential mean {mean}"),
+        ServiceTime::LogNormal { cv, .. } => format!("log-normal mean {mean} cv {cv}"),
+        ServiceTime::Gamma { cv, .. } => format!("gamma mean {mean} cv {cv}"),
+        ServiceTime::Pareto { alpha, .. } => format!("Pareto mean {mean} alpha {alpha}"),
+        other => format!("{other:?}"),
     }
 }
 
@@ -728,12 +825,38 @@ mod tests {
         assert_eq!(plan(&bad).unwrap_err().field, "phases[0].duration");
         let bad = MINIMAL.replace("timeout = \"1s\"", "timeout = \"2days\"");
         assert_eq!(plan(&bad).unwrap_err().field, "backend.timeout");
-        let bad = MINIMAL.replace("\"constant\"", "\"gamma\"");
+        let bad = MINIMAL.replace("\"constant\"", "\"weibull\"");
         assert!(
             plan(&bad)
                 .unwrap_err()
                 .field
                 .starts_with("backend.service_time")
         );
+        let gamma = "{ kind = \"gamma\", mean = \"100ms\", cv = 1.0 }";
+        let pareto = "{ kind = \"pareto\", mean = \"100ms\", alpha = 1.5 }";
+        let ok = MINIMAL.replace("{ kind = \"constant\", mean = \"100ms\" }", gamma);
+        assert!(plan(&ok).is_ok());
+        let bad = ok.replace("cv = 1.0", "cv = -1.0");
+        assert_eq!(plan(&bad).unwrap_err().field, "backend.service_time.cv");
+        let bad = MINIMAL.replace("{ kind = \"constant\", mean = \"100ms\" }", pareto);
+        assert!(plan(&bad).is_ok());
+        let bad = bad.replace("alpha = 1.5", "alpha = 0.9");
+        assert_eq!(plan(&bad).unwrap_err().field, "backend.service_time.alpha");
+        let phase = format!("rate = 10\nservice_time = {}", pareto.replace("1.5", "1.0"));
+        let bad = MINIMAL.replace("rate = 10", &phase);
+        assert_eq!(
+            plan(&bad).unwrap_err().field,
+            "phases[0].service_time.alpha"
+        );
+        let bad = MINIMAL.replace(
+            "timeout = \"1s\"",
+            "timeout = \"1s\"\nabandoned = \"ignore\"",
+        );
+        assert_eq!(plan(&bad).unwrap_err().field, "backend.abandoned");
+        let ok = MINIMAL.replace(
+            "timeout = \"1s\"",
+            "timeout = \"1s\"\nabandoned = \"keep_working\"",
+        );
+        assert_eq!(plan(&ok).unwrap().abandoned, Abandoned::KeepWorking);
     }
 }

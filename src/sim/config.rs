@@ -147,6 +147,21 @@ enum Dist {
 
 impl Sampler {
     pub(crate) fn new(service_time: ServiceTime, seed: u64) -> Result<Self, SimConfigError> {
+        Ok(Self {
+            rng: SmallRng::seed_from_u64(seed),
+            dist: Dist::new(service_time)?,
+        })
+    }
+
+    /// Draws from `service_time` from now on, with the same generator.
+    pub(crate) fn set(&mut self, service_time: ServiceTime) -> Result<(), SimConfigError> {
+        self.dist = Dist::new(service_time)?;
+        Ok(())
+    }
+}
+
+impl Dist {
+    fn new(service_time: ServiceTime) -> Result<Self, SimConfigError> {
         service_time.validate()?;
         let dist = match service_time {
             ServiceTime::Constant(d) => Dist::Constant(d),
@@ -203,12 +218,11 @@ impl Sampler {
                 Dist::Pareto(pareto)
             }
         };
-        Ok(Self {
-            rng: SmallRng::seed_from_u64(seed),
-            dist,
-        })
+        Ok(dist)
     }
+}
 
+impl Sampler {
     pub(crate) fn sample(&mut self) -> Duration {
         let secs = match &self.dist {
             Dist::Constant(d) => return quantize(*d),
@@ -368,6 +382,16 @@ pub enum Change {
     /// nearest whole call and at least 1 when the share is `> 0`. The share
     /// is a finite number `>= 0`; above 1 grows the capacity.
     CapacityFraction(f64),
+    /// Draw base service times from this distribution for calls made from
+    /// now on (the same seeded generator goes on; calls already made keep
+    /// their draw).
+    ServiceTime(ServiceTime),
+}
+
+impl From<ServiceTime> for Change {
+    fn from(service_time: ServiceTime) -> Self {
+        Change::ServiceTime(service_time)
+    }
 }
 
 impl From<Condition> for Change {
@@ -382,8 +406,9 @@ impl Change {
     /// # Errors
     ///
     /// [`SimConfigError::Invalid`] for a bad condition (see
-    /// [`Condition::validate`]) or a capacity fraction that is not a finite
-    /// number `>= 0`.
+    /// [`Condition::validate`]), a capacity fraction that is not a finite
+    /// number `>= 0`, or a service time distribution with unusable
+    /// parameters (see [`ServiceTime::draws`]).
     pub fn validate(&self) -> Result<(), SimConfigError> {
         match *self {
             Change::Condition(c) => c.validate(),
@@ -396,6 +421,7 @@ impl Change {
                 ))
             }
             Change::CapacityFraction(_) => Ok(()),
+            Change::ServiceTime(st) => Dist::new(st).map(|_| ()),
         }
     }
 }

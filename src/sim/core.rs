@@ -467,6 +467,10 @@ impl State {
             }
             Change::Capacity(c) => self.capacity = c,
             Change::CapacityFraction(f) => self.capacity = fraction_of(base, f),
+            // Checked by `Change::validate` before it got here.
+            Change::ServiceTime(st) => {
+                let _ = self.sampler.set(st);
+            }
         }
         self.stats.capacity = self.capacity;
         self.pump(now, wakers);
