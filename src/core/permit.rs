@@ -69,6 +69,10 @@ impl Gate {
         if let Some(breaker) = &self.breaker {
             if let Some(transition) = breaker.complete(ticket, failed, elapsed, now) {
                 opened = transition.to == BreakerState::Open;
+                if transition.to == BreakerState::Closed {
+                    // The probes found the back end serving again.
+                    self.limit_recovered();
+                }
                 self.report(transition);
             }
         }

@@ -13,7 +13,7 @@ use super::check::share_below_one;
 ///
 /// ```toml
 /// [limit]
-/// algorithm = "gradient"   # fixed | aimd | vegas | gradient
+/// algorithm = "capacity"   # capacity | fixed | aimd | vegas | gradient
 /// initial = 20             # in-flight calls allowed at start
 /// min = 1                  # never fewer
 /// max = 1000               # never more
@@ -49,7 +49,7 @@ pub struct LimitPolicy {
 impl Default for LimitPolicy {
     fn default() -> Self {
         Self {
-            algorithm: Algorithm::Gradient,
+            algorithm: Algorithm::Capacity,
             initial: 20,
             min: 1,
             max: 1000,
@@ -129,6 +129,7 @@ impl LimitPolicy {
 /// path stays lock-free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Algorithm {
     /// The limit stays at `initial`.
     Fixed,
@@ -142,8 +143,14 @@ pub enum Algorithm {
     /// Gradient2: compares short-term latency with long-term latency; the
     /// limit shrinks by their ratio when latency rises and grows by a small
     /// queue allowance (√limit) otherwise, smoothed.
-    #[default]
     Gradient,
+    /// Learns the back end's capacity from its throughput: the best rate
+    /// of completions times the unloaded latency (Little's law, as TCP BBR
+    /// does), probing up and down around it. A back end that is merely
+    /// slower keeps its limit; one cut to a quarter of its capacity gets a
+    /// quarter of the limit within a few round trips.
+    #[default]
+    Capacity,
 }
 
 impl Algorithm {
@@ -154,6 +161,7 @@ impl Algorithm {
             Algorithm::Aimd => "aimd",
             Algorithm::Vegas => "vegas",
             Algorithm::Gradient => "gradient",
+            Algorithm::Capacity => "capacity",
         }
     }
 }

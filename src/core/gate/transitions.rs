@@ -48,14 +48,22 @@ impl Gate {
                 self.report(transition);
             }
         }
-        if let Some(limit) = &self.limit {
-            limit.restart_from_min();
-            self.metrics.limit(limit.limit(), self.inflight());
-        }
+        self.limit_recovered();
         tracing::info!(
             route = %self.metrics.route(),
-            "brownout: maintenance window over: probing the back end, limit restarting from its minimum"
+            "brownout: maintenance window over: probing the back end, limit back where it served well"
         );
+    }
+
+    /// The back end is back (a maintenance window ended, the breaker
+    /// closed): the limit starts again where its learner says.
+    #[cold]
+    pub(in crate::core) fn limit_recovered(&self) {
+        if let Some(limit) = &self.limit {
+            if let Some(change) = limit.recovered() {
+                self.metrics.limit(change.limit, self.inflight());
+            }
+        }
     }
 
     /// Takes the thresholds, bounds and settings of `spec`'s stages, keeping

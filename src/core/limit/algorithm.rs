@@ -8,6 +8,8 @@
 
 use crate::policy::{Algorithm, LimitPolicy};
 
+use super::capacity::Capacity;
+
 /// What one window of completed calls says about the back end.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct WindowSample {
@@ -21,6 +23,11 @@ pub(crate) struct WindowSample {
     pub(crate) dropped: u32,
     /// Most calls in flight at once during the window.
     pub(crate) max_inflight: u32,
+    /// How long the window lasted, in seconds.
+    pub(crate) duration: f64,
+    /// Calls refused a slot during the window (shed, or left waiting)
+    /// because the limit was full: demand pressed on the limit.
+    pub(crate) blocked: u32,
 }
 
 impl WindowSample {
@@ -42,6 +49,7 @@ pub(crate) enum Learner {
     Aimd,
     Vegas(Vegas, Probe),
     Gradient(Gradient, Probe),
+    Capacity(Capacity),
 }
 
 /// Relearning the unloaded latency by draining the queue now and then.
@@ -120,6 +128,18 @@ impl Learner {
             Algorithm::Aimd => Learner::Aimd,
             Algorithm::Vegas => Learner::Vegas(Vegas::default(), Probe::default()),
             Algorithm::Gradient => Learner::Gradient(Gradient::default(), Probe::default()),
+            Algorithm::Capacity => Learner::Capacity(Capacity::default()),
+        }
+    }
+
+    /// The limit to start again from after an outage (the breaker closed
+    /// again, a maintenance window ended), given the current one.
+    pub(crate) fn recovered(&mut self, limit: f64, min: f64) -> f64 {
+        match self {
+            Learner::Capacity(c) => c.recovered(limit),
+            // The latency learners restart from the minimum: their
+            // baselines say nothing about the back end that came back.
+            _ => min,
         }
     }
 
@@ -146,6 +166,7 @@ impl Learner {
             Learner::Gradient(g, probe) => probe
                 .step(&mut g.latency, limit, window, app_limited)
                 .unwrap_or_else(|| g.update(limit, window, app_limited)),
+            Learner::Capacity(c) => c.update(limit, window),
         }
     }
 }
@@ -393,6 +414,8 @@ mod tests {
             rtt,
             dropped: 0,
             max_inflight,
+            duration: 0.1,
+            blocked: 0,
         }
     }
 

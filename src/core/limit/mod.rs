@@ -3,6 +3,7 @@
 //! ([`algorithm`]).
 
 pub(crate) mod algorithm;
+mod capacity;
 pub(crate) mod state;
 
 pub(crate) use self::state::LimitCore;

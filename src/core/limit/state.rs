@@ -24,11 +24,14 @@ use crate::reject::{Reason, Rejected};
 
 use super::algorithm::{Learner, WindowSample};
 
-/// Shortest window of samples; windows otherwise last two of their mean
-/// RTTs, so that their mean is not biased towards the calls that happened
-/// to finish first.
+/// Shortest window of samples; windows otherwise last one of their mean
+/// RTTs (a round trip: the limit moves once per round trip, as peers'
+/// limiters do), so that their mean is not biased towards the calls that
+/// happened to finish first.
 const MIN_WINDOW: Nanos = 10_000_000;
-/// Fewest samples a window needs before the limit moves.
+/// Most samples a window waits for before the limit may move: a window
+/// needs `min(MIN_SAMPLES, limit / 2)` (at least one), so that a small
+/// limit still learns every round trip.
 const MIN_SAMPLES: u64 = 64;
 const INFLIGHT_SHIFT: u32 = 44;
 const ONE_INFLIGHT: u64 = 1 << INFLIGHT_SHIFT;
@@ -96,6 +99,9 @@ pub(crate) struct LimitCore {
     // start.
     dropped: AtomicU32,
     max_inflight: AtomicU32,
+    /// Calls refused a slot in the current window (demand pressed on the
+    /// limit).
+    blocked: AtomicU32,
     window_start: AtomicU64,
     /// Smoothed mean RTT in nanoseconds: the retry hint of a shed call.
     rtt: AtomicU64,
@@ -117,6 +123,7 @@ impl LimitCore {
             max: AtomicU32::new(max),
             dropped: AtomicU32::new(0),
             max_inflight: AtomicU32::new(0),
+            blocked: AtomicU32::new(0),
             window_start: AtomicU64::new(now),
             rtt: AtomicU64::new(0),
             learning: Mutex::new(Learning {
@@ -172,6 +179,7 @@ impl LimitCore {
 
     #[cold]
     fn shed(&self) -> Rejected {
+        self.blocked.fetch_add(1, Relaxed);
         // The in-flight calls turn over about once per mean RTT: a slot is
         // likely free by then.
         let rtt = self.rtt.load(Relaxed).max(1_000_000);
@@ -199,16 +207,17 @@ impl LimitCore {
             self.dropped.fetch_add(1, Relaxed);
         }
         let samples = samples_of(word);
-        if samples < MIN_SAMPLES {
+        let needed = (u64::from(self.limit.load(Relaxed)) / 2).clamp(1, MIN_SAMPLES);
+        if samples < needed {
             return None;
         }
         let sum = word & RTT_MASK;
         let full = samples >= FULL_SAMPLES || sum >= FULL_UNITS;
         let start = self.window_start.load(Relaxed);
         let elapsed = now.saturating_sub(start);
-        // Two mean RTTs of this window's own samples.
-        let two_rtts = sum.saturating_mul(2 * RTT_UNIT) / samples;
-        if !full && elapsed < two_rtts.max(MIN_WINDOW) {
+        // One mean RTT of this window's own samples.
+        let rtt = sum.saturating_mul(RTT_UNIT) / samples;
+        if !full && elapsed < rtt.max(MIN_WINDOW) {
             return None;
         }
         // Whoever moves the window start closes the window; the others go.
@@ -219,11 +228,11 @@ impl LimitCore {
         {
             return None;
         }
-        self.close_window(now)
+        self.close_window(elapsed)
     }
 
     #[cold]
-    fn close_window(&self, _now: Nanos) -> Option<LimitChange> {
+    fn close_window(&self, elapsed: Nanos) -> Option<LimitChange> {
         // Take the window's samples, leaving the in-flight count.
         let mut word = self.hot.0.load(Relaxed);
         loop {
@@ -238,6 +247,7 @@ impl LimitCore {
             }
         }
         let dropped = self.dropped.swap(0, Relaxed);
+        let blocked = self.blocked.swap(0, Relaxed);
         let max_inflight = self.max_inflight.swap(self.inflight(), Relaxed);
         let samples = samples_of(word) as u32;
         if samples == 0 {
@@ -251,6 +261,8 @@ impl LimitCore {
             rtt: mean_rtt,
             dropped,
             max_inflight,
+            duration: elapsed as f64 * 1e-9,
+            blocked,
         };
         let mut learning = match self.learning.try_lock() {
             Ok(guard) => guard,
@@ -311,13 +323,27 @@ impl LimitCore {
         Duration::from_nanos(self.rtt.load(Relaxed))
     }
 
-    /// Starts the limit again from its minimum (a back end coming out of
-    /// maintenance or an outage is not flooded).
-    pub(crate) fn restart_from_min(&self) {
+    /// The back end is back after an outage (a maintenance window ended,
+    /// the breaker closed again): the learner says where the limit starts
+    /// again. `capacity` puts back the last limit that served well (the
+    /// breaker's probes have just shown the back end answers); the latency
+    /// learners restart from `min`.
+    pub(crate) fn recovered(&self) -> Option<LimitChange> {
         let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
-        let min = self.min.load(Relaxed);
-        learning.limit = f64::from(min);
-        self.limit.store(min, Relaxed);
+        let min = f64::from(self.min.load(Relaxed));
+        let max = f64::from(self.max.load(Relaxed));
+        let current = learning.limit;
+        let next = learning.learner.recovered(current, min).clamp(min, max);
+        learning.limit = next;
+        // The window under way straddles the outage: start a new one.
+        self.blocked.store(0, Relaxed);
+        self.dropped.store(0, Relaxed);
+        let published = next as u32;
+        let before = self.limit.swap(published, Relaxed);
+        (before != published).then_some(LimitChange {
+            limit: published,
+            inflight: self.inflight(),
+        })
     }
 }
 

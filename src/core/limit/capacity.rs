@@ -1,0 +1,295 @@
+//! `capacity`: a limit that learns how many calls the back end can serve at
+//! once, by testing it, rather than reading latency against a baseline.
+//!
+//! Latency against a baseline cannot tell "the back end got slower" from "a
+//! queue is forming": both raise it. What tells them apart is how latency
+//! and throughput respond when the concurrency changes. Below its capacity
+//! a back end answers more calls a second when given more at once, at the
+//! same latency; past it, more calls at once only wait longer, and fewer
+//! wait less at the same throughput. By Little's law the concurrency a
+//! saturated back end can use is its delivery rate times its unloaded
+//! latency (TCP BBR's bandwidth-delay product): a back end four times
+//! slower delivers a quarter of the calls at four times the latency, and
+//! the product stays; one cut to a quarter of its slots delivers a quarter
+//! at the same unloaded latency, and the product falls to a quarter.
+//!
+//! The learner works in rounds (one learning window, about one round trip)
+//! grouped in steps of two: a change of the limit shows in the calls that
+//! complete a round trip later, so the first round of a step lets the
+//! change take effect and the second measures it.
+//!
+//! - **Demand below the limit**: the limit stays well above what callers
+//!   use (twice the most in flight at once), so a healthy back end never
+//!   sheds, and the unloaded latency is learned.
+//! - **Demand presses on the limit, latency at the unloaded level**: there
+//!   is headroom; the next step tries a quarter more (doubling while the
+//!   limit has never met a queue: TCP slow start). If latency holds there,
+//!   the limit keeps it.
+//! - **Latency above the unloaded level**: a queue, or a slower back end.
+//!   The next step tests which: the limit drops to what the back end
+//!   delivers times the unloaded latency. If latency falls, it was a queue
+//!   and the new limit is the back end's capacity (a capacity cut is
+//!   learned in one step). If it does not, the back end itself is slower:
+//!   the unloaded latency is relearned and the limit goes back to where it
+//!   was (a slowdown costs one step at a lower limit, and the limit holds).
+//! - **Overload** (over a tenth of a round's calls failing: errors, 5xx,
+//!   timeouts, as the classifier says): the limit drops by a fifth per
+//!   round, and latency is not learned from calls that failure cut short.
+//!
+//! After an outage the gate asks for [`recovered`](Capacity::recovered):
+//! the limit goes back to the last one that served well, rather than
+//! regrowing from the minimum.
+
+use super::algorithm::WindowSample;
+
+/// What the current step is testing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    /// Demand was below the limit at the last round.
+    Idle,
+    /// Holding the estimate.
+    Cruise,
+    /// Trying `to` (above `from`): does latency hold there?
+    Up { from: f64, to: f64 },
+    /// Trying `to` (below `from`) after latency rose to `rtt` at `from`,
+    /// where the back end delivered `rate` calls a second: does it fall?
+    Down {
+        from: f64,
+        to: f64,
+        rtt: f64,
+        rate: f64,
+    },
+}
+
+/// The `capacity` learner's state.
+#[derive(Debug, Clone)]
+pub(crate) struct Capacity {
+    step: Step,
+    /// Rounds into the current step (it is judged at its second).
+    rounds: u32,
+    /// Rounds in a row that ran entirely at the step's limit.
+    settled: u32,
+    /// The back end's unloaded latency as last seen, seconds (0: unknown).
+    unloaded: f64,
+    /// How noisy a round's mean latency is, relative (smoothed).
+    noise: f64,
+    /// The previous round's mean latency, for the noise estimate.
+    last_rtt: f64,
+    /// The limit the steps turn around.
+    estimate: f64,
+    /// Whether a step up has ever met a queue (slow start doubles until
+    /// then).
+    met_queue: bool,
+    /// The last limit that served without overload: where the limit goes
+    /// back to after an outage.
+    good: f64,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            step: Step::Idle,
+            rounds: 0,
+            settled: 0,
+            unloaded: 0.0,
+            noise: 0.05,
+            last_rtt: 0.0,
+            estimate: 0.0,
+            met_queue: false,
+            good: 0.0,
+        }
+    }
+}
+
+impl Capacity {
+    /// Headroom over the most calls in flight while demand is below the
+    /// limit.
+    const HEADROOM: f64 = 2.0;
+    /// A step up, once a queue has been met.
+    const PROBE: f64 = 1.25;
+    /// Share of failed calls in a round that signals overload.
+    const OVERLOAD: f64 = 0.1;
+    /// Cut per overloaded round.
+    const BACKOFF: f64 = 0.8;
+    /// Rounds in a step: one to take effect, one to measure.
+    const STEP_ROUNDS: u32 = 2;
+    /// Most rounds a step waits for calls above its limit to drain.
+    const MAX_STEP_ROUNDS: u32 = 6;
+
+    /// Latency within this share above the unloaded latency is no queue:
+    /// three times the rounds' noise, at least a tenth.
+    fn tolerance(&self) -> f64 {
+        (3.0 * self.noise).clamp(0.1, 0.6)
+    }
+
+    fn queued(&self, rtt: f64) -> bool {
+        self.unloaded > 0.0 && rtt > self.unloaded * (1.0 + self.tolerance())
+    }
+
+    /// The next limit after `window`.
+    pub(crate) fn update(&mut self, limit: f64, window: &WindowSample) -> f64 {
+        let next = self.update_inner(limit, window);
+        if std::env::var_os("BROWNOUT_TRACE").is_some() {
+            eprintln!(
+                "round lim {limit:.1} -> {next:.1} n {} dur {:.3} rtt {:.3} rate {:.1} drop {} maxin {} blocked {} step {:?} r {} est {:.1} unl {:.3} noise {:.3}",
+                window.samples, window.duration, window.rtt,
+                f64::from(window.samples - window.dropped) / window.duration,
+                window.dropped, window.max_inflight, window.blocked, self.step, self.rounds, self.estimate, self.unloaded, self.noise
+            );
+        }
+        next
+    }
+
+    fn update_inner(&mut self, limit: f64, window: &WindowSample) -> f64 {
+        if window.samples == 0 || window.duration <= 0.0 {
+            return limit;
+        }
+        let failed = f64::from(window.dropped);
+        let completed = f64::from(window.samples);
+        if failed > completed * Self::OVERLOAD {
+            // The back end says "too much" (or is failing): back off, and
+            // learn nothing from latencies that failures cut short.
+            self.step = Step::Cruise;
+            self.rounds = 0;
+            self.settled = 0;
+            self.estimate = (limit * Self::BACKOFF).max(1.0);
+            return self.estimate;
+        }
+        let rtt = window.rtt;
+        if rtt <= 0.0 {
+            return limit;
+        }
+        if self.last_rtt > 0.0 && window.samples >= 8 {
+            let change = ((rtt - self.last_rtt) / self.last_rtt).abs();
+            // A jump far past the noise is a shift, not noise.
+            if change < 4.0 * self.noise.max(0.02) {
+                self.noise += (change / 2.0_f64.sqrt() - self.noise) * 0.1;
+            }
+        }
+        self.last_rtt = rtt;
+        let rate = (completed - failed) / window.duration;
+        let binds = window.blocked > 0 || f64::from(window.max_inflight) >= limit.floor();
+        if !binds && !self.queued(rtt) {
+            return self.idle(limit, window);
+        }
+        if self.step == Step::Idle {
+            self.step = Step::Cruise;
+            self.rounds = 0;
+            self.estimate = limit;
+        }
+        self.rounds += 1;
+        // A step is judged on a round that ran entirely at its limit: after
+        // a drop, calls admitted before it must first drain.
+        // (Its calls were admitted a round trip before they complete, so
+        // two such rounds in a row.)
+        self.settled = match self.step {
+            Step::Down { to, .. } if f64::from(window.max_inflight) > to.ceil() + 1.0 => 0,
+            _ => self.settled + 1,
+        };
+        if self.settled < Self::STEP_ROUNDS && self.rounds < Self::MAX_STEP_ROUNDS {
+            return self.current();
+        }
+        self.rounds = 0;
+        self.settled = 0;
+        let next = self.judge(rtt, rate);
+        if window.dropped == 0 && !matches!(self.step, Step::Down { .. }) {
+            self.good = self.estimate;
+        }
+        next
+    }
+
+    /// The limit the current step runs at.
+    fn current(&self) -> f64 {
+        match self.step {
+            Step::Up { to, .. } | Step::Down { to, .. } => to,
+            Step::Idle | Step::Cruise => self.estimate,
+        }
+    }
+
+    /// Demand is below the limit and latency shows no queue: keep the
+    /// limit ahead of demand, and learn the unloaded latency.
+    fn idle(&mut self, limit: f64, window: &WindowSample) -> f64 {
+        self.step = Step::Idle;
+        self.rounds = 0;
+        self.settled = 0;
+        self.unloaded = if self.unloaded == 0.0 {
+            window.rtt
+        } else {
+            self.unloaded + (window.rtt - self.unloaded) * 0.2
+        };
+        let next = limit.max(f64::from(window.max_inflight) * Self::HEADROOM);
+        if window.dropped == 0 {
+            self.good = next;
+        }
+        next
+    }
+
+    /// The end of a step: what it showed, and the next step.
+    fn judge(&mut self, rtt: f64, rate: f64) -> f64 {
+        if self.unloaded == 0.0 {
+            self.unloaded = rtt;
+        }
+        match self.step {
+            Step::Down {
+                from,
+                to,
+                rtt: before,
+                rate: delivered,
+            } => {
+                // Well below the back end's capacity, what latency shows
+                // now is its unloaded latency.
+                self.unloaded = rtt.min(before);
+                // Whether latency fell with the limit (there was a queue) or
+                // not (the back end itself got slower), what it delivered
+                // at the higher limit, at the latency it shows unloaded, is
+                // the concurrency it can serve (Little's law): a quarter of
+                // the slots, or the same slots at a quarter of the speed.
+                // (The latency at the higher limit is not used: its calls
+                // were admitted a round trip before, at another limit.)
+                let _ = before;
+                self.estimate = (delivered * self.unloaded).clamp(to, from);
+                self.met_queue = true;
+                self.step = Step::Cruise;
+                self.estimate
+            }
+            Step::Up { from, to } => {
+                if self.queued(rtt) {
+                    // More in flight only queued: stay below.
+                    self.met_queue = true;
+                    self.estimate = from;
+                } else {
+                    self.estimate = to;
+                    self.unloaded = self.unloaded.min(rtt).max(self.unloaded * 0.9);
+                }
+                self.step = Step::Cruise;
+                self.estimate
+            }
+            Step::Idle | Step::Cruise => {
+                let from = self.estimate;
+                if self.queued(rtt) {
+                    // A queue or a slower back end: test with the limit
+                    // the back end would need if it were a queue.
+                    let to = (rate * self.unloaded).clamp(from * 0.1, from * 0.9).max(1.0);
+                    self.step = Step::Down { from, to, rtt, rate };
+                    to
+                } else {
+                    // Headroom: try more.
+                    let gain = if self.met_queue { Self::PROBE } else { 2.0 };
+                    let to = from * gain;
+                    self.step = Step::Up { from, to };
+                    to
+                }
+            }
+        }
+    }
+
+    /// The back end is back after an outage (the breaker closed, a
+    /// maintenance window ended): the limit to start again from, the last
+    /// one that served well if higher than `limit`.
+    pub(crate) fn recovered(&mut self, limit: f64) -> f64 {
+        self.step = Step::Idle;
+        self.rounds = 0;
+        self.settled = 0;
+        limit.max(self.good)
+    }
+}
