@@ -77,6 +77,11 @@ pub(crate) struct Capacity {
     last_rtt: f64,
     /// The limit the steps turn around.
     estimate: f64,
+    /// Calls in flight on average as a share of the limit while demand
+    /// presses on it (smoothed): below 1 when the less important classes
+    /// may use only part of the limit, so the limit that puts a given
+    /// number of calls in flight is that number over this share.
+    utilization: f64,
     /// Whether a step up has ever met a queue (slow start doubles until
     /// then).
     met_queue: bool,
@@ -95,6 +100,7 @@ impl Default for Capacity {
             noise: 0.05,
             last_rtt: 0.0,
             estimate: 0.0,
+            utilization: 1.0,
             met_queue: false,
             good: 0.0,
         }
@@ -129,14 +135,20 @@ impl Capacity {
     /// The next limit after `window`.
     pub(crate) fn update(&mut self, limit: f64, window: &WindowSample) -> f64 {
         let next = self.update_inner(limit, window);
-        if std::env::var_os("BROWNOUT_TRACE").is_some() {
-            eprintln!(
-                "round lim {limit:.1} -> {next:.1} n {} dur {:.3} rtt {:.3} rate {:.1} drop {} maxin {} blocked {} step {:?} r {} est {:.1} unl {:.3} noise {:.3}",
-                window.samples, window.duration, window.rtt,
-                f64::from(window.samples - window.dropped) / window.duration,
-                window.dropped, window.max_inflight, window.blocked, self.step, self.rounds, self.estimate, self.unloaded, self.noise
-            );
-        }
+        tracing::trace!(
+            limit,
+            next,
+            samples = window.samples,
+            rtt = window.rtt,
+            duration = window.duration,
+            failed = window.dropped,
+            max_inflight = window.max_inflight,
+            blocked = window.blocked,
+            step = ?self.step,
+            estimate = self.estimate,
+            unloaded = self.unloaded,
+            "brownout: capacity round"
+        );
         next
     }
 
@@ -176,6 +188,11 @@ impl Capacity {
             self.step = Step::Cruise;
             self.rounds = 0;
             self.estimate = limit;
+        }
+        let inflight = rate * rtt;
+        if self.settled > 0 || matches!(self.step, Step::Cruise) {
+            let share = (inflight / limit).clamp(0.3, 1.0);
+            self.utilization += (share - self.utilization) * 0.2;
         }
         self.rounds += 1;
         // A step is judged on a round that ran entirely at its limit: after
@@ -236,18 +253,22 @@ impl Capacity {
                 rtt: before,
                 rate: delivered,
             } => {
-                // Well below the back end's capacity, what latency shows
-                // now is its unloaded latency.
-                self.unloaded = rtt.min(before);
-                // Whether latency fell with the limit (there was a queue) or
-                // not (the back end itself got slower), what it delivered
-                // at the higher limit, at the latency it shows unloaded, is
-                // the concurrency it can serve (Little's law): a quarter of
-                // the slots, or the same slots at a quarter of the speed.
-                // (The latency at the higher limit is not used: its calls
-                // were admitted a round trip before, at another limit.)
-                let _ = before;
-                self.estimate = (delivered * self.unloaded).clamp(to, from);
+                // What the back end delivered at the higher limit, at the
+                // latency it shows now, is the concurrency it can serve
+                // (Little's law): a quarter of the slots, or the same slots
+                // at a quarter of the speed. (The latency measured at the
+                // higher limit is not used for it: its calls were admitted
+                // a round trip before, at another limit.)
+                let serves = (delivered * rtt / self.utilization).clamp(to, from);
+                if rtt < before / (1.0 + self.tolerance()) {
+                    // Latency fell with the limit: there was a queue. The
+                    // unloaded latency stays what it was (this limit may
+                    // still hold some queue: the next step looks again).
+                } else {
+                    // Latency did not fall: the back end itself is slower.
+                    self.unloaded = rtt;
+                }
+                self.estimate = serves;
                 self.met_queue = true;
                 self.step = Step::Cruise;
                 self.estimate
@@ -269,7 +290,9 @@ impl Capacity {
                 if self.queued(rtt) {
                     // A queue or a slower back end: test with the limit
                     // the back end would need if it were a queue.
-                    let to = (rate * self.unloaded).clamp(from * 0.1, from * 0.9).max(1.0);
+                    let to = (rate * self.unloaded / self.utilization)
+                        .clamp(from * 0.1, from * 0.75)
+                        .max(1.0);
                     self.step = Step::Down { from, to, rtt, rate };
                     to
                 } else {

@@ -102,6 +102,10 @@ pub(crate) struct LimitCore {
     /// Calls refused a slot in the current window (demand pressed on the
     /// limit).
     blocked: AtomicU32,
+    /// Whether windows close every round trip with samples scaled to the
+    /// limit (`capacity`), or after two round trips and `MIN_SAMPLES`
+    /// (the latency learners, whose smoothing is tuned for those).
+    round_trip_windows: AtomicU32,
     window_start: AtomicU64,
     /// Smoothed mean RTT in nanoseconds: the retry hint of a shed call.
     rtt: AtomicU64,
@@ -124,6 +128,7 @@ impl LimitCore {
             dropped: AtomicU32::new(0),
             max_inflight: AtomicU32::new(0),
             blocked: AtomicU32::new(0),
+            round_trip_windows: AtomicU32::new(u32::from(policy.algorithm == Algorithm::Capacity)),
             window_start: AtomicU64::new(now),
             rtt: AtomicU64::new(0),
             learning: Mutex::new(Learning {
@@ -207,7 +212,12 @@ impl LimitCore {
             self.dropped.fetch_add(1, Relaxed);
         }
         let samples = samples_of(word);
-        let needed = (u64::from(self.limit.load(Relaxed)) / 2).clamp(1, MIN_SAMPLES);
+        let fast = self.round_trip_windows.load(Relaxed) != 0;
+        let needed = if fast {
+            (u64::from(self.limit.load(Relaxed)) / 2).clamp(1, MIN_SAMPLES)
+        } else {
+            MIN_SAMPLES
+        };
         if samples < needed {
             return None;
         }
@@ -215,9 +225,12 @@ impl LimitCore {
         let full = samples >= FULL_SAMPLES || sum >= FULL_UNITS;
         let start = self.window_start.load(Relaxed);
         let elapsed = now.saturating_sub(start);
-        // One mean RTT of this window's own samples.
+        // One mean RTT of this window's own samples (less a sixteenth: the
+        // sum is rounded to its units, and a window of one call lasts
+        // exactly its latency).
         let rtt = sum.saturating_mul(RTT_UNIT) / samples;
-        if !full && elapsed < rtt.max(MIN_WINDOW) {
+        let length = if fast { rtt - rtt / 16 } else { 2 * rtt };
+        if !full && elapsed < length.max(MIN_WINDOW) {
             return None;
         }
         // Whoever moves the window start closes the window; the others go.
@@ -308,6 +321,8 @@ impl LimitCore {
         if learning.algorithm != policy.algorithm {
             learning.learner = Learner::new(policy);
             learning.algorithm = policy.algorithm;
+            self.round_trip_windows
+                .store(u32::from(policy.algorithm == Algorithm::Capacity), Relaxed);
         }
         learning.limit = learning.limit.clamp(f64::from(min), f64::from(max));
         let published = learning.limit as u32;
@@ -415,10 +430,10 @@ mod tests {
     }
 
     #[test]
-    fn a_window_closes_after_its_length_and_enough_samples() {
+    fn a_window_closes_after_one_round_trip_and_enough_samples() {
         let policy = LimitPolicy {
             initial: 64,
-            algorithm: crate::policy::Algorithm::Aimd,
+            algorithm: crate::policy::Algorithm::Capacity,
             ..LimitPolicy::default()
         };
         let core = LimitCore::new(&policy, 1, 0);
@@ -426,14 +441,43 @@ mod tests {
         for _ in 0..64 {
             core.acquire(Priority::new(0)).unwrap();
         }
-        // 63 samples: not enough, whatever the time.
-        for i in 0..63 {
+        // A limit of 64 needs 32 samples: 31 are not enough, whatever the
+        // time.
+        for i in 0..31 {
             assert_eq!(core.complete(5 * ms, false, 20 * ms + i), None);
         }
-        // The 64th closes the window (10 ms, two mean RTTs, have passed):
-        // AIMD adds one.
-        let change = core.complete(5 * ms, false, 21 * ms).unwrap();
-        assert_eq!(change.limit, 65);
-        assert_eq!(core.inflight(), 0);
+        // The 32nd closes the window (10 ms, more than one mean RTT, have
+        // passed): demand is below the limit, which keeps its headroom.
+        assert_eq!(core.complete(5 * ms, false, 21 * ms), None);
+        assert_eq!(core.inflight(), 32);
+        assert_eq!(core.hot.0.load(Relaxed) & !(ONE_INFLIGHT - 1), core.hot.0.load(Relaxed), "window taken");
+    }
+
+    #[test]
+    fn a_limit_of_one_reaches_thirty_within_a_few_seconds_of_100_ms_calls() {
+        let policy = LimitPolicy {
+            initial: 1,
+            algorithm: crate::policy::Algorithm::Capacity,
+            ..LimitPolicy::default()
+        };
+        let core = LimitCore::new(&policy, 1, 0);
+        let ms = 1_000_000;
+        let mut now = 0;
+        let mut round_trips = 0;
+        // Demand always presses on the limit; the back end serves 100 ms
+        // calls at any concurrency (it has headroom).
+        while core.limit() < 30 {
+            let admitted = core.limit();
+            for _ in 0..admitted {
+                core.acquire(Priority::new(0)).unwrap();
+            }
+            assert!(core.acquire(Priority::new(0)).is_err(), "demand presses");
+            now += 100 * ms;
+            for _ in 0..admitted {
+                core.complete(100 * ms, false, now);
+            }
+            round_trips += 1;
+            assert!(round_trips <= 20, "limit {} after 2 s", core.limit());
+        }
     }
 }
