@@ -364,3 +364,114 @@ async fn cancelled_calls_give_their_slot_back_and_are_not_samples() {
     assert_eq!(svc.limit(), 10, "no sample, no change");
     assert_eq!(sim.stats().cancelled, 1000);
 }
+
+/// `capacity` probes a quarter above and below its estimate on purpose, so
+/// it is judged by its mean limit: within ±25% of the capacity from 5 s on,
+/// and of the cut capacity from 10 s after the cut, with the back end kept
+/// busy and its latency low.
+#[tokio::test(start_paused = true)]
+async fn capacity_settles_near_capacity_and_again_after_it_drops_to_27_percent() {
+    let (backend, sim) = backend(7);
+    sim.at(
+        Duration::from_secs(20),
+        brownout::sim::Change::CapacityFraction(0.27),
+    )
+    .unwrap();
+    let layer =
+        AdaptiveLimitLayer::new(policy(Algorithm::Capacity)).priority(priority_fn(by_class));
+    let svc = layer.clone().layer(backend);
+    let run = drive(svc, || layer.limit(), &[(OVERLOAD, 40.0)], |_| 0).await;
+    let mean = |from: f64, until: f64| {
+        let window: Vec<_> = run
+            .limits
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < until)
+            .map(|(_, l)| f64::from(*l))
+            .collect();
+        window.iter().sum::<f64>() / window.len() as f64
+    };
+    let c = CAPACITY as f64;
+    let before = mean(5.0, 20.0);
+    println!("capacity: mean limit {before:.0} for C={c}");
+    assert!((before - c).abs() <= 0.25 * c, "mean limit {before} for {c}");
+    let reduced = c * 0.27;
+    let after = mean(30.0, 40.0);
+    println!("capacity: mean limit {after:.0} for C={reduced}");
+    assert!(
+        (after - reduced).abs() <= 0.25 * reduced,
+        "mean limit {after} for {reduced}"
+    );
+    let goodput = run.goodput(10.0, 20.0);
+    assert!(goodput >= 0.9 * THROUGHPUT, "goodput {goodput}/s");
+    let p99 = run.p99_latency(30.0, 40.0);
+    assert!(p99 <= 2 * SERVICE, "p99 {p99:?} after the cut");
+    assert!(
+        run.outcomes
+            .iter()
+            .all(|o| o.served || o.reason == Some(Reason::Shed))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn capacity_serves_urgent_requests_under_overload_while_bulk_is_shed() {
+    urgent_survives(Algorithm::Capacity).await;
+}
+
+/// A back end four times slower with the same slots can still use as many
+/// calls at once: the limit holds within ±20% of its capacity, where a
+/// latency learner would read the slowdown as a queue and collapse.
+#[tokio::test(start_paused = true)]
+async fn capacity_holds_the_limit_through_a_4x_slowdown() {
+    let (backend, sim) = backend(13);
+    sim.at(
+        Duration::from_secs(15),
+        brownout::sim::Condition::Slow { factor: 4.0 },
+    )
+    .unwrap();
+    let layer =
+        AdaptiveLimitLayer::new(policy(Algorithm::Capacity)).priority(priority_fn(by_class));
+    let svc = layer.clone().layer(backend);
+    let run = drive(svc, || layer.limit(), &[(OVERLOAD, 45.0)], |_| 0).await;
+    let c = CAPACITY as f64;
+    let outside: Vec<_> = run
+        .limits
+        .iter()
+        .filter(|(t, _)| *t >= 25.0)
+        .filter(|(_, l)| (f64::from(*l) - c).abs() > 0.2 * c)
+        .collect();
+    let share = outside.len() as f64 / run.limits.iter().filter(|(t, _)| *t >= 25.0).count() as f64;
+    println!("capacity through x4: {:.1}% of samples outside ±20%", share * 100.0);
+    // The steps that test a slower back end take the limit down briefly.
+    assert!(share <= 0.2, "outside ±20% of {c}: {outside:?}");
+    // And the slowed back end is kept busy: at least 90% of what it serves.
+    let goodput = run.goodput(25.0, 45.0);
+    assert!(
+        goodput >= 0.9 * THROUGHPUT / 4.0,
+        "goodput {goodput}/s of {}/s",
+        THROUGHPUT / 4.0
+    );
+}
+
+/// At 60% of its capacity a healthy back end gets every request after the
+/// first 10 s: the limit stays ahead of demand.
+#[tokio::test(start_paused = true)]
+async fn capacity_sheds_nothing_at_60_percent_load() {
+    let (backend, _sim) = backend(17);
+    let layer =
+        AdaptiveLimitLayer::new(policy(Algorithm::Capacity)).priority(priority_fn(by_class));
+    let svc = layer.clone().layer(backend);
+    let run = drive(
+        svc,
+        || layer.limit(),
+        &[(0.6 * THROUGHPUT, 30.0)],
+        |i| (i % 3) as u8,
+    )
+    .await;
+    let shed = run
+        .between(10.0, 30.0)
+        .filter(|o| !o.served)
+        .count();
+    assert_eq!(shed, 0, "limit now {}", run.limit_at(29.9));
+    // Conservation: every request arrived and has an outcome.
+    assert!(run.outcomes.len().abs_diff(36_000) <= 1, "{}", run.outcomes.len());
+}
