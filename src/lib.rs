@@ -70,7 +70,7 @@
 //! mode = "enforce"                  # "shadow" first, to see what it would do
 //!
 //! [limit]
-//! algorithm = "gradient"
+//! algorithm = "capacity"
 //! initial = 20
 //! max = 200
 //!

@@ -174,7 +174,7 @@ fn background() -> impl Strategy<Value = Value> {
         });
     let limit = (
         proptest::option::of(
-            prop_oneof![Just("fixed"), Just("aimd"), Just("vegas"), Just("gradient")]
+            prop_oneof![Just("fixed"), Just("aimd"), Just("vegas"), Just("gradient"), Just("capacity")]
                 .prop_map(|a| json!(a)),
         ),
         proptest::option::of((1u32..=5, 0u32..=45, 0u32..=950)),

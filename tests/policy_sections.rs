@@ -27,7 +27,7 @@ fn design_example_with_all_four_sections_is_the_default() {
     let policy = load(DESIGN_SECTIONS_TOML);
     assert_eq!(policy, Policy::default());
     // The defaults are the ones DESIGN §4 shows, field by field.
-    assert_eq!(policy.limit.algorithm, Algorithm::Gradient);
+    assert_eq!(policy.limit.algorithm, Algorithm::Capacity);
     assert_eq!(
         (policy.limit.initial, policy.limit.min, policy.limit.max),
         (20, 1, 1000)
@@ -148,6 +148,7 @@ fn limit_alone() {
         ("aimd", Algorithm::Aimd),
         ("vegas", Algorithm::Vegas),
         ("gradient", Algorithm::Gradient),
+        ("capacity", Algorithm::Capacity),
     ] {
         let policy = load(&format!("[limit]\nalgorithm = \"{name}\"\n"));
         assert_eq!(policy.limit.algorithm, algorithm);

@@ -71,7 +71,7 @@ impl Gate {
                 opened = transition.to == BreakerState::Open;
                 if transition.to == BreakerState::Closed {
                     // The probes found the back end serving again.
-                    self.limit_recovered();
+                    self.limit_recovered(false);
                 }
                 self.report(transition);
             }

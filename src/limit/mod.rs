@@ -12,14 +12,24 @@
 //! response time. Shedding never waits: waiting is the waiting room's job.
 //!
 //! The limit is learned. Completed calls are collected in windows of about
-//! one mean response time; at the end of each window the policy's
-//! `algorithm` turns the window's mean latency, its peak in-flight count and
-//! its failures into a new limit between `min` and `max`:
+//! one round trip; at the end of each window the policy's `algorithm`
+//! turns what the window saw (completions, their mean latency, the peak in
+//! flight, failures, and whether demand pressed on the limit) into a new
+//! limit between `min` and `max`:
 //!
-//! - `gradient` (default): Gradient2 from Netflix's concurrency-limits. The
+//! - `capacity` (default): learns the back end's capacity by testing it.
+//!   While demand is below the limit it keeps the limit at twice the peak
+//!   in flight, so a healthy back end never sheds. Once demand presses on
+//!   it, it steps the limit up while latency holds, and when latency rises
+//!   it steps down to what the back end delivers times its unloaded
+//!   latency (Little's law): if latency falls, that was a queue and the
+//!   lower limit is the back end's capacity (a cut to 27% is learned in one
+//!   step); if it does not, the back end is merely slower and the limit goes
+//!   back. After an outage the last good limit comes back at once.
+//! - `gradient`: Gradient2 from Netflix's concurrency-limits. The
 //!   ratio of long-term to short-term latency scales the limit down when
 //!   latency rises; a queue allowance of √limit lets it grow while latency
-//!   holds.
+//!   holds. It reads a slower back end as a queue.
 //! - `vegas`: TCP Vegas. Estimates the calls queued inside the back end from
 //!   its unloaded latency and keeps that queue small.
 //! - `aimd`: +1 per window while the back end keeps up, ×0.9 on failures.

@@ -24,7 +24,7 @@ macro_rules! sections_part {
     () => {
         r#"
 [limit]
-algorithm = "gradient"                      # fixed | aimd | vegas | gradient
+algorithm = "capacity"                      # capacity | fixed | aimd | vegas | gradient
 initial = 20
 min = 1
 max = 1000

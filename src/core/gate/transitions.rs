@@ -48,7 +48,7 @@ impl Gate {
                 self.report(transition);
             }
         }
-        self.limit_recovered();
+        self.limit_recovered(true);
         tracing::info!(
             route = %self.metrics.route(),
             "brownout: maintenance window over: probing the back end, limit back where it served well"
@@ -58,9 +58,9 @@ impl Gate {
     /// The back end is back (a maintenance window ended, the breaker
     /// closed): the limit starts again where its learner says.
     #[cold]
-    pub(in crate::core) fn limit_recovered(&self) {
+    pub(in crate::core) fn limit_recovered(&self, maintenance: bool) {
         if let Some(limit) = &self.limit {
-            if let Some(change) = limit.recovered() {
+            if let Some(change) = limit.recovered(maintenance) {
                 self.metrics.limit(change.limit, self.inflight());
             }
         }

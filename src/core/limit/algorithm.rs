@@ -132,14 +132,18 @@ impl Learner {
         }
     }
 
-    /// The limit to start again from after an outage (the breaker closed
-    /// again, a maintenance window ended), given the current one.
-    pub(crate) fn recovered(&mut self, limit: f64, min: f64) -> f64 {
+    /// The limit to start again from after an outage, given the current
+    /// one: after a maintenance window (`maintenance`) or once the breaker
+    /// closed again.
+    pub(crate) fn recovered(&mut self, limit: f64, min: f64, maintenance: bool) -> f64 {
         match self {
             Learner::Capacity(c) => c.recovered(limit),
-            // The latency learners restart from the minimum: their
-            // baselines say nothing about the back end that came back.
-            _ => min,
+            Learner::Fixed => limit,
+            // The latency learners restart from the minimum after a
+            // maintenance window (their baselines say nothing about the
+            // back end that came back), and keep their limit otherwise.
+            _ if maintenance => min,
+            _ => limit,
         }
     }
 

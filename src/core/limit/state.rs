@@ -340,15 +340,16 @@ impl LimitCore {
 
     /// The back end is back after an outage (a maintenance window ended,
     /// the breaker closed again): the learner says where the limit starts
-    /// again. `capacity` puts back the last limit that served well (the
-    /// breaker's probes have just shown the back end answers); the latency
-    /// learners restart from `min`.
-    pub(crate) fn recovered(&self) -> Option<LimitChange> {
+    /// again: `maintenance` says which. `capacity` puts back the last limit
+    /// that served well (the breaker's probes have just shown the back end
+    /// answers); `fixed` keeps its limit; the latency learners restart from
+    /// `min` after a maintenance window.
+    pub(crate) fn recovered(&self, maintenance: bool) -> Option<LimitChange> {
         let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
         let min = f64::from(self.min.load(Relaxed));
         let max = f64::from(self.max.load(Relaxed));
         let current = learning.limit;
-        let next = learning.learner.recovered(current, min).clamp(min, max);
+        let next = learning.learner.recovered(current, min, maintenance).clamp(min, max);
         learning.limit = next;
         // The window under way straddles the outage: start a new one.
         self.blocked.store(0, Relaxed);
