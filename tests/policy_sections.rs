@@ -470,7 +470,7 @@ const BAD_TOML: &[(&str, &str)] = &[
     ),
     (
         "[limit]\nalgorithm = \"pid\"\n",
-        "limit.algorithm: unknown variant `pid`, expected one of `fixed`, `aimd`, `vegas`, `gradient` \
+        "limit.algorithm: unknown variant `pid`, expected one of `fixed`, `aimd`, `vegas`, `gradient`, `capacity` \
          (TOML line 2, column 13)",
     ),
     (

@@ -71,6 +71,11 @@ pub(crate) struct Capacity {
     settled: u32,
     /// The back end's unloaded latency as last seen, seconds (0: unknown).
     unloaded: f64,
+    /// The lowest unloaded latency seen, slowly forgotten once a step has
+    /// shown the back end slower: a step down aims at what the back end
+    /// would need if it were as fast as that, so that it gets below the
+    /// knee even when the last unloaded latency came from a slower time.
+    floor: f64,
     /// How noisy a round's mean latency is, relative (smoothed).
     noise: f64,
     /// The previous round's mean latency, for the noise estimate.
@@ -97,6 +102,7 @@ impl Default for Capacity {
             rounds: 0,
             settled: 0,
             unloaded: 0.0,
+            floor: 0.0,
             noise: 0.05,
             last_rtt: 0.0,
             estimate: 0.0,
@@ -234,6 +240,9 @@ impl Capacity {
         } else {
             self.unloaded + (window.rtt - self.unloaded) * 0.2
         };
+        if self.floor == 0.0 || self.unloaded < self.floor {
+            self.floor = self.unloaded;
+        }
         let next = limit.max(f64::from(window.max_inflight) * Self::HEADROOM);
         if window.dropped == 0 {
             self.good = next;
@@ -245,6 +254,9 @@ impl Capacity {
     fn judge(&mut self, rtt: f64, rate: f64) -> f64 {
         if self.unloaded == 0.0 {
             self.unloaded = rtt;
+        }
+        if self.floor == 0.0 || self.unloaded < self.floor {
+            self.floor = self.unloaded;
         }
         match self.step {
             Step::Down {
@@ -262,11 +274,14 @@ impl Capacity {
                 let serves = (delivered * rtt / self.utilization).clamp(to, from);
                 if rtt < before / (1.0 + self.tolerance()) {
                     // Latency fell with the limit: there was a queue. The
-                    // unloaded latency stays what it was (this limit may
-                    // still hold some queue: the next step looks again).
+                    // unloaded latency is at most what shows now (this
+                    // limit may still hold some queue: the next step looks
+                    // again).
+                    self.unloaded = self.unloaded.min(rtt);
                 } else {
                     // Latency did not fall: the back end itself is slower.
                     self.unloaded = rtt;
+                    self.floor += (rtt - self.floor) * 0.5;
                 }
                 self.estimate = serves;
                 self.met_queue = true;
@@ -290,7 +305,7 @@ impl Capacity {
                 if self.queued(rtt) {
                     // A queue or a slower back end: test with the limit
                     // the back end would need if it were a queue.
-                    let to = (rate * self.unloaded / self.utilization)
+                    let to = (rate * self.floor.min(self.unloaded) / self.utilization)
                         .clamp(from * 0.1, from * 0.75)
                         .max(1.0);
                     self.step = Step::Down { from, to, rtt, rate };
