@@ -174,8 +174,14 @@ fn background() -> impl Strategy<Value = Value> {
         });
     let limit = (
         proptest::option::of(
-            prop_oneof![Just("fixed"), Just("aimd"), Just("vegas"), Just("gradient"), Just("capacity")]
-                .prop_map(|a| json!(a)),
+            prop_oneof![
+                Just("fixed"),
+                Just("aimd"),
+                Just("vegas"),
+                Just("gradient"),
+                Just("capacity")
+            ]
+            .prop_map(|a| json!(a)),
         ),
         proptest::option::of((1u32..=5, 0u32..=45, 0u32..=950)),
         proptest::option::of((0.0f64..0.99).prop_map(|r| json!(r))),

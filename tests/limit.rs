@@ -393,7 +393,10 @@ async fn capacity_settles_near_capacity_and_again_after_it_drops_to_27_percent()
     let c = CAPACITY as f64;
     let before = mean(5.0, 20.0);
     println!("capacity: mean limit {before:.0} for C={c}");
-    assert!((before - c).abs() <= 0.25 * c, "mean limit {before} for {c}");
+    assert!(
+        (before - c).abs() <= 0.25 * c,
+        "mean limit {before} for {c}"
+    );
     let reduced = c * 0.27;
     let after = mean(30.0, 40.0);
     println!("capacity: mean limit {after:.0} for C={reduced}");
@@ -440,7 +443,10 @@ async fn capacity_holds_the_limit_through_a_4x_slowdown() {
         .filter(|(_, l)| (f64::from(*l) - c).abs() > 0.2 * c)
         .collect();
     let share = outside.len() as f64 / run.limits.iter().filter(|(t, _)| *t >= 25.0).count() as f64;
-    println!("capacity through x4: {:.1}% of samples outside ±20%", share * 100.0);
+    println!(
+        "capacity through x4: {:.1}% of samples outside ±20%",
+        share * 100.0
+    );
     // The steps that test a slower back end take the limit down briefly.
     assert!(share <= 0.2, "outside ±20% of {c}: {outside:?}");
     // And the slowed back end is kept busy: at least 90% of what it serves.
@@ -467,11 +473,12 @@ async fn capacity_sheds_nothing_at_60_percent_load() {
         |i| (i % 3) as u8,
     )
     .await;
-    let shed = run
-        .between(10.0, 30.0)
-        .filter(|o| !o.served)
-        .count();
+    let shed = run.between(10.0, 30.0).filter(|o| !o.served).count();
     assert_eq!(shed, 0, "limit now {}", run.limit_at(29.9));
     // Conservation: every request arrived and has an outcome.
-    assert!(run.outcomes.len().abs_diff(36_000) <= 1, "{}", run.outcomes.len());
+    assert!(
+        run.outcomes.len().abs_diff(36_000) <= 1,
+        "{}",
+        run.outcomes.len()
+    );
 }

@@ -308,7 +308,12 @@ impl Capacity {
                     let to = (rate * self.floor.min(self.unloaded) / self.utilization)
                         .clamp(from * 0.1, from * 0.75)
                         .max(1.0);
-                    self.step = Step::Down { from, to, rtt, rate };
+                    self.step = Step::Down {
+                        from,
+                        to,
+                        rtt,
+                        rate,
+                    };
                     to
                 } else {
                     // Headroom: try more.

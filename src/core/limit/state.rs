@@ -349,7 +349,10 @@ impl LimitCore {
         let min = f64::from(self.min.load(Relaxed));
         let max = f64::from(self.max.load(Relaxed));
         let current = learning.limit;
-        let next = learning.learner.recovered(current, min, maintenance).clamp(min, max);
+        let next = learning
+            .learner
+            .recovered(current, min, maintenance)
+            .clamp(min, max);
         learning.limit = next;
         // The window under way straddles the outage: start a new one.
         self.blocked.store(0, Relaxed);
@@ -451,7 +454,11 @@ mod tests {
         // passed): demand is below the limit, which keeps its headroom.
         assert_eq!(core.complete(5 * ms, false, 21 * ms), None);
         assert_eq!(core.inflight(), 32);
-        assert_eq!(core.hot.0.load(Relaxed) & !(ONE_INFLIGHT - 1), core.hot.0.load(Relaxed), "window taken");
+        assert_eq!(
+            core.hot.0.load(Relaxed) & !(ONE_INFLIGHT - 1),
+            core.hot.0.load(Relaxed),
+            "window taken"
+        );
     }
 
     #[test]
