@@ -5,7 +5,9 @@
 //! exporter (Prometheus, StatsD, …). Install the recorder before building
 //! the layers: handles are registered once, when a layer (or a route of a
 //! keyed layer) is built, and a request only bumps them. With no recorder a
-//! handle is a no-op.
+//! handle is a no-op. The shared `overflow` gate (routes or keys beyond
+//! the layer's bound) registers its series at its first use, so a service
+//! that never overflows exports none.
 //!
 //! | name | kind | labels | meaning |
 //! |---|---|---|---|
@@ -18,6 +20,9 @@
 //! | `brownout_shed_total` | counter | `route`, `priority` | requests shed by the limit, by class |
 //! | `brownout_waiting` | gauge | `route`, `priority` | requests in the waiting room |
 //! | `brownout_wait_seconds` | histogram | `route`, `priority` | time in the waiting room of requests that left it with a permit |
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use metrics::{Counter, Gauge, Histogram, SharedString, Unit};
 
@@ -107,10 +112,40 @@ pub(crate) mod outcome {
     pub(crate) const WOULD_WAIT: &str = "would_wait";
 }
 
-/// The handles one route bumps per request, registered once.
+/// The handles one route bumps per request, registered once: when the
+/// route's gate is built, or, for the shared `overflow` gate, at its first
+/// use (a stack that never overflows exports no `overflow` series).
 #[derive(Debug)]
 pub(crate) struct RouteMetrics {
     route: SharedString,
+    handles: Registered,
+}
+
+/// A route's handles, registered now or at first use. The handles of a
+/// route registered now are kept inline: no pointer to follow per request.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Registered {
+    Now(Handles),
+    Lazy(Box<Lazy>),
+}
+
+/// What a lazily registered route needs to register its handles, and the
+/// gauges' values set before it did.
+#[derive(Debug)]
+struct Lazy {
+    handles: OnceLock<Handles>,
+    limit_classes: Option<Classes>,
+    room_classes: Option<Classes>,
+    /// `f64` bits of the last breaker state set.
+    breaker_state: AtomicU64,
+    limit: AtomicU32,
+    inflight: AtomicU32,
+}
+
+/// The handles themselves.
+#[derive(Debug)]
+struct Handles {
     served: Counter,
     cancelled: Counter,
     rejected: [Counter; Reason::ALL.len()],
@@ -128,12 +163,9 @@ pub(crate) struct RouteMetrics {
     wait_seconds: Box<[Histogram]>,
 }
 
-impl RouteMetrics {
-    /// Handles for `route`; `limit_classes` names the priority classes
-    /// whose sheds are counted (none for a route without a limit),
-    /// `room_classes` those whose waits are measured (none without a room).
-    pub(crate) fn new(
-        route: SharedString,
+impl Handles {
+    fn register(
+        route: &SharedString,
         limit_classes: Option<&Classes>,
         room_classes: Option<&Classes>,
     ) -> Self {
@@ -172,7 +204,60 @@ impl RouteMetrics {
                 .into_iter()
                 .map(|name| metrics::histogram!(WAIT_SECONDS, "route" => route.clone(), "priority" => name))
                 .collect(),
-            route,
+        }
+    }
+}
+
+impl RouteMetrics {
+    /// Handles for `route`; `limit_classes` names the priority classes
+    /// whose sheds are counted (none for a route without a limit),
+    /// `room_classes` those whose waits are measured (none without a room).
+    /// The handles of the shared overflow gate (labelled
+    /// [`OVERFLOW_KEY`](crate::breaker::OVERFLOW_KEY)) are registered at
+    /// its first use.
+    pub(crate) fn new(
+        route: SharedString,
+        limit_classes: Option<&Classes>,
+        room_classes: Option<&Classes>,
+    ) -> Self {
+        describe();
+        let handles = if &*route == crate::core::gate_map::OVERFLOW_KEY {
+            Registered::Lazy(Box::new(Lazy {
+                handles: OnceLock::new(),
+                limit_classes: limit_classes.cloned(),
+                room_classes: room_classes.cloned(),
+                breaker_state: AtomicU64::new(0f64.to_bits()),
+                limit: AtomicU32::new(0),
+                inflight: AtomicU32::new(0),
+            }))
+        } else {
+            Registered::Now(Handles::register(&route, limit_classes, room_classes))
+        };
+        Self { route, handles }
+    }
+
+    /// The handles, registered now if they were not yet.
+    #[inline]
+    fn handles(&self) -> &Handles {
+        match &self.handles {
+            Registered::Now(handles) => handles,
+            Registered::Lazy(lazy) => lazy.handles.get_or_init(|| {
+                let handles = Handles::register(
+                    &self.route,
+                    lazy.limit_classes.as_ref(),
+                    lazy.room_classes.as_ref(),
+                );
+                handles
+                    .breaker_state
+                    .set(f64::from_bits(lazy.breaker_state.load(Ordering::Relaxed)));
+                handles
+                    .limit
+                    .set(f64::from(lazy.limit.load(Ordering::Relaxed)));
+                handles
+                    .inflight
+                    .set(f64::from(lazy.inflight.load(Ordering::Relaxed)));
+                handles
+            }),
         }
     }
 
@@ -182,68 +267,95 @@ impl RouteMetrics {
 
     #[inline]
     pub(crate) fn served(&self, failed: bool, elapsed_secs: f64) {
-        self.served.increment(1);
+        self.handles().served.increment(1);
         if failed {
-            self.latency_failure.record(elapsed_secs);
+            self.handles().latency_failure.record(elapsed_secs);
         } else {
-            self.latency_success.record(elapsed_secs);
+            self.handles().latency_success.record(elapsed_secs);
         }
     }
 
     #[inline]
     pub(crate) fn cancelled(&self) {
-        self.cancelled.increment(1);
+        self.handles().cancelled.increment(1);
     }
 
     #[inline]
     pub(crate) fn rejected(&self, reason: Reason) {
-        self.rejected[reason as usize].increment(1);
+        self.handles().rejected[reason as usize].increment(1);
     }
 
     #[inline]
     pub(crate) fn would_reject(&self, reason: Reason) {
-        self.would_reject[reason as usize].increment(1);
+        self.handles().would_reject[reason as usize].increment(1);
     }
 
     /// Shadow mode let through a request the waiting room would have held.
     #[inline]
     pub(crate) fn would_wait(&self) {
-        self.would_wait.increment(1);
+        self.handles().would_wait.increment(1);
     }
 
     #[inline]
     pub(crate) fn shed(&self, priority: Priority) {
-        if let Some(counter) = self.shed.get(usize::from(priority.rank())) {
+        if let Some(counter) = self.handles().shed.get(usize::from(priority.rank())) {
             counter.increment(1);
         }
     }
 
     /// Moves the waiting gauge of `priority` by `delta`.
     pub(crate) fn waiting(&self, priority: Priority, delta: f64) {
-        if let Some(gauge) = self.waiting.get(usize::from(priority.rank())) {
+        if let Some(gauge) = self.handles().waiting.get(usize::from(priority.rank())) {
             gauge.increment(delta);
         }
     }
 
     /// Records a wait that ended with a permit.
     pub(crate) fn waited(&self, priority: Priority, nanos: u64) {
-        if let Some(histogram) = self.wait_seconds.get(usize::from(priority.rank())) {
+        if let Some(histogram) = self
+            .handles()
+            .wait_seconds
+            .get(usize::from(priority.rank()))
+        {
             histogram.record(nanos as f64 * 1e-9);
         }
     }
 
     pub(crate) fn limit(&self, limit: u32, inflight: u32) {
-        self.limit.set(f64::from(limit));
-        self.inflight.set(f64::from(inflight));
+        let handles = match &self.handles {
+            Registered::Now(handles) => handles,
+            Registered::Lazy(lazy) => {
+                lazy.limit.store(limit, Ordering::Relaxed);
+                lazy.inflight.store(inflight, Ordering::Relaxed);
+                match lazy.handles.get() {
+                    Some(handles) => handles,
+                    None => return,
+                }
+            }
+        };
+        handles.limit.set(f64::from(limit));
+        handles.inflight.set(f64::from(inflight));
     }
 
     pub(crate) fn breaker_state(&self, value: f64) {
-        self.breaker_state.set(value);
+        let handles = match &self.handles {
+            Registered::Now(handles) => handles,
+            Registered::Lazy(lazy) => {
+                lazy.breaker_state.store(value.to_bits(), Ordering::Relaxed);
+                match lazy.handles.get() {
+                    Some(handles) => handles,
+                    None => return,
+                }
+            }
+        };
+        handles.breaker_state.set(value);
     }
 
     /// Counts a breaker transition. Transitions are rare, so the handle is
     /// looked up here rather than kept.
     pub(crate) fn breaker_transition(&self, from: &'static str, to: &'static str) {
+        // A transition is a use: a lazy route registers its handles.
+        let _ = self.handles();
         metrics::counter!(BREAKER_TRANSITIONS_TOTAL, "route" => self.route.clone(), "from" => from, "to" => to)
             .increment(1);
     }

@@ -25,8 +25,18 @@ fn every_exported_metric_has_help_text() {
     ::metrics::set_global_recorder(recorder).expect("the only recorder of this binary");
 
     // A stack with a breaker, a limit and a waiting room registers every
-    // metric of a route (its overflow gate is built at once).
+    // metric of a route when the route is first seen.
     let layer = BrownoutLayer::from_policy(&Policy::default());
+    let svc = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|()| async { Ok::<_, std::convert::Infallible>(()) }),
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(tower::ServiceExt::oneshot(svc, ()))
+        .unwrap();
     let constants = [
         metrics::REQUESTS_TOTAL,
         metrics::BREAKER_STATE,

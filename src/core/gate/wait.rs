@@ -41,7 +41,11 @@ impl Gate {
         priority: Priority,
         deadline: Option<Nanos>,
     ) -> Result<Entry, Rejected> {
-        let Some(room) = &self.room else {
+        // A room reloaded to capacity 0 is no room, as at a fresh start.
+        let capacity = self
+            .room_capacity
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let Some(room) = self.room.as_ref().filter(|_| capacity > 0) else {
             return self.admit(priority).map(Entry::Now);
         };
         let now = self.clock.now();
