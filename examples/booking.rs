@@ -90,7 +90,7 @@ use tower::ServiceExt;
 #[path = "shared/backend.rs"]
 mod backend;
 #[path = "shared/server.rs"]
-mod server;
+pub mod server;
 
 use backend::CALL_TIMEOUT;
 

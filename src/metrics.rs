@@ -20,6 +20,34 @@
 //! | `brownout_shed_total` | counter | `route`, `priority` | requests shed by the limit, by class |
 //! | `brownout_waiting` | gauge | `route`, `priority` | requests in the waiting room |
 //! | `brownout_wait_seconds` | histogram | `route`, `priority` | time in the waiting room of requests that left it with a permit |
+//!
+//! # Histograms in Prometheus
+//!
+//! `brownout_latency_seconds` and `brownout_wait_seconds` are histograms in
+//! the `metrics` facade. `metrics-exporter-prometheus` renders a histogram
+//! as a Prometheus *summary* (quantiles computed in the process, which
+//! cannot be added up across replicas) unless it is given buckets. Give it
+//! [`SECONDS_BUCKETS`] (1 ms to 30 s) for both, or your own:
+//!
+//! ```
+//! use brownout::metrics::{LATENCY_SECONDS, SECONDS_BUCKETS, WAIT_SECONDS};
+//! use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+//!
+//! let builder = PrometheusBuilder::new()
+//!     .set_buckets_for_metric(Matcher::Full(LATENCY_SECONDS.into()), &SECONDS_BUCKETS)
+//!     .unwrap()
+//!     .set_buckets_for_metric(Matcher::Full(WAIT_SECONDS.into()), &SECONDS_BUCKETS)
+//!     .unwrap();
+//! // builder.install_recorder() before building the layers.
+//! # let _ = builder;
+//! ```
+//!
+//! Then `histogram_quantile(0.99, sum by (route, le)
+//! (rate(brownout_latency_seconds_bucket[5m])))` is the p99 over every
+//! replica. The buckets are the upper bounds, in seconds: `0.001`,
+//! `0.0025`, `0.005`, `0.01`, `0.025`, `0.05`, `0.1`, `0.25`, `0.5`, `1`,
+//! `2.5`, `5`, `10`, `30`; choose bounds around your back end's latency
+//! target and the waiting room's `max_wait`.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -47,6 +75,14 @@ pub const SHED_TOTAL: &str = "brownout_shed_total";
 pub const WAITING: &str = "brownout_waiting";
 /// Time spent in the waiting room by requests that left it with a permit.
 pub const WAIT_SECONDS: &str = "brownout_wait_seconds";
+
+/// Histogram bucket bounds, in seconds, for [`LATENCY_SECONDS`] and
+/// [`WAIT_SECONDS`]: 1, 2.5 and 5 per decade from 1 ms, up to 30 s. See the
+/// [module docs](self#histograms-in-prometheus) for how to give them to
+/// `metrics-exporter-prometheus`.
+pub const SECONDS_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// Label value of `reason` where no reason applies (served, cancelled).
 pub const NO_REASON: &str = "none";

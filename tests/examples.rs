@@ -26,7 +26,7 @@ use axum::response::Response;
 use brownout::sim::Condition;
 use brownout::{BreakerState, Policy};
 use http_body_util::BodyExt;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -494,7 +494,7 @@ fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            booking::server::prometheus()
                 .install_recorder()
                 .expect("no other recorder in this test binary")
         })
@@ -533,9 +533,14 @@ async fn booking_exposes_brownout_metrics_for_prometheus() {
         r#"brownout_requests_total{route="/slots",outcome="served",reason="none"}"#,
         r#"brownout_breaker_state{route="/slots"}"#,
         r#"brownout_limit{route="/slots"}"#,
+        // Latency as a Prometheus histogram, not a summary.
+        "# TYPE brownout_latency_seconds histogram",
+        r#"brownout_latency_seconds_bucket{route="/slots",outcome="success",le="0.25"}"#,
+        "# TYPE brownout_wait_seconds histogram",
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }
+    assert!(!text.contains("summary"), "no metric is a summary:\n{text}");
 }
 
 // ---- payment ------------------------------------------------------------------

@@ -64,6 +64,25 @@ pub struct Service {
     pub default_policy: &'static str,
 }
 
+/// The examples' Prometheus exporter: brownout's `_seconds` histograms
+/// rendered as Prometheus histograms with [`SECONDS_BUCKETS`] (without
+/// buckets the exporter renders summaries, which cannot be aggregated
+/// across replicas).
+///
+/// [`SECONDS_BUCKETS`]: brownout::metrics::SECONDS_BUCKETS
+pub fn prometheus() -> PrometheusBuilder {
+    use brownout::metrics::{LATENCY_SECONDS, SECONDS_BUCKETS, WAIT_SECONDS};
+    use metrics_exporter_prometheus::Matcher;
+
+    [LATENCY_SECONDS, WAIT_SECONDS]
+        .into_iter()
+        .fold(PrometheusBuilder::new(), |builder, name| {
+            builder
+                .set_buckets_for_metric(Matcher::Full(name.to_owned()), &SECONDS_BUCKETS)
+                .expect("buckets are given")
+        })
+}
+
 /// Runs an HTTP example: logs, installs the Prometheus recorder (first:
 /// brownout's gates register their metrics when built), loads the policy
 /// (the first argument, else `$policy_var`, else `default_policy`), builds
@@ -77,7 +96,7 @@ pub async fn main<E: Display>(
     init_tracing();
     let name = service.name;
 
-    let metrics = match PrometheusBuilder::new().install_recorder() {
+    let metrics = match prometheus().install_recorder() {
         Ok(handle) => handle,
         Err(err) => {
             eprintln!("{name}: cannot install the metrics recorder: {err}");
