@@ -151,3 +151,63 @@ async fn the_overflow_route_has_no_series_until_a_route_overflows() {
         Some(0.0)
     );
 }
+
+/// A request to `/slots` with `headers`, trusted or not.
+fn slots_request(headers: &[(&str, &str)], trusted: bool) -> http::Request<String> {
+    let mut req = http::Request::builder().uri("/slots");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let mut req = req.body(String::new()).unwrap();
+    if trusted {
+        req.extensions_mut().insert(brownout::stack::Trusted);
+    }
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_trusted_callers_say_their_class_and_deadline() {
+    use brownout::stack::TrustedCaller;
+
+    let recorder = DebuggingRecorder::new();
+    let mut seen = Seen::new(recorder.snapshotter(), Gauges::Last);
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let slow = tower::service_fn(|_: http::Request<String>| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    });
+    let layer = BrownoutLayer::from_policy(&one_at_a_time(0))
+        .http()
+        .trust_headers_if(TrustedCaller);
+    let svc = layer.layer(slow);
+
+    // A 10 ms deadline on a 1 s call: believed from a trusted caller only.
+    let short = [("grpc-timeout", "10m")];
+    let untrusted = svc.clone().oneshot(slots_request(&short, false)).await;
+    assert_eq!(untrusted.unwrap().status(), http::StatusCode::OK);
+    let trusted = svc.clone().oneshot(slots_request(&short, true)).await;
+    assert_eq!(
+        trusted.unwrap().status(),
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "abandoned at its deadline"
+    );
+
+    // `x-priority: urgent` while the only slot is held: an untrusted call
+    // is shed as `normal`, a trusted one as `urgent`.
+    let busy = tokio::spawn(svc.clone().oneshot(slots_request(&[], false)));
+    tokio::task::yield_now().await;
+    let urgent = [("x-priority", "urgent")];
+    for trusted in [false, true] {
+        let answer = svc.clone().oneshot(slots_request(&urgent, trusted)).await;
+        assert_eq!(
+            answer.unwrap().status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    busy.abort();
+    let shed = |seen: &mut Seen, class| {
+        seen.counter(SHED_TOTAL, &[("route", "/slots"), ("priority", class)])
+    };
+    assert_eq!(shed(&mut seen, "normal"), 1);
+    assert_eq!(shed(&mut seen, "urgent"), 1);
+}

@@ -307,6 +307,24 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
         })
     }
 
+    /// Reads each request's class and deadline only from the requests
+    /// `trust` vouches for; the others get the default class and no
+    /// deadline of their own. See [`trust`](super::trust) for why, and for
+    /// the other way (strip the headers at the edge).
+    #[allow(clippy::type_complexity)]
+    pub fn trust_headers_if<T: Clone>(
+        self,
+        trust: T,
+    ) -> BrownoutLayer<F, R, super::TrustedOnly<P, T>, super::TrustedOnly<D, T>, C> {
+        self.with_parts(|parts| Parts {
+            fallback: parts.fallback,
+            route: parts.route,
+            priority: super::TrustedOnly::new(parts.priority, trust.clone()),
+            deadline: super::TrustedOnly::new(parts.deadline, trust),
+            classifier: parts.classifier,
+        })
+    }
+
     /// Uses `classifier` to tell failures from successes.
     pub fn classify<C2>(self, classifier: C2) -> BrownoutLayer<F, R, P, D, C2> {
         self.with_parts(|parts| Parts {
@@ -326,6 +344,11 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
     /// routes by [`HttpRoute`](super::HttpRoute), classes from the policy's
     /// `priority.header`, deadlines from `grpc-timeout` or the policy's
     /// `waiting_room.deadline_header`, 5xx as failures.
+    ///
+    /// The class and the deadline are read from every request, whoever
+    /// sent it: strip those headers at your edge, or trust only some
+    /// callers with [`trust_headers_if`](Self::trust_headers_if) (see
+    /// [`trust`](super::trust)).
     #[allow(clippy::type_complexity)]
     pub fn http(
         self,
@@ -355,6 +378,9 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
     /// `RESOURCE_EXHAUSTED` when shed, retry pushback), one route per
     /// method, classes from the policy's `priority.header`, deadlines from
     /// `grpc-timeout`, and `grpc-status` read from headers or trailers.
+    /// As with [`http`](Self::http), the class and the deadline are read
+    /// from every call unless [`trust_headers_if`](Self::trust_headers_if)
+    /// says whose to believe.
     #[allow(clippy::type_complexity)]
     pub fn grpc(
         self,

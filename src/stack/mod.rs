@@ -21,7 +21,9 @@
 //! the policy's `priority.header`, the deadline from `grpc-timeout` or
 //! `waiting_room.deadline_header`, counts 5xx as failures, routes by axum's
 //! `MatchedPath` (feature `axum`) or the URI path, and answers rejections
-//! with `503` + `Retry-After` + an RFC 9457 problem document. The stack
+//! with `503` + `Retry-After` + an RFC 9457 problem document. The class
+//! and deadline headers are believed from every caller unless you strip
+//! them at the edge or say whose to believe ([`trust`]). The stack
 //! keeps the inner service's error type, so it goes straight into
 //! `Router::layer` with no `HandleErrorLayer`:
 //!
@@ -53,6 +55,7 @@ mod future;
 mod handle;
 mod layer;
 mod route;
+pub mod trust;
 #[cfg(feature = "watch")]
 mod watch;
 
@@ -74,6 +77,7 @@ pub use self::layer::{BrownoutLayer, DEFAULT_MAX_ROUTES};
 #[cfg(feature = "http")]
 pub use self::route::HttpRoute;
 pub use self::route::{RouteFn, RouteOf, SingleRoute, route_fn};
+pub use self::trust::{TrustFn, TrustOf, Trusted, TrustedCaller, TrustedOnly, trust_fn};
 #[cfg(feature = "watch")]
 pub use self::watch::{DEBOUNCE, PolicyWatcher};
 
