@@ -75,12 +75,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use brownout::classify::ServerErrorsAsFailures;
-use brownout::deadline::HeaderDeadline;
-use brownout::fallback::ProblemJson;
-use brownout::priority::HeaderPriority;
 use brownout::sim::{SimBackend, SimBuilder, SimConfigError, SimHandle};
-use brownout::stack::HttpRoute;
 use brownout::{BrownoutLayer, Policy, PolicyHandle};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -104,8 +99,7 @@ pub const DEFAULT_POLICY: &str = concat!(
 pub const ROUTES: [&str; 3] = ["/slots", "/bookings", "/bookings/{id}"];
 
 /// The composed stack for HTTP, as `BrownoutLayer::from_policy(&p).http()` builds it.
-pub type HttpStack =
-    BrownoutLayer<ProblemJson, HttpRoute, HeaderPriority, HeaderDeadline, ServerErrorsAsFailures>;
+pub type HttpStack = brownout::stack::HttpBrownoutLayer;
 
 /// What the service is built from.
 #[derive(Debug, Clone)]

@@ -51,6 +51,7 @@
 //! # }
 //! ```
 
+mod ext;
 mod future;
 mod handle;
 mod layer;
@@ -71,6 +72,11 @@ use crate::deadline::DeadlineOf;
 use crate::fallback::Fallback;
 use crate::priority::PriorityOf;
 
+pub use self::ext::ServiceBuilderExt;
+#[cfg(feature = "grpc")]
+pub use self::ext::{GrpcBrownout, GrpcBrownoutLayer};
+#[cfg(feature = "http")]
+pub use self::ext::{HttpBrownout, HttpBrownoutLayer};
 pub use self::future::ResponseFuture;
 pub use self::handle::PolicyHandle;
 pub use self::layer::{BrownoutLayer, DEFAULT_MAX_ROUTES};
