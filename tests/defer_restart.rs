@@ -323,11 +323,11 @@ fn no_accepted_request_is_lost_or_replayed_twice_across_sigkill() {
     // Down once more to send what never got an answer, then up until done.
     let server = Server::start(dir.path(), false);
     for i in 0..REQUESTS {
-        if !accepted.lock().unwrap().contains_key(&i) {
+        let mut accepted = accepted.lock().unwrap();
+        if let std::collections::btree_map::Entry::Vacant(entry) = accepted.entry(i) {
             let (code, json) = post(server.port, &key(i), &body(i)).expect("an answer");
             assert_eq!(code, 202, "{json}");
-            let ticket = json["ticket"].as_str().unwrap().to_owned();
-            accepted.lock().unwrap().insert(i, ticket);
+            entry.insert(json["ticket"].as_str().unwrap().to_owned());
         }
     }
     server.kill();
