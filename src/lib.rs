@@ -150,6 +150,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod breaker;
+pub mod budget;
 pub mod classify;
 pub mod clock;
 mod core;

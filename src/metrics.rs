@@ -20,6 +20,7 @@
 //! | `brownout_shed_total` | counter | `route`, `priority` | requests shed by the limit, by class |
 //! | `brownout_waiting` | gauge | `route`, `priority` | requests in the waiting room |
 //! | `brownout_wait_seconds` | histogram | `route`, `priority` | time in the waiting room of requests that left it with a permit |
+//! | `brownout_shared_state_errors_total` | counter | `state` | calls to the shared state (Redis) that failed or ran past their deadline; `state` = `budget` |
 //!
 //! # Histograms in Prometheus
 //!
@@ -84,6 +85,11 @@ pub const SECONDS_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Calls to the shared state (Redis) that failed or ran past their
+/// deadline, by `state` (`budget`): each one left a replica deciding
+/// from local state.
+pub const SHARED_STATE_ERRORS_TOTAL: &str = "brownout_shared_state_errors_total";
+
 /// Label value of `reason` where no reason applies (served, cancelled).
 pub const NO_REASON: &str = "none";
 
@@ -135,6 +141,11 @@ pub fn describe() {
             WAIT_SECONDS,
             Unit::Seconds,
             "Time in the waiting room of requests that left it with a permit, by priority class"
+        );
+        metrics::describe_counter!(
+            SHARED_STATE_ERRORS_TOTAL,
+            Unit::Count,
+            "Calls to the shared state (Redis) that failed or ran past their deadline, by state; each left a replica deciding from local state"
         );
     });
 }

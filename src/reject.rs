@@ -23,21 +23,26 @@ pub enum Reason {
     Maintenance,
     /// The request's own deadline passed before it could be served.
     Deadline,
+    /// The declared capacity budget (`[budget]`) has no unit left for the
+    /// request's class in this period; the retry hint says when the next
+    /// unit frees.
+    Budget,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::Open,
         Reason::Shed,
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::Maintenance,
         Reason::Deadline,
+        Reason::Budget,
     ];
 
     /// The reason as it appears in metrics labels and logs: `open`, `shed`,
-    /// `queue_full`, `queue_timeout`, `maintenance`, `deadline`.
+    /// `queue_full`, `queue_timeout`, `maintenance`, `deadline`, `budget`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Reason::Open => "open",
@@ -46,6 +51,7 @@ impl Reason {
             Reason::QueueTimeout => "queue_timeout",
             Reason::Maintenance => "maintenance",
             Reason::Deadline => "deadline",
+            Reason::Budget => "budget",
         }
     }
 
@@ -58,6 +64,7 @@ impl Reason {
             Reason::QueueTimeout => "the back end stayed busy for as long as a request may wait",
             Reason::Maintenance => "the back end is in planned maintenance",
             Reason::Deadline => "the request's deadline passed before the back end could serve it",
+            Reason::Budget => "the declared capacity for this period is used up",
         }
     }
 }

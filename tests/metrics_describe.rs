@@ -47,11 +47,14 @@ fn every_exported_metric_has_help_text() {
         metrics::SHED_TOTAL,
         metrics::WAITING,
         metrics::WAIT_SECONDS,
+        metrics::SHARED_STATE_ERRORS_TOTAL,
     ];
     // Values make every series render, histograms included.
     ::metrics::histogram!(metrics::LATENCY_SECONDS).record(0.1);
     ::metrics::histogram!(metrics::WAIT_SECONDS).record(0.1);
     ::metrics::counter!(metrics::BREAKER_TRANSITIONS_TOTAL).increment(1);
+    // Registered by a budget shared through Redis (feature `fleet`).
+    ::metrics::counter!(metrics::SHARED_STATE_ERRORS_TOTAL).increment(1);
     drop(layer);
 
     let text = handle.render();

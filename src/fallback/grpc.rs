@@ -27,7 +27,7 @@ impl GrpcUnavailable {
     /// The status code for `reason`.
     pub const fn code(reason: Reason) -> GrpcCode {
         match reason {
-            Reason::Shed => GrpcCode::ResourceExhausted,
+            Reason::Shed | Reason::Budget => GrpcCode::ResourceExhausted,
             _ => GrpcCode::Unavailable,
         }
     }

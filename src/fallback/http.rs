@@ -44,15 +44,20 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// ```
 ///
 /// The body type needs `From<String>` (axum's `Body`, `Full<Bytes>`, `String`
-/// do). brownout has no per-client limits yet, so every reason answers 503
-/// (429 is for a client over its own quota, which is not what shedding is).
+/// do). Every reason answers 503 except [`Reason::Budget`], which answers
+/// `429 Too Many Requests`: the service is up, and the declared quota of
+/// the period is what ran out (429 is not used for shedding, which is about
+/// the back end's health, not a quota).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProblemJson;
 
 impl ProblemJson {
     /// The response for `rejected`.
     pub fn response<B: From<String>>(rejected: &Rejected) -> Response<B> {
-        let status = StatusCode::SERVICE_UNAVAILABLE;
+        let status = match rejected.reason() {
+            Reason::Budget => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
         let retry_after = rejected.retry_after_secs();
         let mut body = serde_json::json!({
             "type": format!("urn:brownout:{}", rejected.reason()),
@@ -83,6 +88,7 @@ fn title(reason: Reason) -> &'static str {
     match reason {
         Reason::Maintenance => "Service in planned maintenance",
         Reason::Deadline => "Request deadline passed",
+        Reason::Budget => "Capacity for this period used up",
         _ => "Service temporarily unavailable",
     }
 }

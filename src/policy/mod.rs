@@ -1,6 +1,7 @@
 #![doc = include_str!("../../docs/policy.md")]
 
 mod breaker;
+mod budget;
 mod check;
 mod defer;
 mod duration;
@@ -13,6 +14,7 @@ mod route;
 mod waiting_room;
 
 pub use breaker::{BackoffPolicy, BreakerPolicy, Mode, WindowPolicy};
+pub use budget::{BudgetPolicy, BudgetStore, BudgetWindow};
 pub use defer::{ByteSize, DEFERRABLE_REASONS, DeferPolicy, DeferStoreKind};
 pub use error::PolicyError;
 pub use limit::{Algorithm, LimitPolicy};
@@ -66,12 +68,19 @@ pub struct Policy {
     /// [module docs](self#per-route-overrides).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub routes: BTreeMap<String, RoutePolicy>,
+    /// The `[budget]` section: a declared capacity, admissions per period
+    /// with shares reserved for classes, local or shared through Redis.
+    /// Global, optional: `None` (and then left out when the policy is
+    /// written back) counts nothing. See [`BudgetPolicy`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetPolicy>,
 }
 
 impl Policy {
     /// Checks every section, in the order of the file (`breaker`, `limit`,
     /// `waiting_room`, `priority`), then each maintenance window (it must
-    /// end after it starts), then every route in key order; the
+    /// end after it starts), then every route in key order, then `[budget]`
+    /// (its classes must be in `[priority].classes`); the
     /// loaders call it. The error names the first bad field: see
     /// [`BreakerPolicy::validate`], [`LimitPolicy::validate`],
     /// [`WaitingRoomPolicy::validate`] and [`PriorityPolicy::validate`] for
@@ -112,6 +121,10 @@ impl Policy {
         for (key, route) in &self.routes {
             route::check_key(key)?;
             route.validate_at(&route::route_path(key), self)?;
+        }
+        if let Some(budget) = &self.budget {
+            budget.validate()?;
+            budget.validate_classes(&self.priority)?;
         }
         Ok(())
     }
