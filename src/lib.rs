@@ -164,6 +164,7 @@ pub mod metrics;
 pub mod policy;
 pub mod priority;
 mod reject;
+pub mod retry;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
