@@ -17,8 +17,7 @@ use brownout::{
 use support::policy::{DESIGN_LATER_TOML, DESIGN_SECTIONS_TOML, error, load};
 
 /// The sections a policy reads, as the unknown-field error lists them.
-const SECTIONS: &str =
-    "expected one of `breaker`, `limit`, `waiting_room`, `priority`, `maintenance`, `routes`, `budget`";
+const SECTIONS: &str = "expected one of `breaker`, `limit`, `waiting_room`, `priority`, `maintenance`, `routes`, `budget`";
 
 // ------------------------------------------------------------ the example
 
