@@ -163,9 +163,8 @@ impl App {
             .clone()
             .fallback(RejectAsError)
             .layer(backend(self.seen.clone()));
-        let layer = self.layer.clone();
         self.deferral
-            .replay(route, replay, move || layer.limit(key))
+            .replay(route, replay, brownout::defer::Load::of(&self.layer, key))
     }
 }
 

@@ -151,12 +151,8 @@ async fn serve(dir: PathBuf, up: bool) {
         .layer(layer.clone().fallback(deferral.fallback(ProblemJson)))
         .service(backend.clone());
     let route = deferral.route("/applications").unwrap();
-    let limits = layer.clone();
-    let _replayer = deferral.replay(
-        route,
-        layer.fallback(RejectAsError).layer(backend),
-        move || limits.limit("/applications"),
-    );
+    let load = brownout::defer::Load::of(&layer, "/applications");
+    let _replayer = deferral.replay(route, layer.fallback(RejectAsError).layer(backend), load);
     let router = axum::Router::new().fallback_service(app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     println!("listening on {}", listener.local_addr().unwrap().port());

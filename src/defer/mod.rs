@@ -28,7 +28,7 @@
 //!
 //! ```
 //! use std::convert::Infallible;
-//! use brownout::defer::Deferral;
+//! use brownout::defer::{Deferral, Load};
 //! use brownout::fallback::{ProblemJson, RejectAsError};
 //! use brownout::{BrownoutLayer, Policy};
 //! use http::{Request, Response, StatusCode};
@@ -60,8 +60,7 @@
 //! // The same stack, with rejections as errors, for the replayer.
 //! let replay = layer.clone().fallback(RejectAsError).layer(backend);
 //! let route = deferral.route("/applications").unwrap();
-//! let limits = layer.clone();
-//! let replayer = deferral.replay(route, replay, move || limits.limit("/applications"));
+//! let replayer = deferral.replay(route, replay, Load::of(&layer, "/applications"));
 //!
 //! let request = Request::post("/applications").body(Full::from("{}")).unwrap();
 //! let response = app.oneshot(request).await.unwrap();
@@ -111,7 +110,7 @@ pub use self::http::{
 #[cfg(feature = "defer-redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "defer-redis")))]
 pub use self::redis::RedisStore;
-pub use self::replay::{MAX_BACKOFF, MIN_BACKOFF, ReplayHandle, UPKEEP};
+pub use self::replay::{Load, MAX_BACKOFF, MIN_BACKOFF, ReplayHandle, UPKEEP};
 pub use self::store::{
     Appended, Claimed, DeferStore, Deferred, Outcome, Status, StoreConfig, StoreError, StoreFuture,
     Ticket,

@@ -51,6 +51,46 @@ impl ReplayHandle {
     }
 }
 
+/// What the replayer reads of its route's admission before it claims:
+/// the learned limit and the calls in flight (live and replayed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// The route's limit now.
+    pub limit: u32,
+    /// Calls in flight on the route now, replays included.
+    pub inflight: u32,
+}
+
+impl Load {
+    /// A reader of `route`'s load in a [`BrownoutLayer`](crate::BrownoutLayer)
+    /// stack (any clone of the one live traffic goes through).
+    pub fn of<F, R, P, D, C>(
+        layer: &crate::BrownoutLayer<F, R, P, D, C>,
+        route: &str,
+    ) -> impl Fn() -> Option<Load> + Send + Sync + 'static
+    where
+        crate::BrownoutLayer<F, R, P, D, C>: Clone + Send + Sync + 'static,
+    {
+        let layer = layer.clone();
+        let route = route.to_owned();
+        move || {
+            Some(Load {
+                limit: layer.limit(&route)?,
+                inflight: layer.inflight(&route).unwrap_or(0),
+            })
+        }
+    }
+
+    /// How many replays may be in flight, `replays` of them already: all of
+    /// the limit live traffic leaves free, but never less than `share` of
+    /// it (live traffic cannot starve the backlog), and at least one.
+    pub fn replay_budget(self, share: f64, replays: usize) -> usize {
+        let live = (self.inflight as usize).saturating_sub(replays);
+        let floor = (f64::from(self.limit) * share).floor() as usize;
+        floor.max((self.limit as usize).saturating_sub(live)).max(1)
+    }
+}
+
 /// What one replay came to.
 enum Replayed {
     /// Settled (or found settled).
@@ -64,7 +104,7 @@ impl Deferral {
     pub fn replay_all<S, B, RB>(
         &self,
         service: S,
-        limit: impl Fn(&str) -> Option<u32> + Clone + Send + Sync + 'static,
+        load: impl Fn(&str) -> Option<Load> + Clone + Send + Sync + 'static,
     ) -> Vec<ReplayHandle>
     where
         S: Service<Request<B>, Response = Response<RB>, Error = BoxError> + Clone + Send + 'static,
@@ -77,8 +117,8 @@ impl Deferral {
         self.routes()
             .map(|route| {
                 let key = route.route.clone();
-                let limit = limit.clone();
-                self.replay(route, service.clone(), move || limit(&key))
+                let load = load.clone();
+                self.replay(route, service.clone(), move || load(&key))
             })
             .collect()
     }
@@ -88,12 +128,14 @@ impl Deferral {
     /// `service` is the same brownout-protected service live traffic goes
     /// through, built with a fallback that passes rejections on as errors
     /// (`BrownoutLayer::from_policy(&p).http().fallback(RejectAsError)`,
-    /// sharing the live stack's state: a clone of its layer). `limit`
-    /// says the route's learned limit now (`move || layer.limit(route)`).
+    /// sharing the live stack's state: a clone of its layer). `load` says
+    /// the route's learned limit and calls in flight now
+    /// ([`Load::of`]`(&layer, route)`).
     ///
     /// The replayer claims requests most important class first, oldest
-    /// first, keeps at most `replay_share` × the limit of them in flight
-    /// (at least one), and sends each with its method, URI, kept headers,
+    /// first, and keeps as many in flight as [`Load::replay_budget`] allows:
+    /// whatever live traffic leaves of the limit, and never less than
+    /// `replay_share` of it (at least one). It sends each with its method, URI, kept headers,
     /// body, priority class (as a [`Priority`] extension) and an
     /// `Idempotency-Key` (the client's, or else the ticket), so that a
     /// back end can recognise a request replayed twice after a crash.
@@ -111,7 +153,7 @@ impl Deferral {
         &self,
         route: &RouteDeferral,
         service: S,
-        limit: impl Fn() -> Option<u32> + Send + Sync + 'static,
+        load: impl Fn() -> Option<Load> + Send + Sync + 'static,
     ) -> ReplayHandle
     where
         S: Service<Request<B>, Response = Response<RB>, Error = BoxError> + Clone + Send + 'static,
@@ -126,7 +168,7 @@ impl Deferral {
             route.clone(),
             self.classes.clone(),
             service,
-            limit,
+            load,
             stop.clone(),
         ));
         ReplayHandle { stop, task }
@@ -137,7 +179,7 @@ async fn run<S, B, RB>(
     route: RouteDeferral,
     classes: Classes,
     service: S,
-    limit: impl Fn() -> Option<u32> + Send + Sync + 'static,
+    load: impl Fn() -> Option<Load> + Send + Sync + 'static,
     stop: Arc<Notify>,
 ) where
     S: Service<Request<B>, Response = Response<RB>, Error = BoxError> + Clone + Send + 'static,
@@ -164,7 +206,11 @@ async fn run<S, B, RB>(
         let mut idle = false;
         if !paused {
             let share = route.policy.replay_share;
-            let allowed = ((f64::from(limit().unwrap_or(1)) * share).floor() as usize).max(1);
+            let load = load().unwrap_or(Load {
+                limit: 1,
+                inflight: 0,
+            });
+            let allowed = load.replay_budget(share, replays.len());
             while replays.len() < allowed {
                 match store.claim().await {
                     Ok(Some(claimed)) => {
