@@ -1,0 +1,187 @@
+//! Draining a backlog at the back end's capacity, in virtual time: a
+//! simulated back end of capacity 10 and 100 ms per call (100 calls a
+//! second), a fixed limit of 10 in front of it, and a backlog deferred
+//! while the breaker was forced open. Once it is back, the replayer must
+//! use the capacity (at least 95% of it), keep the back end within its
+//! limit, and serve every class before the next; with live traffic, it
+//! keeps to its share and live requests still get theirs.
+#![cfg(all(feature = "defer", feature = "sim", feature = "toml"))]
+
+#[path = "support/tempdir.rs"]
+mod tempdir;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use brownout::defer::{DeferStore, Deferred, Load};
+use brownout::fallback::RejectAsError;
+use brownout::priority::Priority;
+use brownout::sim::{ServiceTime, SimBackend};
+use brownout::{BrownoutLayer, Mode, Policy};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{BoxError, Layer, ServiceExt};
+
+use tempdir::TempDir;
+
+const BACKLOG: usize = 600;
+const CAPACITY: usize = 10;
+const SERVICE: Duration = Duration::from_millis(100);
+
+#[tokio::test(start_paused = true)]
+async fn a_backlog_drains_at_capacity_within_the_limit_most_important_first() {
+    // Every class may use the whole limit: the backlog drains at capacity.
+    let ideal = SERVICE * (BACKLOG / CAPACITY) as u32;
+    drain(0.0, ideal).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_limits_reserve_each_class_drains_at_what_it_may_use() {
+    // The default reserve keeps 20% of the limit for more important
+    // classes: urgent may use 10 slots, normal 9, bulk 8, a third each.
+    let third = (BACKLOG / 3) as f64 * SERVICE.as_secs_f64();
+    let ideal = Duration::from_secs_f64(third / 10.0 + third / 9.0 + third / 8.0);
+    drain(0.2, ideal).await;
+}
+
+async fn drain(reserve: f64, ideal: Duration) {
+    let dir = TempDir::new("defer-drain");
+    let policy = Policy::from_toml(&format!(
+        r#"
+        [breaker]
+        mode = "forced_open"
+
+        [routes."/applications".limit]
+        algorithm = "fixed"
+        initial = {CAPACITY}
+        min = 1
+        max = {CAPACITY}
+        reserve = {reserve:?}
+
+        [routes."/applications".defer]
+        path = {:?}
+        max_pending = 1000000
+        "#,
+        dir.path().join("store").display().to_string()
+    ))
+    .unwrap();
+    let deferral = brownout::defer::Deferral::open(&policy).await.unwrap();
+    let route = deferral.route("/applications").unwrap();
+    let store = route.store().clone();
+
+    // The backlog, straight into the store: a third per class, mixed.
+    for i in 0..BACKLOG {
+        let request = Deferred {
+            priority: (i % 3) as u8,
+            method: "POST".into(),
+            uri: "/applications".into(),
+            headers: vec![],
+            body: Bytes::from(format!("{i}")),
+            arrived: store.now(),
+            idempotency_key: None,
+        };
+        store.append(request).await.unwrap();
+    }
+
+    let sim = SimBackend::builder()
+        .capacity(CAPACITY)
+        .service_time(ServiceTime::Constant(SERVICE))
+        .seed(1)
+        .build()
+        .unwrap();
+    let handle = sim.handle();
+    let order: Arc<Mutex<Vec<(u8, usize)>>> = Arc::default();
+    let backend = {
+        let order = order.clone();
+        tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let sim = sim.clone();
+            let order = order.clone();
+            async move {
+                let rank = req.extensions().get::<Priority>().unwrap().rank();
+                let body = req.into_body().collect_bytes().await;
+                let n: usize = String::from_utf8(body.to_vec()).unwrap().parse().unwrap();
+                order.lock().unwrap().push((rank, n));
+                sim.oneshot(()).await.map_err(BoxError::from)?;
+                Ok::<_, BoxError>(Response::new(Full::<Bytes>::from("ok")))
+            }
+        })
+    };
+    let layer = BrownoutLayer::from_policy(&policy).http();
+    let replay = layer.clone().fallback(RejectAsError).layer(backend);
+    let replayer = deferral.replay(route, replay, Load::of(&layer, "/applications"));
+
+    // Back: the breaker follows the policy.
+    let mut up = policy.clone();
+    up.breaker.mode = Mode::Enforce;
+    layer.handle().apply(up).unwrap();
+    let start = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if store.pending().await.unwrap().iter().sum::<u64>() == 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(600), "not drained");
+    }
+    let elapsed = start.elapsed();
+    replayer.stop().await;
+
+    let stats = handle.stats();
+    assert_eq!(stats.served as usize, BACKLOG);
+    assert!(stats.peak_in_service <= CAPACITY, "{stats:?}");
+    assert!(
+        stats.peak_concurrent <= CAPACITY,
+        "never past the limit: {stats:?}"
+    );
+    let share = ideal.as_secs_f64() / elapsed.as_secs_f64();
+    println!(
+        "reserve {reserve}: drained {BACKLOG} in {elapsed:?} (ideal {ideal:?}): {:.1}% of what the limit allows",
+        share * 100.0
+    );
+    // `elapsed` is sampled every 100 ms: allow that.
+    assert!(
+        elapsed <= ideal.mul_f64(1.0 / 0.95) + Duration::from_millis(100),
+        "{elapsed:?} for {ideal:?} at capacity"
+    );
+    let order = order.lock().unwrap().clone();
+    assert!(
+        order.windows(2).all(|w| w[0].0 <= w[1].0),
+        "every class before the next"
+    );
+    for class in 0..3u8 {
+        let within: Vec<usize> = order
+            .iter()
+            .filter(|(r, _)| *r == class)
+            .map(|(_, n)| *n)
+            .collect();
+        assert!(
+            within.windows(2).all(|w| w[0] < w[1]),
+            "oldest first in {class}"
+        );
+    }
+}
+
+#[test]
+fn replay_budget_keeps_to_the_share_under_live_traffic() {
+    let load = |limit, inflight| Load { limit, inflight };
+    // No live traffic: the whole limit.
+    assert_eq!(load(10, 0).replay_budget(0.5, 0), 10);
+    assert_eq!(load(10, 10).replay_budget(0.5, 10), 10);
+    // Live traffic takes 8: replays keep their half.
+    assert_eq!(load(10, 12).replay_budget(0.5, 4), 5);
+    // Live takes 3: replays get the 7 left.
+    assert_eq!(load(10, 3).replay_budget(0.5, 0), 7);
+    // Always at least one.
+    assert_eq!(load(1, 1).replay_budget(0.5, 0), 1);
+}
+
+trait CollectBytes {
+    async fn collect_bytes(self) -> Bytes;
+}
+
+impl CollectBytes for Full<Bytes> {
+    async fn collect_bytes(self) -> Bytes {
+        use http_body_util::BodyExt;
+        self.collect().await.unwrap().to_bytes()
+    }
+}
