@@ -13,7 +13,7 @@ mod tempdir;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brownout::defer::{DeferStore, Deferred, Load};
+use brownout::defer::{Deferred, Load};
 use brownout::fallback::RejectAsError;
 use brownout::priority::Priority;
 use brownout::sim::{ServiceTime, SimBackend};
