@@ -687,18 +687,43 @@ async fn a_probe_dropped_after_its_back_end_answered_is_no_sample() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn dropped_closed_calls_leave_no_sample() {
+async fn dropped_closed_calls_are_censored_never_failures() {
+    let mut h = Harness::new(policy());
+    for _ in 0..3 {
+        h.ok().await;
+    }
+    // Dropped before `slow_call_duration`: no sample at all (as failures,
+    // the next failure would make 6 of 9).
+    let early: Vec<_> = (0..5).map(|_| h.start(Req::Never)).collect();
+    advance(Duration::from_millis(500)).await;
+    drop(early);
+    h.fail().await;
+    assert_eq!(h.state(), BreakerState::Closed, "1 failure of 4 calls");
+    // Dropped after it: slow calls ("took at least 5 s"), never failures:
+    // 1 failure and 5 slow calls of 9 trip neither rate.
+    let late: Vec<_> = (0..5).map(|_| h.start(Req::Never)).collect();
+    advance(secs(5)).await;
+    drop(late);
+    assert_eq!(
+        h.state(),
+        BreakerState::Closed,
+        "as failures, 6 of 9 would trip"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_back_end_opens_the_breaker_though_every_caller_gives_up() {
     let mut h = Harness::new(BreakerPolicy {
-        minimum_calls: 2,
+        slow_call_rate: 0.5,
         ..policy()
     });
-    let dropped: Vec<_> = (0..5).map(|_| h.start(Req::Never)).collect();
-    advance(secs(5)).await; // they would be slow, too
-    drop(dropped);
-    // As successes they would dilute, as failures trip: neither.
-    h.fail().await;
-    assert_eq!(h.state(), BreakerState::Closed, "1 call < minimum_calls");
-    h.fail().await;
+    for n in 0..4 {
+        assert_eq!(h.state(), BreakerState::Closed, "call {n}");
+        let call = h.start(Req::Never);
+        // Each caller gives up after 2 s, past `slow_call_duration` (1 s).
+        advance(secs(2)).await;
+        drop(call);
+    }
     assert_eq!(h.state(), BreakerState::Open);
 }
 

@@ -471,11 +471,10 @@ async fn five_days_of_maintenance_and_three_of_outage_leave_memory_where_the_fir
         delta(hour, window, answered),
         "every request of the window gets the maintenance answer\n{report}"
     );
-    // The outage reaches the back end only through the breaker's probes:
+    // The refusing back end is reached only through the breaker's probes:
     // at most `half_open_probes` (3) every open period (10 s at most, 5 s
-    // at least once), refused (down) or abandoned at their deadline
-    // (hanging); brownout answers the rest at once.
-    for (before, after, reached) in [(window, down, backend_err), (down, hang, deadline)] {
+    // at least once); brownout answers the rest at once.
+    for (before, after, reached) in [(window, down, backend_err)] {
         let secs = (after.at - before.at).as_secs();
         let probes = delta(before, after, reached);
         assert!(
@@ -490,6 +489,22 @@ async fn five_days_of_maintenance_and_three_of_outage_leave_memory_where_the_fir
             after.name
         );
     }
+    // The hanging back end: every call is abandoned at its caller's 2 s
+    // deadline, before `slow_call_duration` (2.5 s). A caller's deadline is
+    // no evidence against the back end (a censored latency, never a
+    // failure), so the breaker stays closed; each request is answered at
+    // its deadline, as without brownout, and none is served.
+    let (queue_timeout, open) = (6, 3);
+    assert_eq!(
+        delta(down, hang, deadline) + delta(down, hang, queue_timeout) + delta(down, hang, open),
+        delta(down, hang, sent),
+        "hanging: every request answered by its deadline\n{report}"
+    );
+    assert_eq!(
+        delta(down, hang, served),
+        0,
+        "hanging: nothing served\n{report}"
+    );
     assert!(
         delta(hang, recovery, served) * 100 >= 99 * delta(hang, recovery, sent),
         "the recovery hour is served\n{report}"

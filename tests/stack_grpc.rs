@@ -590,8 +590,9 @@ async fn a_shed_call_gets_resource_exhausted_with_pushback() {
         "{}",
         status.message()
     );
-    // No call has finished yet, so the hint is the floor of one turn: 1 ms.
-    assert_eq!(pushback_ms(&status), Some(1));
+    // No call has finished yet, so the limit knows no latency: the hint is
+    // a sane 1 s, not an invitation to retry at once.
+    assert_eq!(pushback_ms(&status), Some(1_000));
     assert_eq!(
         h.backend.calls(),
         1,
@@ -718,7 +719,9 @@ async fn grpc_timeout_bounds_the_wait_in_the_room() {
     // expired"), and its timer fires at the same instant; but it polls the
     // inner service first, and brownout, seeing the deadline passed,
     // answers.
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The caller's own deadline passed: `DEADLINE_EXCEEDED`, which gRPC
+    // clients do not retry, and no tiny pushback.
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(
         status.message().starts_with(
             "request rejected (deadline): the request's deadline passed before the back end could serve it; retry after "
@@ -726,7 +729,10 @@ async fn grpc_timeout_bounds_the_wait_in_the_room() {
         "{}",
         status.message()
     );
-    assert!(pushback_ms(&status).is_some_and(|ms| ms >= 1), "{status:?}");
+    assert!(
+        pushback_ms(&status).is_some_and(|ms| ms >= 1_000),
+        "{status:?}"
+    );
     assert_eq!(h.stack.waiting(BOOK), 0, "it left the room");
     assert_eq!(h.backend.calls(), 1, "it never reached the back end");
 

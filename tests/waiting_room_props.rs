@@ -635,10 +635,11 @@ fn run(s: &Scenario, figures: &mut Figures) {
                 );
                 assert!(deadline.is_none_or(|dl| took <= dl));
             }
-            Reason::Deadline => assert_eq!(
-                Some(took),
-                deadline,
-                "request {} left at its deadline",
+            // At its deadline; or earlier, without reaching the back end,
+            // when less of it was left than the back end's typical latency.
+            Reason::Deadline => assert!(
+                Some(took) == deadline || (!reached && deadline.is_some_and(|dl| took < dl)),
+                "request {} left at its deadline {deadline:?}, after {took:?}",
                 d.arrival
             ),
             _ => {}

@@ -56,8 +56,35 @@ impl Gate {
     pub(in crate::core) fn settle_abandoned(&self, taken: Taken, start: Nanos) -> Rejected {
         let now = self.clock.now();
         self.metrics.rejected(Reason::Deadline);
-        self.learn(taken, true, now.saturating_sub(start), now);
+        self.abandon(taken, now.saturating_sub(start), now);
         self.with_hint(Reason::Deadline, now)
+    }
+
+    /// A call that ended with no verdict after running `elapsed` (its
+    /// caller's deadline passed, or its caller went away): a censored
+    /// latency, never a failure. The breaker counts it as a slow call if it
+    /// had already run for `slow_call_duration`, and otherwise learns
+    /// nothing; the limit learns that the call took at least `elapsed`.
+    #[cold]
+    fn abandon(&self, taken: Taken, elapsed: Nanos, now: Nanos) {
+        let Taken { ticket, over } = taken;
+        let mut opened = false;
+        if let Some(breaker) = &self.breaker {
+            if let Some(transition) = breaker.abandoned(ticket, elapsed, now) {
+                opened = transition.to == BreakerState::Open;
+                self.report(transition);
+            }
+        }
+        if let Some(limit) = &self.limit {
+            if over {
+                self.over.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                // TODO(lead): complete_censored(elapsed, now): the limit
+                // learns that the call took at least `elapsed`.
+                limit.release();
+            }
+        }
+        self.after_sample(opened);
     }
 
     /// Feeds a finished call to the breaker and the limit, and hands what
@@ -88,10 +115,16 @@ impl Gate {
                 tracing::trace!(route = %self.metrics.route(), limit = change.limit, inflight = change.inflight, "brownout: limit updated");
             }
         }
+        self.after_sample(opened);
+    }
+
+    /// Hands what a finished call freed to the room; if the breaker just
+    /// opened, wakes every waiter to sleep until the next probe (waiters
+    /// seated while calls went through sleep until their wait runs out).
+    #[inline(always)]
+    fn after_sample(&self, opened: bool) {
         self.wake_room();
         if opened {
-            // Waiters seated while calls went through sleep until their
-            // wait runs out: wake them to sleep until the next probe.
             if let Some(room) = &self.room {
                 if room.waiting() > 0 {
                     room.with(Queues::wake_waiting);
@@ -100,10 +133,21 @@ impl Gate {
         }
     }
 
+    /// A permit dropped unsettled: its caller went away (or a user's
+    /// closure panicked). Counted as cancelled. A call that had not yet
+    /// answered is abandoned: a censored latency (see
+    /// [`abandon`](Self::abandon)); one that had (a stream dropped before
+    /// its trailers) gives back what it held, no sample.
     #[inline]
-    pub(in crate::core) fn cancel(&self, taken: Taken) {
+    pub(in crate::core) fn cancel(&self, taken: Taken, start: Nanos, responded: Option<Nanos>) {
         self.metrics.cancelled();
-        self.give_back(taken);
+        match responded {
+            Some(_) => self.give_back(taken),
+            None => {
+                let now = self.clock.now();
+                self.abandon(taken, now.saturating_sub(start), now);
+            }
+        }
     }
 
     /// Returns what an admitted call held, without a sample.
@@ -177,10 +221,11 @@ impl Permit {
         }
     }
 
-    /// The call outlived its caller's deadline and is abandoned: a failure
-    /// for the breaker and the limit (the back end did not answer in time),
-    /// and for the caller a `deadline` rejection, not a served call, with
-    /// the gate's retry hint.
+    /// The call outlived its caller's deadline and is abandoned: a censored
+    /// latency for the breaker and the limit (never a failure: the caller's
+    /// deadline says nothing about the back end; a slow call if it had run
+    /// for `slow_call_duration`), and for the caller a `deadline`
+    /// rejection, not a served call, with the gate's retry hint.
     pub(crate) fn abandon_at_deadline(mut self) -> Rejected {
         match self.gate.take() {
             Some(gate) => {
@@ -212,10 +257,14 @@ impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
         if let Some(gate) = self.gate.take() {
-            gate.cancel(Taken {
-                ticket: self.ticket,
-                over: self.over,
-            });
+            gate.cancel(
+                Taken {
+                    ticket: self.ticket,
+                    over: self.over,
+                },
+                self.start,
+                self.responded,
+            );
         }
     }
 }

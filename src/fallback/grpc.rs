@@ -28,6 +28,7 @@ impl GrpcUnavailable {
     pub const fn code(reason: Reason) -> GrpcCode {
         match reason {
             Reason::Shed | Reason::Budget => GrpcCode::ResourceExhausted,
+            Reason::Deadline => GrpcCode::DeadlineExceeded,
             _ => GrpcCode::Unavailable,
         }
     }

@@ -147,6 +147,11 @@ impl Ticket {
         generation: 0,
         kind: TicketKind::Untracked,
     };
+
+    /// Whether the call is one of half-open's probes.
+    pub(crate) fn is_probe(self) -> bool {
+        self.kind == TicketKind::Probe
+    }
 }
 
 /// A state change, for metrics and tracing.
@@ -515,6 +520,27 @@ impl BreakerCore {
                 }
             }
             TicketKind::Probe => self.probe_done(ticket.generation, sample, now),
+        }
+    }
+
+    /// An admitted call ended with no verdict after running `elapsed`: its
+    /// caller's deadline passed or its caller went away. Its latency is
+    /// censored ("at least `elapsed`"): a slow call if it had already run
+    /// for `slow_call_duration` (a back end that hangs while every caller
+    /// gives up still opens the breaker), otherwise no evidence at all (the
+    /// slot is given back, as by [`cancel`](Self::cancel)). Never a
+    /// failure: a caller's impatience says nothing about the back end.
+    pub(crate) fn abandoned(
+        &self,
+        ticket: Ticket,
+        elapsed: Nanos,
+        now: Nanos,
+    ) -> Option<Transition> {
+        if elapsed >= self.limits.slow_call() {
+            self.complete(ticket, false, elapsed, now)
+        } else {
+            self.cancel(ticket);
+            None
         }
     }
 

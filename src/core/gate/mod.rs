@@ -36,10 +36,11 @@ mod wait;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use metrics::SharedString;
 
-use crate::clock::{Clock, Nanos};
+use crate::clock::{Clock, Nanos, saturating_nanos};
 use crate::core::breaker::{BreakerCore, BreakerState, Ticket};
 use crate::core::limit::LimitCore;
 use crate::core::maintenance::{Check, Maintenance};
@@ -51,6 +52,17 @@ use crate::priority::{Classes, Priority};
 use crate::reject::{Reason, Rejected};
 
 pub(crate) use self::config::GateConfig;
+
+/// The retry hint of a rejection that waits on the limit (shed, a full or
+/// timed-out room) before the limit has a latency sample to estimate when a
+/// slot frees: one second, so that the first burst of rejections does not
+/// come back at once.
+pub(crate) const FIRST_HINT: Duration = Duration::from_secs(1);
+
+/// The shortest retry hint of a `Deadline` rejection: the request's own
+/// deadline ran out (or was too short for the back end), and trying again
+/// at once with the same deadline would go the same way.
+pub(crate) const DEADLINE_HINT_FLOOR: Duration = Duration::from_secs(1);
 pub(crate) use self::wait::{Entry, Waiter};
 
 /// What a gate is built from: which stages it has, and how it reports.
@@ -173,7 +185,7 @@ impl Gate {
     #[inline(always)]
     pub(crate) fn admit(self: &Arc<Self>, priority: Priority) -> Result<Permit, Rejected> {
         let now = self.clock.now();
-        match self.acquire(priority, now, Asker::Arrival) {
+        match self.acquire(priority, now, Asker::Arrival, None) {
             Ok(taken) => Ok(self.permit(taken, now)),
             Err(rejected) => Err(self.rejected(rejected, priority)),
         }
@@ -183,12 +195,19 @@ impl Gate {
     /// ticket, then an in-flight slot. A probe taken by the breaker goes
     /// back if the limit sheds. In shadow mode an arrival passes every
     /// stage, and what would have stopped it is counted.
+    ///
+    /// A half-open probe goes only to a request with time to finish: one
+    /// whose own `deadline` leaves less than the back end's typical latency
+    /// ([`too_short`](Self::too_short)) gives the probe back and is
+    /// answered `Deadline`, so that the probe's verdict is about the back
+    /// end, not about an impatient caller.
     #[inline]
     pub(in crate::core) fn acquire(
         &self,
         priority: Priority,
         now: Nanos,
         asker: Asker,
+        deadline: Option<Nanos>,
     ) -> Result<Taken, Rejected> {
         if self.maintenance.near(now) {
             self.check_maintenance(now, asker)?;
@@ -197,6 +216,11 @@ impl Gate {
             Some(breaker) => self.admit_breaker(breaker, now)?,
             None => Ticket::UNTRACKED,
         };
+        if ticket.is_probe() {
+            if let Some(deadline) = deadline {
+                self.probe_in_time(ticket, deadline, now)?;
+            }
+        }
         if let Some(limit) = &self.limit {
             if let Err(shed) = limit.acquire(priority) {
                 if asker == Asker::Arrival && self.shadow() {
@@ -205,10 +229,55 @@ impl Gate {
                 if let Some(breaker) = &self.breaker {
                     breaker.cancel(ticket);
                 }
-                return Err(shed);
+                return Err(self.shed_hint(shed));
             }
         }
         Ok(Taken::within(ticket))
+    }
+
+    /// The back end's typical latency, if the gate knows it: the limit's
+    /// smoothed mean response time (none before the limit's first window,
+    /// nor without a limit).
+    pub(in crate::core) fn typical_latency(&self) -> Option<Nanos> {
+        let rtt = saturating_nanos(self.limit.as_ref()?.mean_rtt());
+        (rtt > 0).then_some(rtt)
+    }
+
+    /// Whether a request whose own deadline is `deadline` has too little
+    /// time left at `now` to be served: its deadline has passed, or what is
+    /// left is shorter than the back end's typical latency. Such a request
+    /// is answered `Deadline` at once rather than seated, let out of the
+    /// room, or given a half-open probe: it would most likely be abandoned
+    /// at its deadline, having held a slot (or a probe) for nothing.
+    pub(in crate::core) fn too_short(&self, deadline: Nanos, now: Nanos) -> bool {
+        deadline <= now
+            || self
+                .typical_latency()
+                .is_some_and(|typical| deadline - now < typical)
+    }
+
+    /// A probe was taken for a request with `deadline`: keeps it if the
+    /// request has time to finish, else gives it back and says `Deadline`.
+    #[cold]
+    fn probe_in_time(&self, ticket: Ticket, deadline: Nanos, now: Nanos) -> Result<(), Rejected> {
+        if !self.too_short(deadline, now) {
+            return Ok(());
+        }
+        if let Some(breaker) = &self.breaker {
+            breaker.cancel(ticket);
+        }
+        Err(self.with_hint(Reason::Deadline, now))
+    }
+
+    /// The limit's shed, with a sane retry hint before the limit has any
+    /// latency sample (the limit's own hint is then its floor of 1 ms, which
+    /// would invite an immediate retry storm): [`FIRST_HINT`].
+    #[cold]
+    fn shed_hint(&self, shed: Rejected) -> Rejected {
+        match self.typical_latency() {
+            Some(_) => shed,
+            None => Rejected::new(Reason::Shed).with_retry_after(FIRST_HINT),
+        }
     }
 
     /// Calls in flight: the limiter's, and those shadow mode let past it.

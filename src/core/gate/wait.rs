@@ -3,16 +3,17 @@
 //! (`max_wait`, CoDel, the request's own deadline) and the retry hints.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::clock::{Nanos, saturating_nanos};
+use crate::clock::Nanos;
 use crate::core::permit::Permit;
 use crate::core::room::{Grant, Key, Queues, Room, Standing};
 use crate::priority::Priority;
 use crate::reject::{Reason, Rejected};
 
-use super::{Asker, Gate, Taken};
+use super::{Asker, DEADLINE_HINT_FLOOR, FIRST_HINT, Gate, Taken};
 
 /// How a call entered: admitted now, or waiting in the room.
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub(crate) struct Waiter {
     /// What it is told if its wait runs out: `QueueTimeout`, or `Deadline`
     /// when its own deadline came before the room's `max_wait`.
     timeout: Reason,
+    /// The request's own deadline, if it has one.
+    deadline: Option<Nanos>,
 }
 
 impl Gate {
@@ -41,20 +44,24 @@ impl Gate {
         priority: Priority,
         deadline: Option<Nanos>,
     ) -> Result<Entry, Rejected> {
-        // A room reloaded to capacity 0 is no room, as at a fresh start.
-        let capacity = self
-            .room_capacity
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let Some(room) = self.room.as_ref().filter(|_| capacity > 0) else {
-            return self.admit(priority).map(Entry::Now);
-        };
         let now = self.clock.now();
         if deadline.is_some_and(|deadline| deadline <= now) {
             return Err(self.rejected(self.with_hint(Reason::Deadline, now), priority));
         }
+        // A room reloaded to capacity 0 is no room: the call is admitted or
+        // rejected now, as by a gate built without one.
+        let room = match &self.room {
+            Some(room) if self.room_capacity.load(Ordering::Relaxed) > 0 => room,
+            _ => {
+                return match self.acquire(priority, now, Asker::Arrival, deadline) {
+                    Ok(taken) => Ok(Entry::Now(self.permit(taken, now))),
+                    Err(rejected) => Err(self.rejected(rejected, priority)),
+                };
+            }
+        };
         if room.waiting() == 0 {
             // The common case: nobody waits, so nobody is overtaken.
-            match self.acquire(priority, now, Asker::Arrival) {
+            match self.acquire(priority, now, Asker::Arrival, deadline) {
                 Ok(taken) => return Ok(Entry::Now(self.permit(taken, now))),
                 Err(rejected) if !waitable(&rejected) => {
                     return Err(self.rejected(rejected, priority));
@@ -67,11 +74,16 @@ impl Gate {
             // queue behind them rather than take a slot before them (but
             // shadow mode seats nobody).
             if !queues.has_waiters_at_or_above(priority) || self.shadow() {
-                match self.acquire(priority, now, Asker::Arrival) {
+                match self.acquire(priority, now, Asker::Arrival, deadline) {
                     Ok(taken) => return Ok(Entry::Now(self.permit(taken, now))),
                     Err(rejected) if !waitable(&rejected) => return Err(rejected),
                     Err(_) => {}
                 }
+            }
+            if deadline.is_some_and(|deadline| self.too_short(deadline, now)) {
+                // Not worth a seat: by the time a slot frees, too little of
+                // its deadline would be left for the back end to answer.
+                return Err(self.with_hint(Reason::Deadline, now));
             }
             let (until, timeout) = self.wait_budget(room, queues, now, deadline);
             if let Some((reopen_at, rejected)) = self.reopens_at(now) {
@@ -83,10 +95,11 @@ impl Gate {
             }
             // A full room turns away a less important waiter for this one:
             // count it out of the room.
-            if let Some(displaced) = queues.make_room(priority)? {
+            let full = |rejected: Rejected| self.hinted(rejected, now);
+            if let Some(displaced) = queues.make_room(priority).map_err(full)? {
                 self.metrics.waiting(displaced, -1.0);
             }
-            let key = queues.push(priority, now, until)?;
+            let key = queues.push(priority, now, until).map_err(full)?;
             self.metrics.waiting(priority, 1.0);
             // A slot may have freed between the failed attempt and the
             // seat: hand it out now, or it would wait for the next release.
@@ -95,6 +108,7 @@ impl Gate {
                 key,
                 until,
                 timeout,
+                deadline,
             }))
         });
         seated.map_err(|rejected| self.rejected(rejected, priority))
@@ -129,9 +143,23 @@ impl Gate {
         match standing {
             Standing::Waiting => Poll::Pending,
             Standing::Granted(grant) => {
-                Poll::Ready(Ok(self.permit(Taken::within(grant.ticket), now)))
+                let taken = Taken::within(grant.ticket);
+                if waiter
+                    .deadline
+                    .is_some_and(|deadline| self.too_short(deadline, now))
+                {
+                    // Too little of its deadline is left for the back end
+                    // to answer: the slot (or probe) goes to the next
+                    // waiter, and this one is told now.
+                    self.give_back(taken);
+                    let rejected = self.with_hint(Reason::Deadline, now);
+                    self.metrics.rejected(rejected.reason());
+                    return Poll::Ready(Err(rejected));
+                }
+                Poll::Ready(Ok(self.permit(taken, now)))
             }
             Standing::Rejected(rejected) => {
+                let rejected = self.hinted(rejected, now);
                 self.metrics.rejected(rejected.reason());
                 Poll::Ready(Err(rejected))
             }
@@ -184,7 +212,7 @@ impl Gate {
             let Some((priority, since)) = queues.next_out(newest_first) else {
                 return;
             };
-            match self.acquire(priority, now, Asker::Room) {
+            match self.acquire(priority, now, Asker::Room, None) {
                 Ok(taken) => {
                     debug_assert!(!taken.over, "a waiter only gets a slot of the limit's");
                     let ticket = taken.ticket;
@@ -251,20 +279,35 @@ impl Gate {
 
     /// A rejection of `reason` with the best retry hint the gate has: the
     /// end of a maintenance window, the breaker's next probe, or the time
-    /// the room takes to drain.
+    /// the room takes to drain at the limit's mean response time
+    /// ([`FIRST_HINT`] while the limit has no latency sample, or without a
+    /// limit). A `Deadline` rejection's hint is never shorter than
+    /// [`DEADLINE_HINT_FLOOR`].
     pub(in crate::core) fn with_hint(&self, reason: Reason, now: Nanos) -> Rejected {
-        let rejected = Rejected::new(reason);
-        if let Some((reopen_at, _)) = self.reopens_at(now) {
-            return rejected.with_retry_after(Duration::from_nanos(reopen_at.saturating_sub(now)));
-        }
-        match &self.limit {
-            Some(limit) => {
-                let waiting = self.room.as_ref().map_or(0, Room::waiting) as u64;
-                let turns = 1 + waiting / u64::from(limit.limit().max(1));
-                let rtt = saturating_nanos(limit.mean_rtt()).max(1_000_000);
-                rejected.with_retry_after(Duration::from_nanos(rtt.saturating_mul(turns)))
-            }
-            None => rejected,
+        let hint = match self.reopens_at(now) {
+            Some((reopen_at, _)) => Duration::from_nanos(reopen_at.saturating_sub(now)),
+            None => match (&self.limit, self.typical_latency()) {
+                (Some(limit), Some(rtt)) => {
+                    let waiting = self.room.as_ref().map_or(0, Room::waiting) as u64;
+                    let turns = 1 + waiting / u64::from(limit.limit().max(1));
+                    Duration::from_nanos(rtt.max(1_000_000).saturating_mul(turns))
+                }
+                _ => FIRST_HINT,
+            },
+        };
+        let hint = match reason {
+            Reason::Deadline => hint.max(DEADLINE_HINT_FLOOR),
+            _ => hint,
+        };
+        Rejected::new(reason).with_retry_after(hint)
+    }
+
+    /// `rejected`, with the gate's retry hint if it has none (a room that
+    /// is full, or turned its waiter away to make room).
+    fn hinted(&self, rejected: Rejected, now: Nanos) -> Rejected {
+        match rejected.retry_after() {
+            Some(_) => rejected,
+            None => self.with_hint(rejected.reason(), now),
         }
     }
 }
