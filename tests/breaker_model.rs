@@ -16,7 +16,11 @@
 //!   `>= slow_call_duration` from admission to its answer;
 //! - open: reject with `Open` and retry-after = time left; once the period
 //!   is over `state()` reads half-open and the next call is the first probe;
-//! - half-open: at most P probes out (a dropped probe gives its slot back);
+//! - a dropped call that had run for `slow_call_duration` is a slow
+//!   success (its latency is censored: at least that long); one dropped
+//!   sooner is no sample;
+//! - half-open: at most P probes out (a probe dropped sooner gives its slot
+//!   back);
 //!   after each probe's answer reopen when failed/P or slow/P reaches its
 //!   rate, close when P answers are in (closing empties the window);
 //! - the n-th consecutive open period is `open_for × 2^(n-1)` capped at
@@ -301,6 +305,12 @@ impl Model {
 
     fn drop_call(&mut self, call: Call) {
         if call.epoch != self.epoch {
+            return;
+        }
+        if self.now - call.start >= self.cfg.slow_ms {
+            // Its caller gave up after `slow_call_duration`: a slow call
+            // (it took at least that long), never a failure.
+            self.complete(call, true);
             return;
         }
         if let (Kind::Probe, MState::HalfOpen { out, .. }) = (call.kind, &mut self.state) {
