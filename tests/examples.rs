@@ -543,6 +543,56 @@ async fn booking_exposes_brownout_metrics_for_prometheus() {
     assert!(!text.contains("summary"), "no metric is a summary:\n{text}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn booking_serves_a_health_snapshot_and_takes_a_route_out_by_hand() {
+    let app = booking_app();
+    let router = &app.router;
+    let (status, _, _) = read(send(router, get("/slots")).await).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, _, health) = read(send(router, get("/admin/health")).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let routes = health["routes"].as_array().unwrap();
+    let slots = routes.iter().find(|r| r["route"] == "/slots").unwrap();
+    assert_eq!(slots["state"], "closed");
+    assert_eq!(slots["mode"], "enforce");
+    assert_eq!(slots["inflight"], 0);
+    assert_eq!(slots["waiting"], 0);
+    assert!(slots["limit"].as_u64().unwrap() > 0);
+    assert_eq!(routes.last().unwrap()["route"], "overflow");
+
+    // Taken out of service by hand: its callers get brownout's answer.
+    let out = json!({"route": "/slots", "mode": "forced_open"});
+    let (status, _, health) = read(send(router, post_json("/admin/mode", &[], &out)).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let slots = health["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "/slots")
+        .unwrap()
+        .clone();
+    assert_eq!(slots["state"], "forced_open");
+    let (status, _, _) = read(send(router, get("/slots")).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.stack.state("/slots"), Some(BreakerState::ForcedOpen));
+
+    // And back.
+    let back = json!({"route": "/slots", "mode": "enforce"});
+    let (status, _, _) = read(send(router, post_json("/admin/mode", &[], &back)).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = read(send(router, get("/slots")).await).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A route not seen yet, or a mode that does not exist: said so.
+    let unseen = json!({"route": "/nowhere", "mode": "forced_open"});
+    let (status, _, _) = read(send(router, post_json("/admin/mode", &[], &unseen)).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let bad = json!({"route": "/slots", "mode": "off"});
+    let (status, _, _) = read(send(router, post_json("/admin/mode", &[], &bad)).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
 // ---- payment ------------------------------------------------------------------
 
 fn payment(amount: u64) -> Value {

@@ -59,7 +59,11 @@ fn check(path: &str, text: &str) {
 fn the_dashboard_uses_only_the_crates_metrics() {
     let text = include_str!("../ops/grafana/brownout.json");
     let dashboard: serde_json::Value = serde_json::from_str(text).expect("the dashboard is JSON");
-    assert!(dashboard["panels"].as_array().is_some_and(|p| !p.is_empty()));
+    assert!(
+        dashboard["panels"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    );
     check("ops/grafana/brownout.json", text);
 }
 

@@ -60,6 +60,22 @@ impl PolicyHandle {
         self.shared.policy.load_full()
     }
 
+    /// Every route's state now: breaker state and mode, limit, calls in
+    /// flight, waiters. Serialise it for a health or admin endpoint.
+    pub fn snapshot(&self) -> super::HealthSnapshot {
+        super::health::snapshot(&self.shared)
+    }
+
+    /// Puts the breaker of one route in `mode` by hand (`forced_open` to
+    /// take it out of service, `forced_closed` to let everything through,
+    /// `enforce` to hand it back to the breaker), without touching the
+    /// policy; `false` if the route has not been seen (`overflow` names the
+    /// shared gate). The next [`apply`](Self::apply) or reload sets every
+    /// route's mode from the policy again.
+    pub fn set_route_mode(&self, route: &str, mode: crate::policy::Mode) -> bool {
+        super::health::set_mode(&self.shared, route, mode)
+    }
+
     /// Reads the policy file at `path` (see [`Policy::from_path`]) and
     /// [applies](Self::apply) it.
     pub fn reload(&self, path: impl AsRef<Path>) -> Result<(), PolicyError> {

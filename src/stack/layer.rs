@@ -224,6 +224,11 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
         super::PolicyHandle::new(self.shared.clone())
     }
 
+    /// Every route's state now; see [`PolicyHandle::snapshot`](super::PolicyHandle::snapshot).
+    pub fn snapshot(&self) -> super::HealthSnapshot {
+        super::health::snapshot(&self.shared)
+    }
+
     /// The priority classes requests are sorted into.
     pub fn classes(&self) -> &Classes {
         &self.shared.classes

@@ -54,6 +54,7 @@
 mod ext;
 mod future;
 mod handle;
+mod health;
 mod layer;
 mod route;
 pub mod trust;
@@ -79,6 +80,7 @@ pub use self::ext::{GrpcBrownout, GrpcBrownoutLayer};
 pub use self::ext::{HttpBrownout, HttpBrownoutLayer};
 pub use self::future::ResponseFuture;
 pub use self::handle::PolicyHandle;
+pub use self::health::{HealthSnapshot, RouteHealth};
 pub use self::layer::{BrownoutLayer, DEFAULT_MAX_ROUTES};
 #[cfg(feature = "http")]
 pub use self::route::HttpRoute;
