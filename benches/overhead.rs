@@ -15,6 +15,11 @@
 //! - `axum`: a request through an axum `Router`, with and without the
 //!   HTTP stack.
 //!
+//! `brownout_budget_local` and `brownout_budget_redis` are the composed
+//! stack behind a `BudgetLayer`, its counts in this process or in a
+//! loopback Redis (feature `fleet`, `redis-server` on the PATH: one script
+//! per request, so its time is a Redis round trip).
+//!
 //! `bare_boxed_reject` is the floor of a fast-fail: a service that answers
 //! every request with a boxed `Rejected`, as an open breaker does.
 //!
@@ -218,6 +223,89 @@ fn brownout_stack()
     BrownoutLayer::from_policy(&policy).layer(bare())
 }
 
+/// A budget no bench exhausts (2^31 admissions a second, 30% kept for
+/// urgent requests; these are of the default class).
+fn roomy_budget(store: brownout::policy::BudgetStore, url: &str) -> brownout::policy::BudgetPolicy {
+    brownout::policy::BudgetPolicy {
+        capacity: brownout::policy::BudgetPolicy::MAX_CAPACITY,
+        per: Duration::from_secs(1),
+        shares: [("urgent".to_owned(), 0.3)].into(),
+        store,
+        url: url.to_owned(),
+        key_prefix: "bench:budget".to_owned(),
+        shared_timeout: Duration::from_millis(50),
+        ..brownout::policy::BudgetPolicy::default()
+    }
+}
+
+/// The composed stack behind a local budget (`BudgetLayer`, lock-free
+/// pools in this process).
+fn brownout_budget_local()
+-> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let budget = brownout::budget::Budget::new(
+        &roomy_budget(brownout::policy::BudgetStore::Local, ""),
+        &Default::default(),
+    )
+    .expect("a budget");
+    ServiceBuilder::new()
+        .layer(brownout::budget::BudgetLayer::new(budget))
+        .service(brownout_stack())
+}
+
+/// The composed stack behind a budget shared through a loopback Redis
+/// (one script per admission); `None` without `redis-server` on the PATH.
+#[cfg(feature = "fleet")]
+fn brownout_budget_redis(
+    url: &str,
+) -> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let budget = brownout::budget::Budget::new(
+        &roomy_budget(brownout::policy::BudgetStore::Redis, url),
+        &Default::default(),
+    )
+    .expect("a budget");
+    ServiceBuilder::new()
+        .layer(brownout::budget::BudgetLayer::new(budget))
+        .service(brownout_stack())
+}
+
+/// A redis-server on a free loopback port for the Redis budget's bench,
+/// killed when dropped.
+#[cfg(feature = "fleet")]
+struct BenchRedis(std::process::Child, u16);
+
+#[cfg(feature = "fleet")]
+impl BenchRedis {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Self(child, port))
+    }
+}
+
+#[cfg(feature = "fleet")]
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Sends `n` requests one after the other, as a tower user does.
 async fn drive<S>(svc: &mut S, first: u64, n: u64)
 where
@@ -330,6 +418,25 @@ fn overhead(c: &mut Criterion) {
         brownout_waiting_room_empty(),
     );
     sequential(&mut group, "brownout_stack", &rt, brownout_stack());
+    sequential(
+        &mut group,
+        "brownout_budget_local",
+        &rt,
+        brownout_budget_local(),
+    );
+    #[cfg(feature = "fleet")]
+    match BenchRedis::start() {
+        Some(redis) => {
+            let url = format!("redis://127.0.0.1:{}/", redis.1);
+            sequential(
+                &mut group,
+                "brownout_budget_redis",
+                &rt,
+                brownout_budget_redis(&url),
+            );
+        }
+        None => eprintln!("brownout_budget_redis: skipped, no redis-server on the PATH"),
+    }
     group.finish();
 }
 
