@@ -63,7 +63,11 @@
 //!   released to every class.
 //!
 //! A unit taken by a request that a later stage rejects (the inner service
-//! answers with a [`Rejected`], e.g. shed by the limit) is given back.
+//! answers with a [`Rejected`] error, e.g. shed by the limit) is given back
+//! by the local store. An inner stack that answers its rejections itself
+//! (the `http()` and `grpc()` presets) keeps the unit: put the fallback
+//! outside the budget instead (`FallbackLayer`, then `BudgetLayer`, then
+//! `BrownoutLayer::from_policy`).
 //!
 //! # Several replicas
 //!
