@@ -14,6 +14,7 @@
 //! | [`ErrorsAsFailures`] (default) | the inner service returns `Err` | |
 //! | [`ClassifyFn`] / [`classify_fn`] | your closure says so | |
 //! | `ServerErrorsAsFailures` | `Err`, or an HTTP status of 500 or more; a 4xx is [`Outcome::Ignored`] (it says nothing about the back end) | `http` |
+//! | `TowerHttp` | whatever the tower-http classifier it wraps says (`ClassifyResponse`, trailers included) | `tower-http` |
 //! | `GrpcErrorsAsFailures` | `Err`, or a `grpc-status` of `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL` or `UNKNOWN`, in the headers or in the trailers (the body is wrapped in a `GrpcBody` to read them) | `grpc` |
 //!
 //! A closure:
@@ -39,11 +40,15 @@ pub use crate::core::permit::Permit;
 mod grpc;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "tower-http")]
+mod tower_http;
 
 #[cfg(feature = "grpc")]
 pub use grpc::{GrpcBody, GrpcCode, GrpcErrorsAsFailures};
 #[cfg(feature = "http")]
 pub use http::ServerErrorsAsFailures;
+#[cfg(feature = "tower-http")]
+pub use tower_http::{TowerHttp, TowerHttpBody};
 
 /// How an admitted call went, as far as the back end's health is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,6 +157,13 @@ impl<Eos> Unsettled<Eos> {
     /// Settles the call with `outcome`.
     pub fn settle(self, outcome: Outcome) {
         self.permit.record(outcome);
+    }
+
+    /// Settles the call with the outcome `verdict` reads with the `Eos`
+    /// (for an `Eos` that is used up reading it, as tower-http's is).
+    pub fn settle_with(self, verdict: impl FnOnce(Eos) -> Outcome) {
+        let Self { permit, eos } = self;
+        permit.record(verdict(eos));
     }
 }
 
