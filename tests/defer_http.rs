@@ -557,3 +557,21 @@ async fn metrics_count_deferred_pending_replayed_expired_and_age() {
     );
     replayer.stop().await;
 }
+
+#[tokio::test]
+async fn two_routes_on_one_embedded_store_is_an_error_naming_both() {
+    let dir = TempDir::new("defer-shared-path");
+    let path = dir.path().join("store").display().to_string();
+    let policy = Policy::from_toml(&format!(
+        "[routes.\"/a\".defer]\npath = {path:?}\n[routes.\"/b\".defer]\npath = {path:?}\n"
+    ))
+    .unwrap();
+    let err = Deferral::open(&policy).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "deferral store {path}: cannot open: routes.\"/a\".defer.path and routes.\"/b\".defer.path \
+             are the same directory: an embedded store serves one route; give each its own"
+        )
+    );
+}

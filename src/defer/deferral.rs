@@ -71,10 +71,23 @@ impl Deferral {
     pub async fn open(policy: &Policy) -> Result<Self, StoreError> {
         let classes = Classes::from_policy(&policy.priority);
         let mut deferral = Self::empty(policy);
+        let mut paths: BTreeMap<std::path::PathBuf, &str> = BTreeMap::new();
         for (route, overrides) in &policy.routes {
             let Some(defer) = &overrides.defer else {
                 continue;
             };
+            if defer.store == DeferStoreKind::Embedded {
+                let path = std::path::PathBuf::from(&defer.path);
+                if let Some(first) = paths.insert(path.clone(), route) {
+                    return Err(StoreError::Open {
+                        path,
+                        why: format!(
+                            "routes.{first:?}.defer.path and routes.{route:?}.defer.path are the \
+                             same directory: an embedded store serves one route; give each its own"
+                        ),
+                    });
+                }
+            }
             let config = StoreConfig::from_policy(defer, classes.len());
             let store: Arc<dyn DeferStore> = match defer.store {
                 DeferStoreKind::Embedded => Arc::new(EmbeddedStore::open(&defer.path, config)?),
