@@ -129,3 +129,13 @@ fn bad_values_name_the_field_and_the_value() {
         "{err}"
     );
 }
+
+#[test]
+fn the_policy_reference_shows_the_defaults() {
+    let doc = include_str!("../docs/policy.md");
+    let start = doc
+        .find("[routes.\"/applications\".defer]")
+        .expect("docs/policy.md shows the defer section");
+    let end = start + doc[start..].find("```").unwrap();
+    assert_eq!(defer(&doc[start..end]), DeferPolicy::default());
+}
