@@ -159,6 +159,9 @@ pub mod deadline;
 #[cfg_attr(docsrs, doc(cfg(feature = "defer")))]
 pub mod defer;
 pub mod fallback;
+#[cfg(feature = "fleet")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
+pub mod fleet;
 pub mod limit;
 pub mod metrics;
 pub mod policy;

@@ -89,6 +89,9 @@ mod local;
 #[cfg(feature = "fleet")]
 mod redis;
 
+#[cfg(feature = "fleet")]
+pub(crate) use self::redis::replica_id;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;

@@ -303,7 +303,7 @@ pub(crate) fn admit(
 
 /// A name for this replica in the budget's member set: the process id and
 /// a random number.
-fn replica_id() -> String {
+pub(crate) fn replica_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(std::process::id().into());

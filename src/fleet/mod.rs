@@ -1,0 +1,488 @@
+//! Breaker verdicts shared by a fleet of replicas through Redis (feature
+//! `fleet`).
+//!
+//! Each replica's own breaker learns alone: with 8 replicas in front of a
+//! dead back end, each burns its own failures before it opens and each
+//! sends its own half-open probes. A [`FleetBreakerLayer`] in front of a
+//! replica's stack (one per route, or one for the whole back end) shares
+//! what the replicas learn:
+//!
+//! - **Open.** When the stack behind it rejects a request with
+//!   [`Reason::Open`] after serving the one before (its breaker just
+//!   opened), the replica publishes "open until" (the rejection's retry
+//!   hint) for its route. Every replica reads the route's verdicts every
+//!   tick (a tenth of `open_for`, at most 100 ms) and, with
+//!   [`Share::Follow`], opens on any replica's verdict; with
+//!   [`Share::Quorum`]`(n)`, once `n` replicas hold one. An open fleet
+//!   answers [`Reason::Open`] at once, with the retry hint of the verdict.
+//! - **Probes.** When the verdict runs out, one replica takes the route's
+//!   probe lease (`SET NX PX open_for`) and lets `half_open_probes`
+//!   requests through; the others keep answering `Open`. A probe that
+//!   fails publishes a new verdict (`open_for` from now); one that succeeds
+//!   closes the route for the fleet. So a fleet sends `half_open_probes`
+//!   probes per open period, not one set per replica.
+//! - **Redis down.** Every Redis call has `shared_timeout`; on error the
+//!   replica forgets the fleet's verdict and its own breaker decides alone,
+//!   logs once, counts `brownout_shared_state_errors_total{state="breaker"}`
+//!   and reads Redis again at the next tick.
+//!
+//! The admitted path reads two atomics: no lock, no allocation, no round
+//! trip. Publishing and reading happen in one background task per layer,
+//! started when the layer is built (inside a tokio runtime).
+//!
+//! Place it outside a stack whose rejections are errors
+//! (`BrownoutLayer::from_policy`, before any fallback answers them): it
+//! recognises its breaker's verdict by the [`Rejected`] error, and a
+//! probe's failure by an error.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, UNIX_EPOCH};
+
+use metrics::Counter;
+use pin_project_lite::pin_project;
+use redis::Client;
+use redis::aio::MultiplexedConnection;
+use tower::{BoxError, Layer, Service};
+
+use crate::clock::{Clock, Nanos, saturating_nanos};
+use crate::metrics::SHARED_STATE_ERRORS_TOTAL;
+use crate::policy::BreakerPolicy;
+use crate::reject::{Reason, Rejected};
+
+/// When a replica follows the fleet's verdicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Share {
+    /// Open on any replica's verdict.
+    Follow,
+    /// Open once this many replicas hold a verdict.
+    Quorum(u32),
+}
+
+/// A fleet breaker that cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// The Redis URL cannot be used.
+    #[error("fleet url {url:?} cannot be used: {why}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        why: String,
+    },
+    /// Built outside a tokio runtime: the layer's background task needs one.
+    #[error("a FleetBreakerLayer must be built inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// Shares one route's breaker verdicts with the fleet; see the
+/// [module docs](self).
+#[derive(Clone)]
+pub struct FleetBreakerLayer {
+    state: Arc<State>,
+}
+
+impl fmt::Debug for FleetBreakerLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetBreakerLayer")
+            .field("key", &self.state.key)
+            .finish_non_exhaustive()
+    }
+}
+
+struct State {
+    clock: Clock,
+    key: String,
+    id: String,
+    share: Share,
+    open_for: Duration,
+    probes: u32,
+    /// The fleet's verdict: open until this clock reading; 0 = closed.
+    open_until: AtomicU64,
+    /// This replica holds the probe lease until this reading.
+    lease_until: AtomicU64,
+    probes_left: AtomicU32,
+    /// The stack behind answered `Open` to the last request.
+    locally_open: AtomicBool,
+    /// A verdict to publish (wall-clock ms), 0 = none.
+    publish_open: AtomicU64,
+    /// A successful probe: close the route for the fleet.
+    publish_closed: AtomicBool,
+    down: AtomicBool,
+    errors: Counter,
+}
+
+impl FleetBreakerLayer {
+    /// Shares the verdicts of route `route` through Redis at `url`, with
+    /// `breaker`'s `open_for` and `half_open_probes`. Each Redis call
+    /// waits at most `shared_timeout`. A bad URL is an error here; a
+    /// Redis that does not answer is a logged fallback at run time.
+    pub fn new(
+        url: &str,
+        route: &str,
+        breaker: &BreakerPolicy,
+        share: Share,
+        shared_timeout: Duration,
+    ) -> Result<Self, FleetError> {
+        let client = Client::open(url).map_err(|err| FleetError::Url {
+            url: url.to_owned(),
+            why: err.to_string(),
+        })?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| FleetError::NoRuntime)?;
+        crate::metrics::describe();
+        let state = Arc::new(State {
+            clock: Clock::detect(),
+            key: format!("brownout:fleet:{route}"),
+            id: crate::budget::replica_id(),
+            share,
+            open_for: breaker.open_for,
+            probes: breaker.half_open_probes.max(1),
+            open_until: AtomicU64::new(0),
+            lease_until: AtomicU64::new(0),
+            probes_left: AtomicU32::new(0),
+            locally_open: AtomicBool::new(false),
+            publish_open: AtomicU64::new(0),
+            publish_closed: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+            errors: metrics::counter!(SHARED_STATE_ERRORS_TOTAL, "state" => "breaker"),
+        });
+        let tick =
+            (breaker.open_for / 10).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        let task = Arc::downgrade(&state);
+        runtime.spawn(async move {
+            let mut conn: Option<MultiplexedConnection> = None;
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(state) = task.upgrade() else { return };
+                let result = tokio::time::timeout(shared_timeout, state.sync(&client, &mut conn)).await;
+                let why = match result {
+                    Ok(Ok(())) => {
+                        if state.down.swap(false, Ordering::AcqRel) {
+                            tracing::info!(key = %state.key, "brownout: the fleet's Redis answers again; sharing breaker verdicts");
+                        }
+                        continue;
+                    }
+                    Ok(Err(err)) => err.to_string(),
+                    Err(_) => "no answer within shared_timeout".to_owned(),
+                };
+                conn = None;
+                state.errors.increment(1);
+                // Local state in charge: forget the fleet's verdict.
+                state.open_until.store(0, Ordering::Release);
+                state.lease_until.store(0, Ordering::Release);
+                if !state.down.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(key = %state.key, error = %why, "brownout: the fleet's Redis does not answer; each replica's breaker decides alone until it does");
+                }
+            }
+        });
+        Ok(Self { state })
+    }
+
+    /// Whether the fleet holds this route open now.
+    pub fn is_open(&self) -> bool {
+        let until = self.state.open_until.load(Ordering::Acquire);
+        until != 0
+    }
+}
+
+impl State {
+    fn wall_ms(&self, at: Nanos) -> u64 {
+        self.clock
+            .wall_at(at)
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn at_ms(&self, ms: u64) -> Nanos {
+        self.clock
+            .at_wall(UNIX_EPOCH + Duration::from_millis(ms))
+            .max(1)
+    }
+
+    /// One tick: publish what this replica learned, read the fleet's
+    /// verdicts, take the probe lease when the verdict ran out.
+    async fn sync(
+        &self,
+        client: &Client,
+        conn: &mut Option<MultiplexedConnection>,
+    ) -> redis::RedisResult<()> {
+        if conn.is_none() {
+            *conn = Some(client.get_multiplexed_async_connection().await?);
+        }
+        let Some(conn) = conn.as_mut() else {
+            return Ok(());
+        };
+        let verdicts = format!("{}:open", self.key);
+        let lease = format!("{}:lease", self.key);
+        let epoch_key = format!("{}:closed", self.key);
+        let now = self.clock.now();
+        let now_ms = self.wall_ms(now);
+        if self.publish_closed.swap(false, Ordering::AcqRel) {
+            redis::pipe()
+                .del(&verdicts)
+                .del(&lease)
+                .incr(&epoch_key, 1)
+                .query_async::<()>(conn)
+                .await?;
+        }
+        let until_ms = self.publish_open.swap(0, Ordering::AcqRel);
+        if until_ms > 0 {
+            redis::pipe()
+                .zadd(&verdicts, &self.id, until_ms)
+                .pexpire(&verdicts, (until_ms.saturating_sub(now_ms) + 60_000) as i64)
+                .query_async::<()>(conn)
+                .await?;
+        }
+        let (_, held): ((), Vec<(String, u64)>) = redis::pipe()
+            .zrembyscore(&verdicts, "-inf", now_ms.saturating_sub(1))
+            .zrange_withscores(&verdicts, 0, -1)
+            .query_async(conn)
+            .await?;
+        let need = match self.share {
+            Share::Follow => 1,
+            Share::Quorum(n) => n.max(1) as usize,
+        };
+        if held.len() >= need {
+            let latest = held.iter().map(|(_, until)| *until).max().unwrap_or(now_ms);
+            self.open_until.store(self.at_ms(latest), Ordering::Release);
+            return Ok(());
+        }
+        let open_until = self.open_until.load(Ordering::Acquire);
+        if open_until == 0 {
+            return Ok(());
+        }
+        if !held.is_empty() {
+            // Verdicts, but fewer than the quorum: each breaker decides.
+            self.open_until.store(0, Ordering::Release);
+            return Ok(());
+        }
+        // The verdict ran out: half-open for the fleet.
+        {
+            let probing = self.lease_until.load(Ordering::Acquire) > now;
+            if !probing {
+                let leased: Option<String> = redis::cmd("SET")
+                    .arg(&lease)
+                    .arg(&self.id)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.open_for.as_millis().max(1) as u64)
+                    .query_async(conn)
+                    .await?;
+                if leased.is_some() {
+                    self.probes_left.store(self.probes, Ordering::Release);
+                    self.lease_until.store(
+                        now.saturating_add(saturating_nanos(self.open_for)),
+                        Ordering::Release,
+                    );
+                } else {
+                    // Someone probes; closed once the lease is gone and
+                    // no verdict came back.
+                    let exists: bool = redis::cmd("EXISTS").arg(&lease).query_async(conn).await?;
+                    let waited = now.saturating_sub(open_until) > saturating_nanos(self.open_for);
+                    if !exists && waited {
+                        self.open_until.store(0, Ordering::Release);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the layer does with an arriving request.
+    #[inline]
+    fn admit(&self) -> Admit {
+        let open_until = self.open_until.load(Ordering::Acquire);
+        if open_until == 0 {
+            return Admit::Pass;
+        }
+        let now = self.clock.now();
+        if now < open_until {
+            return Admit::Reject(Duration::from_nanos(open_until - now));
+        }
+        if self.lease_until.load(Ordering::Acquire) > now
+            && self
+                .probes_left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Admit::Probe;
+        }
+        Admit::Reject(self.open_for)
+    }
+
+    /// What the stack behind answered.
+    fn settle(&self, probe: bool, failed: bool, open: Option<Option<Duration>>) {
+        let now = self.clock.now();
+        match open {
+            Some(hint) => {
+                if !self.locally_open.swap(true, Ordering::AcqRel) || probe {
+                    let until = now.saturating_add(saturating_nanos(hint.unwrap_or(self.open_for)));
+                    self.publish(until);
+                }
+            }
+            None => {
+                self.locally_open.store(false, Ordering::Release);
+                if probe {
+                    if failed {
+                        self.publish(now.saturating_add(saturating_nanos(self.open_for)));
+                    } else {
+                        self.open_until.store(0, Ordering::Release);
+                        self.lease_until.store(0, Ordering::Release);
+                        self.publish_closed.store(true, Ordering::Release);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self, until: Nanos) {
+        self.lease_until.store(0, Ordering::Release);
+        if self.share == Share::Follow {
+            self.open_until.fetch_max(until, Ordering::AcqRel);
+        }
+        self.publish_open
+            .fetch_max(self.wall_ms(until), Ordering::AcqRel);
+    }
+}
+
+enum Admit {
+    Pass,
+    Probe,
+    Reject(Duration),
+}
+
+impl<S> Layer<S> for FleetBreakerLayer {
+    type Service = FleetBreaker<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FleetBreaker {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The service of a [`FleetBreakerLayer`].
+#[derive(Clone)]
+pub struct FleetBreaker<S> {
+    inner: S,
+    state: Arc<State>,
+}
+
+impl<S> FleetBreaker<S> {
+    /// The service behind.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for FleetBreaker<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetBreaker")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req> Service<Req> for FleetBreaker<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = FleetFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.state.admit() {
+            Admit::Reject(after) => FleetFuture {
+                inner: None,
+                rejected: Some(after),
+                probe: false,
+                state: None,
+            },
+            admit => FleetFuture {
+                inner: Some(self.inner.call(req)),
+                rejected: None,
+                probe: matches!(admit, Admit::Probe),
+                state: Some(self.state.clone()),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of a [`FleetBreaker`].
+    pub struct FleetFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        rejected: Option<Duration>,
+        probe: bool,
+        state: Option<Arc<State>>,
+    }
+
+    impl<F> PinnedDrop for FleetFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // A probe dropped unanswered gives its slot back.
+            if *this.probe {
+                if let Some(state) = this.state.take() {
+                    state.probes_left.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+}
+
+impl<F> fmt::Debug for FleetFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for FleetFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(after) = *this.rejected {
+            return Poll::Ready(Err(Rejected::new(Reason::Open)
+                .with_retry_after(after)
+                .into()));
+        }
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Err(Rejected::new(Reason::Open).into()));
+        };
+        let result = ready!(inner.poll(cx)).map_err(Into::into);
+        let probe = std::mem::take(this.probe);
+        if let Some(state) = this.state.take() {
+            let open = match &result {
+                Err(err) => err
+                    .downcast_ref::<Rejected>()
+                    .filter(|r| r.reason() == Reason::Open)
+                    .map(Rejected::retry_after),
+                Ok(_) => None,
+            };
+            let failed = result.is_err();
+            state.settle(probe, failed, open);
+        }
+        Poll::Ready(result)
+    }
+}
