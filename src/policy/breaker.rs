@@ -385,6 +385,7 @@ impl BackoffPolicy {
 /// What the breaker does with its verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Mode {
     /// Open, probe and close as the window says; reject while open.
     #[default]

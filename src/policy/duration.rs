@@ -7,7 +7,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use humantime_serde::re::humantime;
 use serde::de::{self, Deserializer, Visitor};
 use serde::ser::Serializer;
 

@@ -148,6 +148,7 @@ impl WaitingRoomPolicy {
 /// The order in which waiters leave the room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Order {
     /// Most important class first, then first come, first served.
     #[default]
