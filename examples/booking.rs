@@ -193,14 +193,13 @@ pub fn app(config: Config) -> Result<App, SimConfigError> {
         .route_layer(stack.clone());
     let ops = Router::new()
         .route("/admin/brownout", get(brownout_status))
-        .route("/admin/health", get(health))
-        .route("/admin/mode", post(set_route_mode))
         .route("/admin/policy", post(reload_policy))
         .merge(server::ops(server::Ops {
             name: "booking",
             backend: "back end",
             sim: sim.clone(),
             metrics: config.metrics,
+            policy: Some(stack.handle()),
         }));
     Ok(App {
         router: booking.merge(ops).with_state(state),
@@ -417,44 +416,6 @@ async fn brownout_status(State(state): State<AppState>) -> Response {
         })
         .collect();
     Json(json!({ "mode": state.policy.current().breaker.mode, "routes": routes })).into_response()
-}
-
-/// Every route's admission state (`brownout::stack::HealthSnapshot`).
-async fn health(State(state): State<AppState>) -> Response {
-    Json(state.policy.snapshot()).into_response()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteMode {
-    route: String,
-    mode: brownout::Mode,
-}
-
-/// Puts one route's breaker in a mode by hand, until the next reload.
-async fn set_route_mode(
-    State(state): State<AppState>,
-    body: Result<Json<RouteMode>, JsonRejection>,
-) -> Response {
-    let Json(change) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                rejection.body_text(),
-            );
-        }
-    };
-    if state.policy.set_route_mode(&change.route, change.mode) {
-        Json(state.policy.snapshot()).into_response()
-    } else {
-        problem(
-            StatusCode::NOT_FOUND,
-            "unknown-route",
-            format!("route {:?} has not been seen yet", change.route),
-        )
-    }
 }
 
 /// Reloads the policy file; the stack keeps its state.

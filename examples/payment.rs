@@ -286,6 +286,7 @@ pub fn app(config: Config) -> Result<App, SimConfigError> {
             backend: "payment processor",
             sim: sim.clone(),
             metrics: config.metrics,
+            policy: Some(stack.handle()),
         }));
     Ok(App {
         router: payments.merge(ops).with_state(state),

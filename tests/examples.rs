@@ -842,3 +842,17 @@ async fn payment_policy_keeps_keyless_payments_out_of_the_waiting_room() {
     assert_eq!(policy.route(payment::KEYLESS).waiting_room.capacity, 0);
     assert!(policy.route(payment::KEYED).waiting_room.capacity > 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn payment_serves_the_same_health_snapshot() {
+    let app = payment_app();
+    let (status, _, health) = read(send(&app.router, get("/admin/health")).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let routes = health["routes"].as_array().unwrap();
+    assert_eq!(routes.last().unwrap()["route"], "overflow");
+    let bad = Request::post("/admin/mode")
+        .body(Body::from("{\"route\": 1}"))
+        .unwrap();
+    let (status, _, body) = read(send(&app.router, bad).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}

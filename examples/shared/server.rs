@@ -19,10 +19,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use brownout::Policy;
 use brownout::sim::SimHandle;
+use brownout::{Policy, PolicyHandle};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 
@@ -203,17 +203,78 @@ pub struct Ops {
     pub sim: SimHandle,
     /// The Prometheus recorder's handle, if one is installed.
     pub metrics: Option<PrometheusHandle>,
+    /// The brownout stack's handle, for `GET /admin/health` and
+    /// `POST /admin/mode`.
+    pub policy: Option<PolicyHandle>,
 }
 
 /// Ops' routes, to merge into an example's router: `GET /admin/backend`
 /// (the back end's state), `POST /admin/backend` (changes it; `400` naming
-/// the field when it cannot) and `GET /metrics` (Prometheus text; `404`
+/// the field when it cannot), `GET /admin/health` (every route's
+/// admission state), `POST /admin/mode` (one route's breaker mode by hand,
+/// until the next reload) and `GET /metrics` (Prometheus text; `404`
 /// without a recorder).
 pub fn ops<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
     Router::new()
         .route("/admin/backend", get(backend_status).post(change_backend))
+        .route("/admin/health", get(health))
+        .route("/admin/mode", post(set_route_mode))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(ops))
+}
+
+/// Every route's admission state (`brownout::stack::HealthSnapshot`).
+async fn health(State(ops): State<Arc<Ops>>) -> Response {
+    match &ops.policy {
+        Some(policy) => Json(policy.snapshot()).into_response(),
+        None => problem(
+            ops.name,
+            StatusCode::NOT_FOUND,
+            "no-stack",
+            "this service has no brownout stack",
+        ),
+    }
+}
+
+/// `{"route": "/slots", "mode": "forced_open"}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteMode {
+    route: String,
+    mode: brownout::Mode,
+}
+
+/// Puts one route's breaker in a mode by hand, until the next reload.
+async fn set_route_mode(State(ops): State<Arc<Ops>>, body: Bytes) -> Response {
+    let change: RouteMode = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(err) => {
+            return problem(
+                ops.name,
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("expected {{\"route\": \"/…\", \"mode\": \"forced_open\"}}: {err}"),
+            );
+        }
+    };
+    let Some(policy) = &ops.policy else {
+        return problem(
+            ops.name,
+            StatusCode::NOT_FOUND,
+            "no-stack",
+            "this service has no brownout stack",
+        );
+    };
+    if policy.set_route_mode(&change.route, change.mode) {
+        Json(policy.snapshot()).into_response()
+    } else {
+        problem(
+            ops.name,
+            StatusCode::NOT_FOUND,
+            "unknown-route",
+            format!("route {:?} has not been seen yet", change.route),
+        )
+    }
 }
 
 async fn backend_status(State(ops): State<Arc<Ops>>) -> Response {
