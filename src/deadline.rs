@@ -6,6 +6,25 @@
 //! `"2s"`). brownout never holds such a request past its deadline. A
 //! malformed value is not an error for the caller: the request simply has
 //! no deadline of its own (and a debug-level trace says why).
+//!
+//! A caller's deadline is the caller's business, never evidence against
+//! the back end, so that one client's deadline cannot change what other
+//! clients get:
+//!
+//! - A call abandoned at its caller's deadline (or whose caller hung up)
+//!   is a censored latency, "it took at least this long": the breaker
+//!   counts it as a slow call if it had already run for
+//!   `slow_call_duration` (a back end that hangs while every caller gives
+//!   up still opens the breaker), and otherwise learns nothing; it is
+//!   never a failure. The caller gets [`Reason::Deadline`](crate::Reason).
+//! - A request whose deadline leaves less than the back end's typical
+//!   latency (the adaptive limit's mean response time, once it has one) is
+//!   not seated in the waiting room, not let out of it, and not given a
+//!   half-open probe: it is answered `Deadline` at once, with a retry hint
+//!   of at least a second. It would most likely be abandoned at its
+//!   deadline, having held a slot, or a probe whose verdict would then say
+//!   nothing about the back end. Without a limit (or before its first
+//!   latency sample) only a deadline already past is answered this way.
 
 use std::time::Duration;
 

@@ -21,7 +21,8 @@ pub enum Reason {
     QueueTimeout,
     /// The back end is inside a planned maintenance window, or forced open.
     Maintenance,
-    /// The request's own deadline passed before it could be served.
+    /// The request's own deadline passed before it could be served, or
+    /// left less time than the back end typically takes.
     Deadline,
     /// The declared capacity budget (`[budget]`) has no unit left for the
     /// request's class in this period; the retry hint says when the next
@@ -146,6 +147,13 @@ impl Rejected {
 
     /// How long the caller should wait before trying again, when known (an
     /// open breaker knows when it will next probe).
+    ///
+    /// The layers' hints: the time to the breaker's next probe or to the
+    /// end of a maintenance window; otherwise the time the waiting room
+    /// takes to drain at the limit's mean response time, or one second
+    /// while the limit has no latency sample yet (the first burst of
+    /// rejections is not invited to come straight back). A `Deadline`
+    /// rejection's hint is never under one second.
     pub const fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
