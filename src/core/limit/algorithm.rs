@@ -28,6 +28,9 @@ pub(crate) struct WindowSample {
     /// Calls refused a slot during the window (shed, or left waiting)
     /// because the limit was full: demand pressed on the limit.
     pub(crate) blocked: u32,
+    /// Of `samples`, calls abandoned at their caller's deadline: their
+    /// latency is a lower bound and they delivered nothing.
+    pub(crate) censored: u32,
 }
 
 impl WindowSample {
@@ -420,6 +423,7 @@ mod tests {
             max_inflight,
             duration: 0.1,
             blocked: 0,
+            censored: 0,
         }
     }
 

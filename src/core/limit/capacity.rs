@@ -22,7 +22,7 @@
 //!   use (twice the most in flight at once), so a healthy back end never
 //!   sheds, and the unloaded latency is learned.
 //! - **Demand presses on the limit, latency at the unloaded level**: there
-//!   is headroom; the next step tries a quarter more (doubling while the
+//!   is headroom; the next step tries a fifth more (doubling while the
 //!   limit has never met a queue: TCP slow start). If latency holds there,
 //!   the limit keeps it.
 //! - **Latency above the unloaded level**: a queue, or a slower back end.
@@ -59,6 +59,9 @@ enum Step {
         rtt: f64,
         rate: f64,
     },
+    /// Trying `to` (below `from`) after a share `share` of the calls
+    /// failed at `from`: do failures fall with the load?
+    Unload { from: f64, to: f64, share: f64 },
 }
 
 /// The `capacity` learner's state.
@@ -71,8 +74,8 @@ pub(crate) struct Capacity {
     settled: u32,
     /// The back end's unloaded latency as last seen, seconds (0: unknown).
     unloaded: f64,
-    /// The lowest unloaded latency seen, slowly forgotten once a step has
-    /// shown the back end slower: a step down aims at what the back end
+    /// The lowest unloaded latency seen, replaced once a step has shown
+    /// the back end slower: a step down aims at what the back end
     /// would need if it were as fast as that, so that it gets below the
     /// knee even when the last unloaded latency came from a slower time.
     floor: f64,
@@ -90,9 +93,16 @@ pub(crate) struct Capacity {
     /// Whether a step up has ever met a queue (slow start doubles until
     /// then).
     met_queue: bool,
+    /// Steps up in a row that found no queue: from the third on the steps
+    /// are of half the limit (a back end that came back bigger is found
+    /// fast).
+    streak: u32,
     /// The last limit that served without overload: where the limit goes
     /// back to after an outage.
     good: f64,
+    /// Rounds left during which failures are left to the breaker: a step
+    /// down showed they do not fall with the load.
+    load_blind: u32,
 }
 
 impl Default for Capacity {
@@ -108,7 +118,9 @@ impl Default for Capacity {
             estimate: 0.0,
             utilization: 1.0,
             met_queue: false,
+            streak: 0,
             good: 0.0,
+            load_blind: 0,
         }
     }
 }
@@ -118,11 +130,12 @@ impl Capacity {
     /// limit.
     const HEADROOM: f64 = 2.0;
     /// A step up, once a queue has been met.
-    const PROBE: f64 = 1.25;
+    const PROBE: f64 = 1.2;
     /// Share of failed calls in a round that signals overload.
     const OVERLOAD: f64 = 0.1;
-    /// Cut per overloaded round.
-    const BACKOFF: f64 = 0.8;
+    /// Rounds during which failures shown not to depend on the load are
+    /// left to the breaker.
+    const LOAD_BLIND_ROUNDS: u32 = 20;
     /// Rounds in a step: one to take effect, one to measure.
     const STEP_ROUNDS: u32 = 2;
     /// Most rounds a step waits for calls above its limit to drain.
@@ -164,15 +177,28 @@ impl Capacity {
         }
         let failed = f64::from(window.dropped);
         let completed = f64::from(window.samples);
-        if failed > completed * Self::OVERLOAD {
-            // The back end says "too much" (or is failing): back off, and
-            // learn nothing from latencies that failures cut short.
-            self.step = Step::Cruise;
-            self.rounds = 0;
-            self.settled = 0;
-            self.estimate = (limit * Self::BACKOFF).max(1.0);
-            return self.estimate;
+        let share = failed / completed;
+        // Successful completions a second: failed and abandoned calls
+        // delivered nothing.
+        let rate = (completed - failed - f64::from(window.censored)).max(0.0) / window.duration;
+        if let Step::Unload {
+            from,
+            to,
+            share: before,
+        } = self.step
+        {
+            return self.unload_round(window, from, to, before, share, rate);
         }
+        if share > Self::OVERLOAD {
+            if self.load_blind > 0 {
+                // Failures that do not depend on the load: the breaker's
+                // business; latencies they cut short teach nothing.
+                self.load_blind -= 1;
+                return limit;
+            }
+            return self.overloaded(limit, window, share, rate);
+        }
+        self.load_blind = self.load_blind.saturating_sub(1);
         let rtt = window.rtt;
         if rtt <= 0.0 {
             return limit;
@@ -185,7 +211,6 @@ impl Capacity {
             }
         }
         self.last_rtt = rtt;
-        let rate = (completed - failed) / window.duration;
         let binds = window.blocked > 0 || f64::from(window.max_inflight) >= limit.floor();
         if !binds && !self.queued(rtt) {
             return self.idle(limit, window);
@@ -209,7 +234,14 @@ impl Capacity {
             Step::Down { to, .. } if f64::from(window.max_inflight) > to.ceil() + 1.0 => 0,
             _ => self.settled + 1,
         };
-        if self.settled < Self::STEP_ROUNDS && self.rounds < Self::MAX_STEP_ROUNDS {
+        // A step up is judged one round later still: its first rounds
+        // complete calls admitted while the in-flight count was climbing,
+        // which would hide the queue it builds.
+        let needed = match self.step {
+            Step::Up { .. } => Self::STEP_ROUNDS + 1,
+            _ => Self::STEP_ROUNDS,
+        };
+        if self.settled < needed && self.rounds < Self::MAX_STEP_ROUNDS {
             return self.current();
         }
         self.rounds = 0;
@@ -224,9 +256,84 @@ impl Capacity {
     /// The limit the current step runs at.
     fn current(&self) -> f64 {
         match self.step {
-            Step::Up { to, .. } | Step::Down { to, .. } => to,
+            Step::Up { to, .. } | Step::Down { to, .. } | Step::Unload { to, .. } => to,
             Step::Idle | Step::Cruise => self.estimate,
         }
+    }
+
+    /// Over a tenth of the round's calls failed: the back end says "too
+    /// much" (errors, 503s, timeouts), or it is failing whatever the load.
+    /// Step down to what it delivered times its fastest unloaded latency
+    /// (well under its capacity if the failures are overload) and see
+    /// whether failures fall.
+    fn overloaded(&mut self, limit: f64, window: &WindowSample, share: f64, rate: f64) -> f64 {
+        let from = match self.step {
+            Step::Up { from, .. } | Step::Down { from, .. } => from,
+            _ => limit,
+        };
+        let floor = if self.floor > 0.0 {
+            self.floor
+        } else {
+            self.unloaded
+        };
+        let to = (rate * floor / self.utilization)
+            .clamp(from * 0.1, from * 0.5)
+            .max(1.0);
+        if self.unloaded > 0.0 && window.rtt > self.unloaded * 2.0 {
+            // Slow failures (timeouts, a queue): the limit that led here is
+            // no limit to come back to after an outage.
+            self.good = self.good.min(to.max(from * 0.5));
+        }
+        self.step = Step::Unload { from, to, share };
+        self.rounds = 0;
+        self.settled = 0;
+        to
+    }
+
+    /// A round of an [`Step::Unload`] test.
+    fn unload_round(
+        &mut self,
+        window: &WindowSample,
+        from: f64,
+        to: f64,
+        before: f64,
+        share: f64,
+        rate: f64,
+    ) -> f64 {
+        self.rounds += 1;
+        self.settled = if f64::from(window.max_inflight) > to.ceil() + 1.0 {
+            0
+        } else {
+            self.settled + 1
+        };
+        if self.settled < Self::STEP_ROUNDS && self.rounds < Self::MAX_STEP_ROUNDS {
+            return to;
+        }
+        self.rounds = 0;
+        self.settled = 0;
+        self.step = Step::Cruise;
+        self.met_queue = true;
+        if share <= Self::OVERLOAD.max(before * 0.5) {
+            // Failures fell with the load: it was overload. What the back
+            // end delivers at this latency is what it can serve.
+            let serves = if window.rtt > 0.0 {
+                rate * window.rtt / self.utilization
+            } else {
+                to
+            };
+            self.estimate = serves.clamp(to, from);
+            if window.rtt > 0.0 {
+                self.unloaded = window.rtt;
+            }
+            self.good = self.good.min(self.estimate.max(self.good * 0.5));
+        } else {
+            // Failures do not depend on the load: go back, and leave them
+            // to the breaker for a while.
+            self.estimate = from;
+            self.good = self.good.max(from);
+            self.load_blind = Self::LOAD_BLIND_ROUNDS;
+        }
+        self.estimate
     }
 
     /// Demand is below the limit and latency shows no queue: keep the
@@ -281,7 +388,7 @@ impl Capacity {
                 } else {
                     // Latency did not fall: the back end itself is slower.
                     self.unloaded = rtt;
-                    self.floor += (rtt - self.floor) * 0.5;
+                    self.floor = rtt;
                 }
                 self.estimate = serves;
                 self.met_queue = true;
@@ -292,19 +399,32 @@ impl Capacity {
                 if self.queued(rtt) {
                     // More in flight only queued: stay below.
                     self.met_queue = true;
+                    self.streak = 0;
                     self.estimate = from;
                 } else {
+                    self.streak += 1;
                     self.estimate = to;
                     self.unloaded = self.unloaded.min(rtt).max(self.unloaded * 0.9);
+                    if !self.met_queue {
+                        // Slow start: no queue met yet, double again at once.
+                        let to = self.estimate * 2.0;
+                        self.step = Step::Up {
+                            from: self.estimate,
+                            to,
+                        };
+                        return to;
+                    }
                 }
                 self.step = Step::Cruise;
                 self.estimate
             }
-            Step::Idle | Step::Cruise => {
+            // (An unload test is judged in `unload_round`.)
+            Step::Idle | Step::Cruise | Step::Unload { .. } => {
                 let from = self.estimate;
                 if self.queued(rtt) {
                     // A queue or a slower back end: test with the limit
                     // the back end would need if it were a queue.
+                    self.streak = 0;
                     let to = (rate * self.floor.min(self.unloaded) / self.utilization)
                         .clamp(from * 0.1, from * 0.75)
                         .max(1.0);
@@ -317,7 +437,13 @@ impl Capacity {
                     to
                 } else {
                     // Headroom: try more.
-                    let gain = if self.met_queue { Self::PROBE } else { 2.0 };
+                    let gain = if !self.met_queue {
+                        2.0
+                    } else if self.streak >= 3 {
+                        1.5
+                    } else {
+                        Self::PROBE
+                    };
                     let to = from * gain;
                     self.step = Step::Up { from, to };
                     to
@@ -330,6 +456,7 @@ impl Capacity {
     /// maintenance window ended): the limit to start again from, the last
     /// one that served well if higher than `limit`.
     pub(crate) fn recovered(&mut self, limit: f64) -> f64 {
+        // (A test under way is abandoned: the outage cut it short.)
         self.step = Step::Idle;
         self.rounds = 0;
         self.settled = 0;

@@ -98,6 +98,9 @@ pub(crate) struct LimitCore {
     // The rest of the current window: overload signals, peak in-flight,
     // start.
     dropped: AtomicU32,
+    /// Calls abandoned at their caller's deadline in the current window:
+    /// their latency is a lower bound, and they delivered nothing.
+    censored: AtomicU32,
     max_inflight: AtomicU32,
     /// Calls refused a slot in the current window (demand pressed on the
     /// limit).
@@ -126,6 +129,7 @@ impl LimitCore {
             min: AtomicU32::new(min),
             max: AtomicU32::new(max),
             dropped: AtomicU32::new(0),
+            censored: AtomicU32::new(0),
             max_inflight: AtomicU32::new(0),
             blocked: AtomicU32::new(0),
             round_trip_windows: AtomicU32::new(u32::from(policy.algorithm == Algorithm::Capacity)),
@@ -197,6 +201,18 @@ impl LimitCore {
         self.hot.0.fetch_sub(ONE_INFLIGHT, Release);
     }
 
+    /// Gives back the slot of a call abandoned because its *caller's*
+    /// deadline ran out, `elapsed` after it was admitted: not evidence that
+    /// the back end failed, but a latency of at least `elapsed` (a
+    /// censored sample). It counts as a sample at that latency that
+    /// delivered nothing; it never signals overload.
+    // Called by the gate once it settles deadline-abandoned calls with it.
+    #[allow(dead_code)]
+    pub(crate) fn complete_censored(&self, elapsed: Nanos, now: Nanos) -> Option<LimitChange> {
+        self.censored.fetch_add(1, Relaxed);
+        self.complete(elapsed, false, now)
+    }
+
     /// Gives back a slot and records its call as a sample: `rtt` long,
     /// `dropped` if it signalled overload. Returns the new limit when this
     /// sample closed a window.
@@ -260,6 +276,7 @@ impl LimitCore {
             }
         }
         let dropped = self.dropped.swap(0, Relaxed);
+        let censored = self.censored.swap(0, Relaxed);
         let blocked = self.blocked.swap(0, Relaxed);
         let max_inflight = self.max_inflight.swap(self.inflight(), Relaxed);
         let samples = samples_of(word) as u32;
@@ -276,6 +293,7 @@ impl LimitCore {
             max_inflight,
             duration: elapsed as f64 * 1e-9,
             blocked,
+            censored,
         };
         let mut learning = match self.learning.try_lock() {
             Ok(guard) => guard,
@@ -357,6 +375,7 @@ impl LimitCore {
         // The window under way straddles the outage: start a new one.
         self.blocked.store(0, Relaxed);
         self.dropped.store(0, Relaxed);
+        self.censored.store(0, Relaxed);
         let published = next as u32;
         let before = self.limit.swap(published, Relaxed);
         (before != published).then_some(LimitChange {
