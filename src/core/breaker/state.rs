@@ -19,52 +19,14 @@
 use std::sync::atomic::Ordering::*;
 use std::time::Duration;
 
-use crate::clock::{Nanos, saturating_nanos};
-use crate::core::sync::{AtomicU8, AtomicU32, AtomicU64, Mutex};
+use crate::clock::Nanos;
+use crate::core::sync::{AtomicU8, AtomicU64, Mutex};
 use crate::policy::{BreakerPolicy, Mode};
 use crate::reject::{Reason, Rejected};
 
+use super::BreakerState;
+use super::thresholds::Thresholds;
 use super::window::{Sample, Window};
-
-/// Where a breaker stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BreakerState {
-    /// Calls go through; outcomes fill the window.
-    Closed,
-    /// Calls are rejected until the open period ends.
-    Open,
-    /// A few probe calls test the back end.
-    HalfOpen,
-    /// `mode = "forced_open"`: every call is rejected.
-    ForcedOpen,
-    /// `mode = "forced_closed"`: every call goes through.
-    ForcedClosed,
-}
-
-impl BreakerState {
-    /// The value of the `brownout_breaker_state` gauge: 0 closed,
-    /// 1 half-open, 2 open, 3 forced.
-    pub const fn gauge(self) -> f64 {
-        match self {
-            BreakerState::Closed => 0.0,
-            BreakerState::HalfOpen => 1.0,
-            BreakerState::Open => 2.0,
-            BreakerState::ForcedOpen | BreakerState::ForcedClosed => 3.0,
-        }
-    }
-
-    /// The state as a label value: `closed`, `open`, `half_open`,
-    /// `forced_open`, `forced_closed`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
-            BreakerState::ForcedOpen => "forced_open",
-            BreakerState::ForcedClosed => "forced_closed",
-        }
-    }
-}
 
 // ---- the state word -------------------------------------------------------
 //
@@ -170,106 +132,6 @@ pub(crate) struct Admission {
     /// In shadow mode: the rejection that enforce mode would have made.
     pub(crate) would_reject: Option<Rejected>,
     pub(crate) transition: Option<Transition>,
-}
-
-/// Thresholds in the units the hot path compares against, in atomics so
-/// that a policy reload can change them under running traffic without a
-/// lock (each is read with one relaxed load).
-#[derive(Debug)]
-struct Thresholds {
-    failure_rate: AtomicF64,
-    slow_call_rate: AtomicF64,
-    slow_call: AtomicU64,
-    minimum_calls: AtomicU64,
-    open_for: AtomicU64,
-    multiplier: AtomicF64,
-    max_open: AtomicU64,
-    jitter: AtomicF64,
-    reset_after: AtomicU64,
-    probes: AtomicU32,
-}
-
-impl Thresholds {
-    fn new(policy: &BreakerPolicy) -> Self {
-        let thresholds = Self {
-            failure_rate: AtomicF64::default(),
-            slow_call_rate: AtomicF64::default(),
-            slow_call: AtomicU64::new(0),
-            minimum_calls: AtomicU64::new(0),
-            open_for: AtomicU64::new(0),
-            multiplier: AtomicF64::default(),
-            max_open: AtomicU64::new(0),
-            jitter: AtomicF64::default(),
-            reset_after: AtomicU64::new(0),
-            probes: AtomicU32::new(1),
-        };
-        thresholds.store(policy);
-        thresholds
-    }
-
-    /// Takes the thresholds of `policy`, brought into range.
-    fn store(&self, policy: &BreakerPolicy) {
-        let backoff = &policy.open_backoff;
-        self.failure_rate.store(policy.failure_rate);
-        self.slow_call_rate.store(policy.slow_call_rate);
-        self.slow_call
-            .store(saturating_nanos(policy.slow_call_duration), Relaxed);
-        self.minimum_calls
-            .store(u64::from(policy.minimum_calls.max(1)), Relaxed);
-        self.open_for
-            .store(saturating_nanos(policy.open_for), Relaxed);
-        self.multiplier.store(backoff.multiplier.max(1.0));
-        self.max_open.store(saturating_nanos(backoff.max), Relaxed);
-        self.jitter.store(backoff.jitter.clamp(0.0, 0.999));
-        let reset_after = backoff.reset_after.unwrap_or(backoff.max);
-        self.reset_after
-            .store(saturating_nanos(reset_after), Relaxed);
-        self.probes
-            .store(policy.half_open_probes.clamp(1, MAX_PROBES), Relaxed);
-    }
-
-    #[inline]
-    fn slow_call(&self) -> Nanos {
-        self.slow_call.load(Relaxed)
-    }
-
-    #[inline]
-    fn minimum_calls(&self) -> u64 {
-        self.minimum_calls.load(Relaxed)
-    }
-
-    #[inline]
-    fn open_for(&self) -> Nanos {
-        self.open_for.load(Relaxed)
-    }
-
-    #[inline]
-    fn probes(&self) -> u32 {
-        self.probes.load(Relaxed)
-    }
-
-    /// Whether a set of calls is bad enough to open (or reopen) the breaker.
-    #[inline]
-    fn trips(&self, calls: u64, failures: u64, slow: u64) -> bool {
-        calls > 0
-            && (failures as f64 / calls as f64 >= self.failure_rate.load()
-                || slow as f64 / calls as f64 >= self.slow_call_rate.load())
-    }
-}
-
-/// An `f64` in an `AtomicU64`, read and written relaxed.
-#[derive(Debug, Default)]
-struct AtomicF64(AtomicU64);
-
-impl AtomicF64 {
-    #[inline]
-    fn load(&self) -> f64 {
-        f64::from_bits(self.0.load(Relaxed))
-    }
-
-    fn store(&self, value: f64) {
-        self.0.store(value.to_bits(), Relaxed);
-    }
 }
 
 /// State that only transitions read and write.

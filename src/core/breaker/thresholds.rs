@@ -1,0 +1,109 @@
+//! The breaker's thresholds, in the units the hot path compares against.
+
+use std::sync::atomic::Ordering::*;
+
+use crate::clock::{Nanos, saturating_nanos};
+use crate::core::sync::{AtomicU32, AtomicU64};
+use crate::policy::BreakerPolicy;
+
+use super::MAX_PROBES;
+
+/// Thresholds in the units the hot path compares against, in atomics so
+/// that a policy reload can change them under running traffic without a
+/// lock (each is read with one relaxed load).
+#[derive(Debug)]
+pub(super) struct Thresholds {
+    pub(super) failure_rate: AtomicF64,
+    pub(super) slow_call_rate: AtomicF64,
+    pub(super) slow_call: AtomicU64,
+    pub(super) minimum_calls: AtomicU64,
+    pub(super) open_for: AtomicU64,
+    pub(super) multiplier: AtomicF64,
+    pub(super) max_open: AtomicU64,
+    pub(super) jitter: AtomicF64,
+    pub(super) reset_after: AtomicU64,
+    pub(super) probes: AtomicU32,
+}
+
+impl Thresholds {
+    pub(super) fn new(policy: &BreakerPolicy) -> Self {
+        let thresholds = Self {
+            failure_rate: AtomicF64::default(),
+            slow_call_rate: AtomicF64::default(),
+            slow_call: AtomicU64::new(0),
+            minimum_calls: AtomicU64::new(0),
+            open_for: AtomicU64::new(0),
+            multiplier: AtomicF64::default(),
+            max_open: AtomicU64::new(0),
+            jitter: AtomicF64::default(),
+            reset_after: AtomicU64::new(0),
+            probes: AtomicU32::new(1),
+        };
+        thresholds.store(policy);
+        thresholds
+    }
+
+    /// Takes the thresholds of `policy`, brought into range.
+    pub(super) fn store(&self, policy: &BreakerPolicy) {
+        let backoff = &policy.open_backoff;
+        self.failure_rate.store(policy.failure_rate);
+        self.slow_call_rate.store(policy.slow_call_rate);
+        self.slow_call
+            .store(saturating_nanos(policy.slow_call_duration), Relaxed);
+        self.minimum_calls
+            .store(u64::from(policy.minimum_calls.max(1)), Relaxed);
+        self.open_for
+            .store(saturating_nanos(policy.open_for), Relaxed);
+        self.multiplier.store(backoff.multiplier.max(1.0));
+        self.max_open.store(saturating_nanos(backoff.max), Relaxed);
+        self.jitter.store(backoff.jitter.clamp(0.0, 0.999));
+        let reset_after = backoff.reset_after.unwrap_or(backoff.max);
+        self.reset_after
+            .store(saturating_nanos(reset_after), Relaxed);
+        self.probes
+            .store(policy.half_open_probes.clamp(1, MAX_PROBES), Relaxed);
+    }
+
+    #[inline]
+    pub(super) fn slow_call(&self) -> Nanos {
+        self.slow_call.load(Relaxed)
+    }
+
+    #[inline]
+    pub(super) fn minimum_calls(&self) -> u64 {
+        self.minimum_calls.load(Relaxed)
+    }
+
+    #[inline]
+    pub(super) fn open_for(&self) -> Nanos {
+        self.open_for.load(Relaxed)
+    }
+
+    #[inline]
+    pub(super) fn probes(&self) -> u32 {
+        self.probes.load(Relaxed)
+    }
+
+    /// Whether a set of calls is bad enough to open (or reopen) the breaker.
+    #[inline]
+    pub(super) fn trips(&self, calls: u64, failures: u64, slow: u64) -> bool {
+        calls > 0
+            && (failures as f64 / calls as f64 >= self.failure_rate.load()
+                || slow as f64 / calls as f64 >= self.slow_call_rate.load())
+    }
+}
+
+/// An `f64` in an `AtomicU64`, read and written relaxed.
+#[derive(Debug, Default)]
+pub(super) struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    #[inline]
+    pub(super) fn load(&self) -> f64 {
+        f64::from_bits(self.0.load(Relaxed))
+    }
+
+    pub(super) fn store(&self, value: f64) {
+        self.0.store(value.to_bits(), Relaxed);
+    }
+}
