@@ -15,7 +15,8 @@
 //!   is a censored latency, "it took at least this long": the breaker
 //!   counts it as a slow call if it had already run for
 //!   `slow_call_duration` (a back end that hangs while every caller gives
-//!   up still opens the breaker), and otherwise learns nothing; it is
+//!   up still opens the breaker), and otherwise learns nothing; the
+//!   adaptive limit takes it as a latency of at least that long; it is
 //!   never a failure. The caller gets [`Reason::Deadline`](crate::Reason).
 //! - A request whose deadline leaves less than the back end's typical
 //!   latency (the adaptive limit's mean response time, once it has one) is

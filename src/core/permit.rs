@@ -56,7 +56,7 @@ impl Gate {
     pub(in crate::core) fn settle_abandoned(&self, taken: Taken, start: Nanos) -> Rejected {
         let now = self.clock.now();
         self.metrics.rejected(Reason::Deadline);
-        self.abandon(taken, now.saturating_sub(start), now);
+        self.abandon(taken, now.saturating_sub(start), now, true);
         self.with_hint(Reason::Deadline, now)
     }
 
@@ -64,9 +64,12 @@ impl Gate {
     /// caller's deadline passed, or its caller went away): a censored
     /// latency, never a failure. The breaker counts it as a slow call if it
     /// had already run for `slow_call_duration`, and otherwise learns
-    /// nothing; the limit learns that the call took at least `elapsed`.
+    /// nothing. With `censored_sample` (the caller's deadline ran out) the
+    /// limit learns that the call took at least `elapsed`; otherwise (the
+    /// caller went away, for all we know at once) it only gets its slot
+    /// back.
     #[cold]
-    fn abandon(&self, taken: Taken, elapsed: Nanos, now: Nanos) {
+    fn abandon(&self, taken: Taken, elapsed: Nanos, now: Nanos, censored_sample: bool) {
         let Taken { ticket, over } = taken;
         let mut opened = false;
         if let Some(breaker) = &self.breaker {
@@ -78,10 +81,12 @@ impl Gate {
         if let Some(limit) = &self.limit {
             if over {
                 self.over.fetch_sub(1, Ordering::Relaxed);
-            } else {
-                // TODO(lead): complete_censored(elapsed, now): the limit
-                // learns that the call took at least `elapsed`.
+            } else if !censored_sample {
                 limit.release();
+            } else if let Some(change) = limit.complete_censored(elapsed, now) {
+                let over = self.over.load(Ordering::Relaxed);
+                self.metrics
+                    .limit(change.limit, change.inflight.saturating_add(over));
             }
         }
         self.after_sample(opened);
@@ -145,7 +150,7 @@ impl Gate {
             Some(_) => self.give_back(taken),
             None => {
                 let now = self.clock.now();
-                self.abandon(taken, now.saturating_sub(start), now);
+                self.abandon(taken, now.saturating_sub(start), now, false);
             }
         }
     }
