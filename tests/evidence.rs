@@ -416,3 +416,31 @@ async fn callers_hanging_up_early_leave_no_trace() {
     assert_eq!(calls.load(Ordering::SeqCst), 50);
     assert_eq!(layer.state(ROUTE), Some(BreakerState::Closed));
 }
+
+#[tokio::test(start_paused = true)]
+async fn ignored_calls_give_back_their_slot() {
+    use brownout::classify::{Outcome, classify_fn};
+    use brownout::policy::Algorithm;
+    use brownout::{AdaptiveLimitLayer, LimitPolicy};
+    use tower::Layer;
+
+    // One slot; every answer is "not evidence". Had an ignored call kept
+    // its slot, the second call would be shed.
+    let layer = AdaptiveLimitLayer::new(LimitPolicy {
+        algorithm: Algorithm::Fixed,
+        initial: 1,
+        min: 1,
+        max: 1,
+        ..LimitPolicy::default()
+    })
+    .classify(classify_fn(|_: &Result<u32, std::io::Error>| {
+        Outcome::Ignored
+    }));
+    let svc = layer.layer(tower::service_fn(|n: u32| async move {
+        Ok::<_, std::io::Error>(n)
+    }));
+    for n in 0..100 {
+        assert_eq!(svc.clone().oneshot(n).await.unwrap(), n);
+    }
+    assert_eq!(svc.inflight(), 0);
+}
