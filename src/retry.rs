@@ -5,7 +5,7 @@
 //! [`RetryPolicy`] is a [`tower::retry::Policy`]; put it in a
 //! [`RetryLayer`](tower::retry::RetryLayer) around the client:
 //!
-//! - **When**: an HTTP `Retry-After` (delta-seconds), a gRPC
+//! - **When**: an HTTP `Retry-After` (seconds or an HTTP-date), a gRPC
 //!   `grpc-retry-pushback-ms`, or a [`Rejected`]'s
 //!   [`retry_after`](Rejected::retry_after) is obeyed, with a little
 //!   jitter added (never less than asked). Without a hint, exponential
@@ -145,18 +145,27 @@ mod http_impls {
                 };
             }
             match self.status().as_u16() {
-                429 | 503 => match headers.get(http::header::RETRY_AFTER) {
-                    Some(value) => std::str::from_utf8(value.as_bytes())
-                        .ok()
-                        .and_then(|secs| secs.trim().parse::<u64>().ok())
-                        .map_or(RetryHint::Backoff, |secs| {
-                            RetryHint::After(Duration::from_secs(secs))
-                        }),
-                    None => RetryHint::Backoff,
-                },
+                429 | 503 => headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|value| retry_after(value.as_bytes()))
+                    .map_or(RetryHint::Backoff, RetryHint::After),
                 _ => RetryHint::No,
             }
         }
+    }
+
+    /// A `Retry-After` value: delta-seconds, or an HTTP-date (a date
+    /// already past is "now"). `None` if it is neither.
+    pub(super) fn retry_after(value: &[u8]) -> Option<Duration> {
+        let text = std::str::from_utf8(value).ok()?.trim();
+        if let Ok(secs) = text.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        let at = jiff::fmt::rfc2822::DateTimeParser::new()
+            .parse_timestamp(text)
+            .ok()?;
+        let left = at.duration_since(jiff::Timestamp::now());
+        Some(Duration::try_from(left).unwrap_or(Duration::ZERO))
     }
 
     impl<B: Clone> RetryRequest for http::Request<B> {
@@ -331,5 +340,35 @@ where
 
     fn clone_request(&mut self, req: &Req) -> Option<Req> {
         req.try_clone()
+    }
+}
+
+#[cfg(all(test, feature = "http"))]
+mod tests {
+    use std::time::Duration;
+
+    use super::http_impls::retry_after;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        assert_eq!(retry_after(b"5"), Some(Duration::from_secs(5)));
+        assert_eq!(retry_after(b" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after(b"Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO),
+            "a date past is now"
+        );
+        let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(120);
+        let soon = jiff::fmt::rfc2822::DateTimePrinter::new()
+            .timestamp_to_rfc9110_string(&soon)
+            .unwrap();
+        let left = retry_after(soon.as_bytes()).unwrap();
+        assert!(
+            left > Duration::from_secs(100) && left <= Duration::from_secs(120),
+            "{soon}: {left:?}"
+        );
+        for bad in [&b"-1"[..], b"soon", b"1.5", b"\xff"] {
+            assert_eq!(retry_after(bad), None, "{bad:?}");
+        }
     }
 }
