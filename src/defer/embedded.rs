@@ -4,7 +4,10 @@
 //! transactions with copy-on-write B-trees, one file, and every commit
 //! synced to disk before it returns (`Durability::Immediate`, redb's
 //! default and the one used here): a request is on disk before its `202`
-//! leaves. A crash between two commits loses nothing committed; redb
+//! leaves, and an outcome before the status endpoint shows it. Claims and
+//! releases are committed without a sync: a crash can only undo them,
+//! which puts the request back to wait, as opening the store does with
+//! every claim left by a dead process. A crash between two commits loses nothing committed; redb
 //! repairs its free-space bookkeeping on the next open. One process opens
 //! a store at a time (redb locks the file); replicas that share a backlog
 //! use the Redis store.
@@ -141,6 +144,17 @@ impl Inner {
     fn write(&self) -> Result<WriteTransaction, StoreError> {
         let mut txn = self.db.begin_write().map_err(io)?;
         txn.set_durability(Durability::Immediate);
+        Ok(txn)
+    }
+
+    /// A transaction whose commit is not synced: for claims and releases
+    /// only. A crash rolls such commits back to the last synced one, which
+    /// leaves the request waiting: what opening the store does with every
+    /// claim anyway. The next synced commit (an append or an outcome)
+    /// makes them durable too.
+    fn write_unsynced(&self) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write().map_err(io)?;
+        txn.set_durability(Durability::None);
         Ok(txn)
     }
 
@@ -320,7 +334,7 @@ impl Inner {
         if !self.claimable(now, lease)? {
             return Ok(None);
         }
-        let txn = self.write()?;
+        let mut txn = self.write_unsynced()?;
         // A claim left unsettled past its lease first, in order.
         let stale = {
             let claimed = txn.open_table(CLAIMED).map_err(io)?;
@@ -355,6 +369,8 @@ impl Inner {
                 };
                 if self.expired(now, request.arrived) {
                     Self::settle(&txn, &ticket, rank, seq, &Outcome::Expired)?;
+                    // An outcome is synced before anyone can read it.
+                    txn.set_durability(Durability::Immediate);
                     continue;
                 }
                 txn.open_table(QUEUE)
@@ -365,7 +381,7 @@ impl Inner {
             },
         };
         let Some((rank, seq, ticket)) = next else {
-            // Nothing claimed; commit only what was expired on the way.
+            // Nothing claimed; commit what was expired on the way.
             txn.commit().map_err(io)?;
             return Ok(None);
         };
@@ -402,7 +418,7 @@ impl Inner {
     }
 
     fn release(&self, ticket: &Ticket) -> Result<(), StoreError> {
-        let txn = self.write()?;
+        let txn = self.write_unsynced()?;
         {
             let mut claimed = txn.open_table(CLAIMED).map_err(io)?;
             let found = claimed.remove(ticket.as_str()).map_err(io)?;
