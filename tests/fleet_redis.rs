@@ -197,3 +197,63 @@ async fn a_bad_url_is_an_error_at_build() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_waits_for_enough_replicas() {
+    let server = RedisServer::start();
+    let breaker = BreakerPolicy {
+        open_for: Duration::from_secs(2),
+        ..BreakerPolicy::default()
+    };
+    let down = Arc::new(AtomicBool::new(true));
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut replicas: Vec<_> = (0..4)
+        .map(|_| {
+            FleetBreakerLayer::new(
+                &server.url(),
+                "/quorum",
+                &breaker,
+                Share::Quorum(2),
+                Duration::from_millis(500),
+            )
+            .unwrap()
+            .layer(BackEnd {
+                down: down.clone(),
+                calls: calls.clone(),
+                open_once: Arc::new(AtomicBool::new(false)),
+            })
+        })
+        .collect();
+    // One verdict: not enough.
+    replicas[0].inner_open_once();
+    assert_eq!(send(&mut replicas[0]).await, Err(Reason::Open));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = calls.load(Ordering::Acquire);
+    assert_eq!(
+        send(&mut replicas[3]).await,
+        Err(Reason::Shed),
+        "the back end's own error"
+    );
+    assert_eq!(
+        calls.load(Ordering::Acquire),
+        before + 1,
+        "one verdict of two: replica 3 still calls"
+    );
+    // A second replica's verdict: the quorum opens the others.
+    replicas[1].inner_open_once();
+    assert_eq!(send(&mut replicas[1]).await, Err(Reason::Open));
+    let opened = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let before = calls.load(Ordering::Acquire);
+        if send(&mut replicas[3]).await == Err(Reason::Open)
+            && calls.load(Ordering::Acquire) == before
+        {
+            break;
+        }
+        assert!(
+            opened.elapsed() < Duration::from_secs(2),
+            "the quorum opens replica 3 within one open_for"
+        );
+    }
+}
