@@ -17,7 +17,12 @@
 -- 502/504, the booking app's own answer when the back end refuses or times
 -- out a call brownout let through (a problem body, no Retry-After to give).
 -- Anything else is "bad". done() writes the phase's figures, one
--- `key value` a line, to SOAK_OUT.
+-- `key value` a line, to SOAK_OUT. Answers that arrive after the phase's
+-- first SOAK_SETTLE_MS (default 2300: the back end changes 0.3 s in) are
+-- also counted apart (`settled_answers`, `settled_2xx`): the share a phase
+-- serves once brownout has had 2 s to adapt. (wrk's Lua has no handle on
+-- which request an answer belongs to; an answer in the first deadline
+-- after that instant may be to a request sent just before it.)
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -48,6 +53,8 @@ end
 -- Per thread (each thread has its own Lua state).
 sent = 0
 received = 0
+settled_answers = 0 -- received after the phase's first SOAK_SETTLE_MS
+settled_2xx = 0     -- of those, 2xx
 bad = 0
 status = {}        -- status code -> count
 reasons = {}       -- brownout reason of 503s -> count
@@ -56,13 +63,14 @@ examples = {}      -- a few bad answers, for the log
 
 local requests = {}
 
-local deadline_ms, pause_ms, stop_at, max_sent
+local deadline_ms, pause_ms, stop_at, max_sent, settled_at
 
 function init(_)
   deadline_ms = env_number("SOAK_DEADLINE_MS")
   pause_ms = env_number("SOAK_PAUSE_MS")
   stop_at = now_ms() + env_number("SOAK_SEND_FOR_MS")
   max_sent = env_number("SOAK_MAX_PER_THREAD")
+  settled_at = now_ms() + (tonumber(os.getenv("SOAK_SETTLE_MS") or "") or 2300)
   math.randomseed(1000 + (thread_id or 0))
   local classes = { "urgent", "normal", "normal", "normal", "normal", "normal", "normal", "bulk", "bulk", "bulk" }
   for i, class in ipairs(classes) do
@@ -112,7 +120,14 @@ end
 function response(code, headers, body)
   received = received + 1
   status[code] = (status[code] or 0) + 1
+  local settled = now_ms() >= settled_at
+  if settled then
+    settled_answers = settled_answers + 1
+  end
   if code >= 200 and code < 300 then
+    if settled then
+      settled_2xx = settled_2xx + 1
+    end
     return
   end
   local ctype = header(headers, "content-type") or ""
@@ -152,6 +167,8 @@ function done(summary, latency, _)
   for _, thread in ipairs(threads) do
     total.sent = total.sent + thread:get("sent")
     total.received = total.received + thread:get("received")
+    total.settled_answers = (total.settled_answers or 0) + thread:get("settled_answers")
+    total.settled_2xx = (total.settled_2xx or 0) + thread:get("settled_2xx")
     total.bad = total.bad + thread:get("bad")
     add(codes, thread:get("status"))
     add(why, thread:get("reasons"))
@@ -184,6 +201,8 @@ function done(summary, latency, _)
   put("received", total.received)
   put("completed", summary.requests)
   put("bad", total.bad)
+  put("settled_answers", total.settled_answers or 0)
+  put("settled_2xx", total.settled_2xx or 0)
   put("late", late)
   put("connect_errors", summary.errors.connect)
   put("read_errors", summary.errors.read)

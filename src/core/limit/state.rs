@@ -204,11 +204,15 @@ impl LimitCore {
     /// Gives back the slot of a call abandoned because its *caller's*
     /// deadline ran out, `elapsed` after it was admitted: not evidence that
     /// the back end failed, but a latency of at least `elapsed` (a
-    /// censored sample). It counts as a sample at that latency that
-    /// delivered nothing; it never signals overload.
-    // Called by the gate once it settles deadline-abandoned calls with it.
-    #[allow(dead_code)]
+    /// censored sample). One abandoned sooner than the mean latency tells
+    /// nothing new and only gives its slot back; a longer one counts as a
+    /// sample at that latency that delivered nothing. It never signals
+    /// overload.
     pub(crate) fn complete_censored(&self, elapsed: Nanos, now: Nanos) -> Option<LimitChange> {
+        if elapsed < self.rtt.load(Relaxed) || elapsed == 0 {
+            self.release();
+            return None;
+        }
         self.censored.fetch_add(1, Relaxed);
         self.complete(elapsed, false, now)
     }
