@@ -90,3 +90,55 @@ where
         }
     }
 }
+
+/// A layer's own response future over [`AdmitOrReject`]: one public type
+/// per middleware (so that each names its own future), one implementation.
+/// `$name` gets `admitted`/`rejected` constructors and delegates `poll`.
+macro_rules! response_future {
+    ($(#[$doc:meta])* $name:ident) => {
+        pin_project_lite::pin_project! {
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub struct $name<F, C> {
+                #[pin]
+                inner: $crate::core::future::AdmitOrReject<F, C>,
+            }
+        }
+
+        impl<F, C> $name<F, C> {
+            pub(crate) fn admitted(
+                inner: F,
+                permit: $crate::core::permit::Permit,
+                classifier: C,
+            ) -> Self {
+                Self {
+                    inner: $crate::core::future::AdmitOrReject::admitted(inner, permit, classifier),
+                }
+            }
+
+            pub(crate) fn rejected(rejected: $crate::reject::Rejected) -> Self {
+                Self {
+                    inner: $crate::core::future::AdmitOrReject::rejected(rejected),
+                }
+            }
+        }
+
+        impl<F, T, E, C> std::future::Future for $name<F, C>
+        where
+            F: std::future::Future<Output = Result<T, E>>,
+            E: Into<tower::BoxError>,
+            C: $crate::classify::Classify<T, E>,
+        {
+            type Output = Result<C::Response, tower::BoxError>;
+
+            #[inline(always)]
+            fn poll(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Self::Output> {
+                self.project().inner.poll(cx)
+            }
+        }
+    };
+}
+pub(crate) use response_future;
