@@ -12,7 +12,7 @@
 //! | name | kind | labels | meaning |
 //! |---|---|---|---|
 //! | `brownout_requests_total` | counter | `route`, `outcome`, `reason` | every request's one outcome: `served` (the inner service answered), `rejected` (with its reason; a rejection a fallback answered is counted here too), `cancelled` (the caller dropped the request before its answer); in shadow mode also `would_reject` (with the reason enforce mode would have given) and `would_wait` (a request the waiting room would have held), both of which were served |
-//! | `brownout_breaker_state` | gauge | `route` | 0 closed, 1 half-open, 2 open, 3 forced |
+//! | `brownout_breaker_state` | gauge | `route` | 0 closed, 1 half-open, 2 open, 3 forced open; forced closed lets every call through and reads 0 (its transitions say `to="forced_closed"`) |
 //! | `brownout_breaker_transitions_total` | counter | `route`, `from`, `to` | state changes |
 //! | `brownout_latency_seconds` | histogram | `route`, `outcome` | time to the inner answer of served calls, `outcome` = `success` or `failure` |
 //! | `brownout_limit` | gauge | `route` | calls the adaptive limit allows in flight |
@@ -60,7 +60,8 @@ use crate::reject::Reason;
 
 /// Requests by outcome and reason.
 pub const REQUESTS_TOTAL: &str = "brownout_requests_total";
-/// Breaker state: 0 closed, 1 half-open, 2 open, 3 forced.
+/// Breaker state: 0 closed (or forced closed), 1 half-open, 2 open,
+/// 3 forced open.
 pub const BREAKER_STATE: &str = "brownout_breaker_state";
 /// Breaker state changes, by `from` and `to`.
 pub const BREAKER_TRANSITIONS_TOTAL: &str = "brownout_breaker_transitions_total";
@@ -105,7 +106,7 @@ pub fn describe() {
         metrics::describe_gauge!(
             BREAKER_STATE,
             Unit::Count,
-            "Circuit breaker state: 0 closed, 1 half-open, 2 open, 3 forced"
+            "Circuit breaker state: 0 closed (or forced closed: every call goes through), 1 half-open, 2 open, 3 forced open (every call rejected)"
         );
         metrics::describe_counter!(
             BREAKER_TRANSITIONS_TOTAL,

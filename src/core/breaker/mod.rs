@@ -32,7 +32,10 @@ impl BreakerState {
             BreakerState::Closed => 0.0,
             BreakerState::HalfOpen => 1.0,
             BreakerState::Open => 2.0,
-            BreakerState::ForcedOpen | BreakerState::ForcedClosed => 3.0,
+            BreakerState::ForcedOpen => 3.0,
+            // Forced closed lets every call through, as closed does: 3
+            // keeps meaning "every call is rejected" for alerts.
+            BreakerState::ForcedClosed => 0.0,
         }
     }
 
