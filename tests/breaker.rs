@@ -1,5 +1,5 @@
-//! The circuit breaker against its specification (DESIGN §3–4 and the
-//! foundation issue), in paused tokio time.
+//! The circuit breaker against its specification (the crate docs, the
+//! breaker module and docs/architecture.md), in paused tokio time.
 //!
 //! Every test builds its layer after tokio's time is paused, so the breaker
 //! reads virtual time and every duration below is exact.

@@ -1,4 +1,4 @@
-//! The circuit breaker's metrics (DESIGN §5), read through metrics-util's
+//! The circuit breaker's metrics, read through metrics-util's
 //! `DebuggingRecorder` installed as this thread's local recorder before the
 //! layer is built, on tokio's current-thread runtime in paused time.
 

@@ -1,4 +1,4 @@
-//! Deadline propagation (issue 6): a request's deadline bounds its wait and
+//! Deadline propagation: a request's deadline bounds its wait and
 //! its call, and the time left after a wait is passed on to the back end.
 
 use std::sync::{Arc, Mutex};

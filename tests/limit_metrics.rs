@@ -1,4 +1,4 @@
-//! The adaptive limit's metrics (DESIGN §5): `brownout_limit`,
+//! The adaptive limit's metrics: `brownout_limit`,
 //! `brownout_inflight`, shed counts by class, read through metrics-util's
 //! `DebuggingRecorder` installed as this thread's recorder before the layer
 //! is built.

@@ -1,4 +1,4 @@
-//! Memory through a long outage (issue 8, item 5): the booking service's
+//! Memory through a long outage: the booking service's
 //! policy (`examples/policies/booking.toml`) with a 5-day `[[maintenance]]`
 //! window, then a 3-day outage of the back end, with steady arrivals all
 //! along (20 a second in the busy hours before and after, 1 in the window,

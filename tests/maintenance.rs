@@ -1,4 +1,4 @@
-//! Planned maintenance windows (issue 6, item 2), in paused time with "now"
+//! Planned maintenance windows, in paused time with "now"
 //! pinned to a chosen wall-clock time by `Clock::tokio_at`: the policy's
 //! `[[maintenance]]` entries (RFC 3339 with offsets, validated, merged),
 //! rejections with the window's message and a retry hint at its end (and,
@@ -21,7 +21,7 @@ use tower::{BoxError, Layer, Service, ServiceExt};
 
 const MESSAGE: &str = "Planned upgrade. Urgent files: use e-mail.";
 
-/// DESIGN §4's window: a week from midnight on 2 December, India time.
+/// The reference's maintenance window: a week from midnight on 2 December, India time.
 const DESIGN_WINDOW: &str = r#"
 [[maintenance]]
 from = "2026-12-02T00:00:00+05:30"          # RFC 3339

@@ -1,4 +1,4 @@
-//! Per-route overrides, `[routes."…"]` of DESIGN §4: inheritance field by
+//! Per-route overrides, `[routes."…"]` of the policy reference (docs/policy.md): inheritance field by
 //! field, round trips that keep only what was written, the exact message of
 //! every bad input, and proptests of the merge.
 #![cfg(feature = "toml")]

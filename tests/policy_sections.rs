@@ -1,5 +1,5 @@
 //! The `[limit]`, `[waiting_room]` and `[priority]` sections of ops' policy
-//! file: DESIGN §4's example, each section alone, the edges of every range,
+//! file: the policy reference's example (docs/policy.md), each section alone, the edges of every range,
 //! and the exact message of every bad input.
 //!
 //! The proptests over whole policies (all sections) live in `policy.rs`.
@@ -25,7 +25,7 @@ const SECTIONS: &str = "expected one of `breaker`, `limit`, `waiting_room`, `pri
 fn design_example_with_all_four_sections_is_the_default() {
     let policy = load(DESIGN_SECTIONS_TOML);
     assert_eq!(policy, Policy::default());
-    // The defaults are the ones DESIGN §4 shows, field by field.
+    // The defaults are the ones docs/policy.md shows, field by field.
     assert_eq!(policy.limit.algorithm, Algorithm::Capacity);
     assert_eq!(
         (policy.limit.initial, policy.limit.min, policy.limit.max),
@@ -182,7 +182,7 @@ fn waiting_room_alone() {
             ..Policy::default()
         }
     );
-    // DESIGN §4's per-route example: a room that is off.
+    // The policy reference's per-route example: a room that is off.
     let off = load("[waiting_room]\ncapacity = 0\n");
     assert_eq!(
         off.waiting_room,

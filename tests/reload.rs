@@ -1,4 +1,4 @@
-//! Live policy reload of a running stack (issue 6): state is kept, new
+//! Live policy reload of a running stack: state is kept, new
 //! thresholds apply, bad policies leave the old one in force, a smaller
 //! room turns its excess away by class, modes apply on the next request.
 

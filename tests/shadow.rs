@@ -1,4 +1,4 @@
-//! Shadow mode end to end (issue 6, item 4), in paused time: with
+//! Shadow mode end to end, in paused time: with
 //! `breaker.mode = "shadow"` the composed stack rejects nothing, and counts
 //! in `brownout_requests_total{outcome="would_reject", reason=…}` what it
 //! would have rejected: an open breaker, a full limit, a full waiting room,

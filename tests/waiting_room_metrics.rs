@@ -1,4 +1,4 @@
-//! The waiting room's metrics (DESIGN §5): `brownout_waiting{route,priority}`
+//! The waiting room's metrics: `brownout_waiting{route,priority}`
 //! follows the waiters of each class in and out, `brownout_wait_seconds`
 //! records the exact wait of those let out with a permit, and
 //! `brownout_requests_total` counts every way out of the room by reason.

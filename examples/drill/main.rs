@@ -20,7 +20,7 @@
 //! about 900 samples by default), `--json` (print one JSON object as the last line).
 //!
 //! The scenario (see `examples/scenarios/seed.toml`, which follows the
-//! outages in DESIGN §1) says what the back end does phase by phase — up,
+//! outages the README tells of) says what the back end does phase by phase — up,
 //! slow, down (refusing), hanging, at a fraction of its capacity, flapping
 //! — and what the clients do: how many requests a second (open-loop,
 //! seeded Poisson arrivals), which priority classes, their deadline, and
@@ -417,7 +417,7 @@ fn drill(args: &Args) -> Result<bool, String> {
     );
     let targets = targets(&plan, &outcome.brownout_report, &outcome.baseline_report);
     if !targets.is_empty() {
-        println!("\nTargets (issue 7)");
+        println!("\nTargets");
         print!("{}", targets_table(&targets));
     }
 

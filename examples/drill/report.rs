@@ -279,7 +279,7 @@ pub struct Target {
     pub met: bool,
 }
 
-/// The targets of issue 7, checked on every phase they apply to: reduced
+/// The drill's targets, checked on every phase they apply to: reduced
 /// capacity (goodput, urgent served, fast rejections), down (answered
 /// within the deadline), and every phase after a down one (in flight never
 /// above the limit).

@@ -11,7 +11,7 @@ pub type Labels = BTreeMap<String, String>;
 /// A metric: its name and labels.
 pub type Id = (String, Labels);
 
-/// The requests counter (DESIGN §5).
+/// The requests counter.
 pub const REQUESTS: &str = "brownout_requests_total";
 
 /// Gauges are set to this after every snapshot by [`Gauges::Last`].

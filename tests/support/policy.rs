@@ -1,4 +1,4 @@
-//! Ops' policy file in the tests: DESIGN §4's example, verbatim, in parts,
+//! Ops' policy file in the tests: the policy reference's example (docs/policy.md), verbatim, in parts,
 //! and loading helpers.
 
 use brownout::{Policy, PolicyError};
@@ -60,17 +60,17 @@ waiting_room = { capacity = 0 }             # never hold a payment
     };
 }
 
-/// DESIGN §4's `[breaker]` section.
+/// The policy reference's `[breaker]` section.
 pub const DESIGN_BREAKER_TOML: &str = breaker_part!();
 
-/// DESIGN §4's example up to `[priority]`: `[breaker]`, `[limit]`,
+/// the policy reference's example (docs/policy.md) up to `[priority]`: `[breaker]`, `[limit]`,
 /// `[waiting_room]` and `[priority]`.
 pub const DESIGN_SECTIONS_TOML: &str = concat!(breaker_part!(), sections_part!());
 
-/// The rest of DESIGN §4's example: `[[maintenance]]` and `[routes."…"]`.
+/// The rest of the policy reference's example (docs/policy.md): `[[maintenance]]` and `[routes."…"]`.
 pub const DESIGN_LATER_TOML: &str = concat!(maintenance_part!(), routes_part!());
 
-/// DESIGN §4's example without `[[maintenance]]`.
+/// the policy reference's example (docs/policy.md) without `[[maintenance]]`.
 pub const DESIGN_NO_MAINTENANCE_TOML: &str =
     concat!(breaker_part!(), sections_part!(), routes_part!());
 
