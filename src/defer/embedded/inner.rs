@@ -1,34 +1,19 @@
-//! The embedded store: a redb database in a directory of its own.
-//!
-//! Why redb: pure Rust (no C toolchain, no system library), ACID
-//! transactions with copy-on-write B-trees, one file, and every commit
-//! synced to disk before it returns (`Durability::Immediate`, redb's
-//! default and the one used here): a request is on disk before its `202`
-//! leaves, and an outcome before the status endpoint shows it. Claims and
-//! releases are committed without a sync: a crash can only undo them,
-//! which puts the request back to wait, as opening the store does with
-//! every claim left by a dead process. A crash between two commits loses nothing committed; redb
-//! repairs its free-space bookkeeping on the next open. One process opens
-//! a store at a time (redb locks the file); replicas that share a backlog
-//! use the Redis store.
+//! The embedded store's operations on its redb tables, one transaction
+//! each (the store itself, opening and the [`DeferStore`](super::super::store::DeferStore)
+//! glue are in the parent module).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use redb::{
-    Database, Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
 };
 
-use super::codec::{decode_outcome, decode_request, encode_outcome, encode_request};
-use super::store::{
-    Appended, Claimed, DeferStore, Deferred, Outcome, Status, StoreConfig, StoreError, StoreFuture,
-    Ticket, to_ms,
+use super::super::codec::{decode_outcome, decode_request, encode_outcome, encode_request};
+use super::super::store::{
+    Appended, Claimed, Deferred, Outcome, Status, StoreError, Ticket, to_ms,
 };
-
-/// The file the store keeps in its directory.
-pub const FILE_NAME: &str = "deferred.redb";
+use super::{Inner, io, pending_key};
 
 /// ticket → sequence number (8 bytes) + the request.
 const ENTRIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("entries");
@@ -45,103 +30,8 @@ const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
 /// "seq" and "pending:<rank>" counters.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
-/// The embedded store (feature `defer`): a redb database, every commit
-/// synced to disk before it returns.
-#[derive(Clone)]
-pub struct EmbeddedStore {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for EmbeddedStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedStore")
-            .field("path", &self.inner.path)
-            .finish_non_exhaustive()
-    }
-}
-
-struct Inner {
-    db: Database,
-    config: StoreConfig,
-    path: PathBuf,
-}
-
-fn io(err: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(err.to_string())
-}
-
-fn pending_key(rank: u8) -> String {
-    format!("pending:{rank}")
-}
-
-impl EmbeddedStore {
-    /// Opens (or creates) the store in directory `dir`.
-    ///
-    /// A directory that cannot be created or read, a file where the
-    /// directory should be, a directory holding other files but no store,
-    /// and a store file that is not a redb database or is corrupt are all
-    /// [`StoreError::Open`] naming the path: never an empty queue in its
-    /// place. Requests a previous process had claimed but not settled (it
-    /// died mid-replay) are put back in their place, to be replayed again.
-    pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Self, StoreError> {
-        let dir = dir.as_ref();
-        let fail = |path: &Path, why: String| StoreError::Open {
-            path: path.to_owned(),
-            why,
-        };
-        if dir.exists() && !dir.is_dir() {
-            return Err(fail(dir, "is not a directory".to_owned()));
-        }
-        std::fs::create_dir_all(dir).map_err(|e| fail(dir, format!("cannot create it: {e}")))?;
-        let file = dir.join(FILE_NAME);
-        let others = std::fs::read_dir(dir)
-            .map_err(|e| fail(dir, format!("cannot read it: {e}")))?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name() != FILE_NAME)
-            .count();
-        if !file.exists() && others > 0 {
-            return Err(fail(
-                dir,
-                format!(
-                    "holds {others} other file(s) but no {FILE_NAME}: not a deferral store \
-                     (give an empty or new directory)"
-                ),
-            ));
-        }
-        let db = Database::create(&file).map_err(|e| fail(&file, e.to_string()))?;
-        let store = Inner {
-            db,
-            config,
-            path: file.clone(),
-        };
-        store
-            .recover()
-            .map_err(|e| fail(&file, format!("cannot read it back: {e}")))?;
-        Ok(Self {
-            inner: Arc::new(store),
-        })
-    }
-
-    /// The store's file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
-    fn run<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
-    ) -> StoreFuture<'_, T> {
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || op(&inner))
-                .await
-                .map_err(io)?
-        })
-    }
-}
-
 impl Inner {
-    fn write(&self) -> Result<WriteTransaction, StoreError> {
+    pub(super) fn write(&self) -> Result<WriteTransaction, StoreError> {
         let mut txn = self.db.begin_write().map_err(io)?;
         txn.set_durability(Durability::Immediate);
         Ok(txn)
@@ -152,19 +42,19 @@ impl Inner {
     /// leaves the request waiting: what opening the store does with every
     /// claim anyway. The next synced commit (an append or an outcome)
     /// makes them durable too.
-    fn write_unsynced(&self) -> Result<WriteTransaction, StoreError> {
+    pub(super) fn write_unsynced(&self) -> Result<WriteTransaction, StoreError> {
         let mut txn = self.db.begin_write().map_err(io)?;
         txn.set_durability(Durability::None);
         Ok(txn)
     }
 
-    fn read(&self) -> Result<ReadTransaction, StoreError> {
+    pub(super) fn read(&self) -> Result<ReadTransaction, StoreError> {
         self.db.begin_read().map_err(io)
     }
 
     /// Creates the tables, checks every record reads back, and puts
     /// unsettled claims back in the queue.
-    fn recover(&self) -> Result<(), StoreError> {
+    pub(super) fn recover(&self) -> Result<(), StoreError> {
         let txn = self.write()?;
         {
             let entries = txn.open_table(ENTRIES).map_err(io)?;
@@ -199,7 +89,11 @@ impl Inner {
         txn.commit().map_err(io)
     }
 
-    fn counter(txn: &WriteTransaction, key: &str, delta: i64) -> Result<u64, StoreError> {
+    pub(super) fn counter(
+        txn: &WriteTransaction,
+        key: &str,
+        delta: i64,
+    ) -> Result<u64, StoreError> {
         let mut meta = txn.open_table(META).map_err(io)?;
         let now = meta.get(key).map_err(io)?.map(|v| v.value()).unwrap_or(0);
         let next = now.saturating_add_signed(delta);
@@ -207,7 +101,7 @@ impl Inner {
         Ok(next)
     }
 
-    fn pending_total(&self, txn: &WriteTransaction) -> Result<u64, StoreError> {
+    pub(super) fn pending_total(&self, txn: &WriteTransaction) -> Result<u64, StoreError> {
         let meta = txn.open_table(META).map_err(io)?;
         let mut total = 0;
         for rank in 0..self.config.classes {
@@ -220,7 +114,7 @@ impl Inner {
         Ok(total)
     }
 
-    fn append(&self, request: Deferred) -> Result<Appended, StoreError> {
+    pub(super) fn append(&self, request: Deferred) -> Result<Appended, StoreError> {
         let txn = self.write()?;
         let fingerprint = request.fingerprint();
         if let Some(key) = &request.idempotency_key {
@@ -265,7 +159,10 @@ impl Inner {
         Ok(Appended::New(ticket))
     }
 
-    fn entry(txn: &WriteTransaction, ticket: &str) -> Result<Option<(u64, Deferred)>, StoreError> {
+    pub(super) fn entry(
+        txn: &WriteTransaction,
+        ticket: &str,
+    ) -> Result<Option<(u64, Deferred)>, StoreError> {
         let entries = txn.open_table(ENTRIES).map_err(io)?;
         let found = entries.get(ticket).map_err(io)?;
         found.map(|v| split_entry(ticket, v.value())).transpose()
@@ -273,7 +170,7 @@ impl Inner {
 
     /// Settles `ticket` (whose class is `rank`) with `outcome`, wherever it
     /// sits; `false` when it was settled already.
-    fn settle(
+    pub(super) fn settle(
         txn: &WriteTransaction,
         ticket: &str,
         rank: u8,
@@ -307,13 +204,13 @@ impl Inner {
         Ok(true)
     }
 
-    fn expired(&self, now: u64, arrived: SystemTime) -> bool {
+    pub(super) fn expired(&self, now: u64, arrived: SystemTime) -> bool {
         to_ms(arrived).saturating_add(self.config.max_age.as_millis() as u64) <= now
     }
 
     /// Whether a claim could find something: a read, so that a replayer
     /// polling an empty store syncs nothing.
-    fn claimable(&self, now: u64, lease: u64) -> Result<bool, StoreError> {
+    pub(super) fn claimable(&self, now: u64, lease: u64) -> Result<bool, StoreError> {
         let txn = self.read()?;
         if !txn.open_table(QUEUE).map_err(io)?.is_empty().map_err(io)? {
             return Ok(true);
@@ -328,7 +225,7 @@ impl Inner {
         Ok(false)
     }
 
-    fn claim(&self) -> Result<Option<Claimed>, StoreError> {
+    pub(super) fn claim(&self) -> Result<Option<Claimed>, StoreError> {
         let now = self.config.now_ms();
         let lease = self.config.claim_after.as_millis() as u64;
         if !self.claimable(now, lease)? {
@@ -417,7 +314,7 @@ impl Inner {
         }))
     }
 
-    fn release(&self, ticket: &Ticket) -> Result<(), StoreError> {
+    pub(super) fn release(&self, ticket: &Ticket) -> Result<(), StoreError> {
         let txn = self.write_unsynced()?;
         {
             let mut claimed = txn.open_table(CLAIMED).map_err(io)?;
@@ -444,7 +341,7 @@ impl Inner {
         txn.commit().map_err(io)
     }
 
-    fn complete(&self, ticket: &Ticket, outcome: &Outcome) -> Result<bool, StoreError> {
+    pub(super) fn complete(&self, ticket: &Ticket, outcome: &Outcome) -> Result<bool, StoreError> {
         let txn = self.write()?;
         let Some((seq, request)) = Self::entry(&txn, ticket.as_str())? else {
             return Ok(false);
@@ -456,7 +353,7 @@ impl Inner {
 
     /// Whether the oldest waiting request of some class is past `max_age`:
     /// a read, so that an upkeep with nothing to expire syncs nothing.
-    fn any_expired(&self, now: u64) -> Result<bool, StoreError> {
+    pub(super) fn any_expired(&self, now: u64) -> Result<bool, StoreError> {
         let txn = self.read()?;
         let queue = txn.open_table(QUEUE).map_err(io)?;
         let entries = txn.open_table(ENTRIES).map_err(io)?;
@@ -475,7 +372,7 @@ impl Inner {
         Ok(false)
     }
 
-    fn expire(&self) -> Result<u64, StoreError> {
+    pub(super) fn expire(&self) -> Result<u64, StoreError> {
         let now = self.config.now_ms();
         if !self.any_expired(now)? {
             return Ok(0);
@@ -516,7 +413,7 @@ impl Inner {
         Ok(expired)
     }
 
-    fn status(&self, ticket: &Ticket) -> Result<Option<Status>, StoreError> {
+    pub(super) fn status(&self, ticket: &Ticket) -> Result<Option<Status>, StoreError> {
         let txn = self.read()?;
         let outcomes = txn.open_table(OUTCOMES).map_err(io)?;
         if let Some(found) = outcomes.get(ticket.as_str()).map_err(io)? {
@@ -534,7 +431,7 @@ impl Inner {
             .transpose()
     }
 
-    fn ticket_for_key(&self, key: &str) -> Result<Option<Ticket>, StoreError> {
+    pub(super) fn ticket_for_key(&self, key: &str) -> Result<Option<Ticket>, StoreError> {
         let txn = self.read()?;
         let keys = txn.open_table(KEYS).map_err(io)?;
         let found = keys.get(key).map_err(io)?;
@@ -543,7 +440,7 @@ impl Inner {
             .transpose()
     }
 
-    fn pending(&self) -> Result<Vec<u64>, StoreError> {
+    pub(super) fn pending(&self) -> Result<Vec<u64>, StoreError> {
         let txn = self.read()?;
         let meta = txn.open_table(META).map_err(io)?;
         (0..self.config.classes)
@@ -557,7 +454,7 @@ impl Inner {
             .collect()
     }
 
-    fn oldest(&self) -> Result<Option<SystemTime>, StoreError> {
+    pub(super) fn oldest(&self) -> Result<Option<SystemTime>, StoreError> {
         let txn = self.read()?;
         let queue = txn.open_table(QUEUE).map_err(io)?;
         let entries = txn.open_table(ENTRIES).map_err(io)?;
@@ -612,46 +509,4 @@ fn split_key_record(key: &str, value: &[u8]) -> Result<(u64, Ticket), StoreError
         .and_then(Ticket::parse)
         .ok_or_else(corrupt)?;
     Ok((fp, ticket))
-}
-
-impl DeferStore for EmbeddedStore {
-    fn now(&self) -> SystemTime {
-        self.inner.config.clock.system_time()
-    }
-
-    fn append(&self, request: Deferred) -> StoreFuture<'_, Appended> {
-        self.run(move |s| s.append(request))
-    }
-
-    fn claim(&self) -> StoreFuture<'_, Option<Claimed>> {
-        self.run(|s| s.claim())
-    }
-
-    fn release(&self, ticket: Ticket) -> StoreFuture<'_, ()> {
-        self.run(move |s| s.release(&ticket))
-    }
-
-    fn complete(&self, ticket: Ticket, outcome: Outcome) -> StoreFuture<'_, bool> {
-        self.run(move |s| s.complete(&ticket, &outcome))
-    }
-
-    fn expire(&self) -> StoreFuture<'_, u64> {
-        self.run(|s| s.expire())
-    }
-
-    fn status(&self, ticket: Ticket) -> StoreFuture<'_, Option<Status>> {
-        self.run(move |s| s.status(&ticket))
-    }
-
-    fn ticket_for_key(&self, key: String) -> StoreFuture<'_, Option<Ticket>> {
-        self.run(move |s| s.ticket_for_key(&key))
-    }
-
-    fn pending(&self) -> StoreFuture<'_, Vec<u64>> {
-        self.run(|s| s.pending())
-    }
-
-    fn oldest(&self) -> StoreFuture<'_, Option<SystemTime>> {
-        self.run(|s| s.oldest())
-    }
 }
