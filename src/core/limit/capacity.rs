@@ -131,9 +131,6 @@ impl Capacity {
     const HEADROOM: f64 = 2.0;
     /// A step up, once a queue has been met.
     const PROBE: f64 = 1.2;
-    /// The shortest latency a round is taken to have (seconds): below the
-    /// resolution of the window's latency sum.
-    const MIN_RTT: f64 = 32e-6;
     /// Share of failed calls in a round that signals overload.
     const OVERLOAD: f64 = 0.1;
     /// Rounds during which failures shown not to depend on the load are
@@ -178,13 +175,6 @@ impl Capacity {
         if window.samples == 0 || window.duration <= 0.0 {
             return limit;
         }
-        // Latencies are summed in units of 64 µs: a back end faster than
-        // that reads 0, which is "no queue at all", not "no measure" (else
-        // the limit of a fast in-process service would never move).
-        let window = &WindowSample {
-            rtt: window.rtt.max(Self::MIN_RTT),
-            ..*window
-        };
         let failed = f64::from(window.dropped);
         let completed = f64::from(window.samples);
         let share = failed / completed;
@@ -210,6 +200,9 @@ impl Capacity {
         }
         self.load_blind = self.load_blind.saturating_sub(1);
         let rtt = window.rtt;
+        if rtt <= 0.0 {
+            return limit;
+        }
         if self.last_rtt > 0.0 && window.samples >= 8 {
             let change = ((rtt - self.last_rtt) / self.last_rtt).abs();
             // A jump far past the noise is a shift, not noise.
