@@ -201,7 +201,16 @@ impl Capacity {
         self.load_blind = self.load_blind.saturating_sub(1);
         let rtt = window.rtt;
         if rtt <= 0.0 {
-            return limit;
+            // Faster than the latency sum's unit (64 µs): no queue shows,
+            // and no latency is learned from it (an unloaded latency of
+            // "nothing" would make every later round look queued). Keep the
+            // limit ahead of demand: double while demand presses on it.
+            let binds = window.blocked > 0 || f64::from(window.max_inflight) >= limit.floor();
+            return if binds {
+                limit * 2.0
+            } else {
+                limit.max(f64::from(window.max_inflight) * Self::HEADROOM)
+            };
         }
         if self.last_rtt > 0.0 && window.samples >= 8 {
             let change = ((rtt - self.last_rtt) / self.last_rtt).abs();

@@ -511,4 +511,33 @@ mod tests {
             assert!(round_trips <= 20, "limit {} after 2 s", core.limit());
         }
     }
+
+    #[test]
+    fn a_back_end_faster_than_the_latency_resolution_still_grows_the_limit() {
+        let policy = LimitPolicy {
+            initial: 4,
+            algorithm: crate::policy::Algorithm::Capacity,
+            ..LimitPolicy::default()
+        };
+        let core = LimitCore::new(&policy, 1, 0);
+        let us = 1_000;
+        let mut now = 0;
+        // 10 µs calls (0 units of the latency sum), demand always pressing:
+        // windows of 10 ms.
+        for _ in 0..400 {
+            let admitted = core.limit();
+            for _ in 0..admitted {
+                core.acquire(Priority::new(0)).unwrap();
+            }
+            let _ = core.acquire(Priority::new(0));
+            now += 10_000 * us;
+            for _ in 0..admitted {
+                core.complete(10 * us, false, now);
+            }
+            if core.limit() >= 64 {
+                return;
+            }
+        }
+        panic!("the limit stayed at {}", core.limit());
+    }
 }
