@@ -163,6 +163,7 @@ pub mod fallback;
 #[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
 pub mod fleet;
 pub mod limit;
+pub mod listen;
 pub mod metrics;
 pub mod policy;
 pub mod priority;

@@ -79,6 +79,17 @@ impl<C> CircuitBreakerLayer<C> {
         self
     }
 
+    /// Tells `listener` of the breaker's transitions and of the calls it
+    /// turns away (see [`listen`](crate::listen)); with
+    /// [`per_key`](Self::per_key), of every key's. Starts the breaker
+    /// afresh.
+    pub fn listener(mut self, listener: impl crate::listen::Listener) -> Self {
+        self.config = self
+            .config
+            .listener(crate::listen::SharedListener::new(listener));
+        self
+    }
+
     /// The breaker's state now.
     pub fn state(&self) -> BreakerState {
         self.config.gate().state()
@@ -123,6 +134,7 @@ impl<C> CircuitBreakerLayer<C> {
     {
         let clock = self.config.clock_or_detect();
         let seed = self.config.seed_value();
+        let listener = self.config.listener_value();
         let policy = self.config.breaker_policy().cloned().unwrap_or_default();
         let gates = GateMap::new(max_keys, move |key: Option<&K>| {
             let route = match key {
@@ -132,7 +144,7 @@ impl<C> CircuitBreakerLayer<C> {
             // Distinct but reproducible jitter per key when seeded.
             let seed =
                 seed.map(|s| s ^ foldhash::fast::FixedState::with_seed(s).hash_one(route.as_ref()));
-            breaker_gate(&policy, route, clock.clone(), seed)
+            breaker_gate(&policy, route, clock.clone(), seed, listener.clone())
         });
         KeyedCircuitBreakerLayer::from_parts(gates, key_of, self.classifier)
     }

@@ -85,8 +85,7 @@ impl Gate {
                 limit.release();
             } else if let Some(change) = limit.complete_censored(elapsed, now) {
                 let over = self.over.load(Ordering::Relaxed);
-                self.metrics
-                    .limit(change.limit, change.inflight.saturating_add(over));
+                self.limit_changed(change.limit, change.inflight.saturating_add(over));
             }
         }
         self.after_sample(opened);
@@ -115,8 +114,7 @@ impl Gate {
                 self.over.fetch_sub(1, Ordering::Relaxed);
             } else if let Some(change) = limit.complete(elapsed, failed, now) {
                 let over = self.over.load(Ordering::Relaxed);
-                self.metrics
-                    .limit(change.limit, change.inflight.saturating_add(over));
+                self.limit_changed(change.limit, change.inflight.saturating_add(over));
                 tracing::trace!(route = %self.metrics.route(), limit = change.limit, inflight = change.inflight, "brownout: limit updated");
             }
         }

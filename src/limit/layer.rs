@@ -67,6 +67,15 @@ impl<P, C> AdaptiveLimitLayer<P, C> {
         self
     }
 
+    /// Tells `listener` of the limit's changes and of the calls it turns
+    /// away (see [`listen`](crate::listen)). Starts afresh.
+    pub fn listener(mut self, listener: impl crate::listen::Listener) -> Self {
+        self.config = self
+            .config
+            .listener(crate::listen::SharedListener::new(listener));
+        self
+    }
+
     /// Uses `clock` instead of the one [detected](Clock::detect) when the
     /// limit is created. Starts the limit afresh.
     pub fn clock(mut self, clock: Clock) -> Self {

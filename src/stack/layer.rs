@@ -11,6 +11,7 @@ use crate::core::gate::{Gate, GateSpec};
 use crate::core::gate_map::{GateMap, OVERFLOW_KEY};
 use crate::deadline::NoDeadline;
 use crate::fallback::RejectAsError;
+use crate::listen::SharedListener;
 use crate::policy::Policy;
 use crate::priority::{Classes, DefaultPriority};
 
@@ -62,6 +63,7 @@ pub(crate) fn route_spec<'a>(
         route: label,
         clock,
         seed: None,
+        listener: None,
     }
 }
 
@@ -97,6 +99,7 @@ struct Settings {
     max_routes: usize,
     /// `None`: detected when the gates are built.
     clock: Option<Clock>,
+    listener: Option<SharedListener>,
 }
 
 /// The parts that look at each request and answer it; the type-changing
@@ -122,6 +125,7 @@ impl BrownoutLayer {
             policy: Arc::new(policy.clone()),
             max_routes: DEFAULT_MAX_ROUTES,
             clock: None,
+            listener: None,
         };
         Self {
             shared: settings.build(),
@@ -148,6 +152,7 @@ impl Settings {
         }
         let classes = Classes::from_policy(&policy.priority);
         let clock = self.clock.clone().unwrap_or_else(Clock::detect);
+        let listener = self.listener.clone();
         let in_force = Arc::new(ArcSwap::from_pointee(policy.clone()));
         let built = Arc::new(Mutex::new(Vec::new()));
         let gates = {
@@ -171,7 +176,10 @@ impl Settings {
                         in_force.load().route(""),
                     ),
                 };
-                Gate::new(route_spec(&effective, &classes, label, clock.clone()))
+                Gate::new(GateSpec {
+                    listener: listener.clone(),
+                    ..route_spec(&effective, &classes, label, clock.clone())
+                })
             })
         };
         Arc::new(Shared {
@@ -197,6 +205,17 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
     /// Uses `clock` instead of the detected one. Starts the stack afresh.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.settings.clock = Some(clock);
+        self.shared = self.settings.build();
+        self
+    }
+
+    /// Tells `listener` of every route's state changes: breaker
+    /// transitions (manual ones included), limit changes, requests turned
+    /// away, maintenance windows starting and ending; see
+    /// [`listen`](crate::listen). Starts the stack afresh: call it while
+    /// building the layer.
+    pub fn listener(mut self, listener: impl crate::listen::Listener) -> Self {
+        self.settings.listener = Some(SharedListener::new(listener));
         self.shared = self.settings.build();
         self
     }

@@ -66,6 +66,15 @@ impl<P, D, C> WaitingRoomLayer<P, D, C> {
         self
     }
 
+    /// Tells `listener` of the room's changes and of the calls it turns
+    /// away (see [`listen`](crate::listen)). Starts afresh.
+    pub fn listener(mut self, listener: impl crate::listen::Listener) -> Self {
+        self.config = self
+            .config
+            .listener(crate::listen::SharedListener::new(listener));
+        self
+    }
+
     /// Uses `clock` instead of the one [detected](Clock::detect) when the
     /// room is created. Starts afresh.
     pub fn clock(mut self, clock: Clock) -> Self {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use metrics::SharedString;
 
 use crate::clock::Clock;
+use crate::listen::SharedListener;
 use crate::policy::{BreakerPolicy, LimitPolicy, PriorityPolicy, WaitingRoomPolicy};
 use crate::priority::Classes;
 
@@ -25,6 +26,7 @@ pub(crate) struct GateConfig {
     route: SharedString,
     clock: Option<Clock>,
     seed: Option<u64>,
+    listener: Option<SharedListener>,
     gate: Arc<std::sync::OnceLock<Arc<Gate>>>,
 }
 
@@ -38,6 +40,7 @@ impl Default for GateConfig {
             route: SharedString::const_str("default"),
             clock: None,
             seed: None,
+            listener: None,
             gate: Arc::default(),
         }
     }
@@ -56,6 +59,7 @@ impl GateConfig {
                 route: self.route.clone(),
                 clock: self.clock.clone().unwrap_or_else(Clock::detect),
                 seed: self.seed,
+                listener: self.listener.clone(),
             }))
         })
     }
@@ -94,6 +98,14 @@ impl GateConfig {
 
     pub(crate) fn seed(self, seed: u64) -> Self {
         self.changed(|c| c.seed = Some(seed))
+    }
+
+    pub(crate) fn listener(self, listener: SharedListener) -> Self {
+        self.changed(|c| c.listener = Some(listener))
+    }
+
+    pub(crate) fn listener_value(&self) -> Option<SharedListener> {
+        self.listener.clone()
     }
 
     pub(crate) fn breaker_policy(&self) -> Option<&BreakerPolicy> {

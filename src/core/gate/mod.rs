@@ -46,6 +46,7 @@ use crate::core::limit::LimitCore;
 use crate::core::maintenance::{Check, Maintenance};
 use crate::core::permit::Permit;
 use crate::core::room::Room;
+use crate::listen::{Hooks, SharedListener};
 use crate::metrics::RouteMetrics;
 use crate::policy::{BreakerPolicy, LimitPolicy, MaintenanceWindow, Mode, WaitingRoomPolicy};
 use crate::priority::{Classes, Priority};
@@ -77,6 +78,8 @@ pub(crate) struct GateSpec<'a> {
     pub(crate) route: SharedString,
     pub(crate) clock: Clock,
     pub(crate) seed: Option<u64>,
+    /// Told of every change of state (none: nobody listens).
+    pub(crate) listener: Option<SharedListener>,
 }
 
 /// A gate with only a breaker.
@@ -85,6 +88,7 @@ pub(crate) fn breaker_gate(
     route: SharedString,
     clock: Clock,
     seed: Option<u64>,
+    listener: Option<SharedListener>,
 ) -> Gate {
     Gate::new(GateSpec {
         breaker: Some(policy),
@@ -95,6 +99,7 @@ pub(crate) fn breaker_gate(
         route,
         clock,
         seed,
+        listener,
     })
 }
 
@@ -142,6 +147,8 @@ pub(crate) struct Gate {
     pub(in crate::core) over: AtomicU32,
     pub(in crate::core) classes: Classes,
     pub(in crate::core) metrics: RouteMetrics,
+    /// The listener, and what it was last told.
+    pub(in crate::core) listen: Hooks,
 }
 
 impl Gate {
@@ -166,12 +173,14 @@ impl Gate {
             ),
             classes: spec.classes.clone(),
             clock: spec.clock,
+            listen: Hooks::new(spec.listener, 0),
         };
         if let Some(breaker) = &gate.breaker {
             gate.metrics.breaker_state(breaker.state(now).gauge());
         }
         if let Some(limit) = &gate.limit {
             gate.metrics.limit(limit.limit(), 0);
+            gate.listen.limit_moved(limit.limit());
         }
         gate
     }
@@ -292,6 +301,7 @@ impl Gate {
         if rejected.reason() == Reason::Shed {
             self.metrics.shed(priority);
         }
+        self.tell_shed(rejected.reason(), priority);
         rejected
     }
 

@@ -1,15 +1,20 @@
 //! The gate's changes of state that do not come from a call's outcome:
 //! the end of a maintenance window, a new policy (reconfiguration), a new
-//! mode; and the metrics and log line of every breaker transition.
+//! mode, a manual action on the breaker; and the metrics, log line and
+//! listener call of every breaker transition, limit change and shed.
 
 use std::sync::atomic::Ordering;
 
-use crate::clock::Nanos;
+use crate::clock::{Nanos, saturating_nanos};
 use crate::core::breaker::{BreakerState, Transition};
 use crate::core::maintenance::Check;
 use crate::core::room::Queues;
+use crate::listen::{
+    BreakerTransition, Cause, LimitChanged, MaintenanceEnded, MaintenanceStarted, Shed,
+};
 use crate::policy::Mode;
-use crate::reject::Rejected;
+use crate::priority::Priority;
+use crate::reject::{Reason, Rejected};
 
 use super::{Asker, Gate, GateSpec};
 
@@ -29,12 +34,33 @@ impl Gate {
                 Ok(())
             }
             Check::Inside(rejected) if self.shadow() => {
+                self.maintenance_inside(now, &rejected);
                 if asker == Asker::Arrival {
                     self.would_reject(rejected.reason());
                 }
                 Ok(())
             }
-            Check::Inside(rejected) => Err(rejected),
+            Check::Inside(rejected) => {
+                self.maintenance_inside(now, &rejected);
+                Err(rejected)
+            }
+        }
+    }
+
+    /// A call found a maintenance window in force: the listener hears of
+    /// the window the first time.
+    #[inline]
+    fn maintenance_inside(&self, now: Nanos, rejected: &Rejected) {
+        let Some(listener) = self.listen.get() else {
+            return;
+        };
+        let until = now.saturating_add(rejected.retry_after().map_or(0, saturating_nanos));
+        if self.listen.maintenance_seen(until) {
+            listener.on_maintenance_start(&MaintenanceStarted {
+                route: self.metrics.route(),
+                until: self.clock.wall_at(until),
+                message: rejected.message(),
+            });
         }
     }
 
@@ -45,7 +71,7 @@ impl Gate {
     pub(in crate::core) fn maintenance_ended(&self, now: Nanos) {
         if let Some(breaker) = &self.breaker {
             if let Some(transition) = breaker.half_open(now) {
-                self.report(transition);
+                self.report_as(transition, Cause::Maintenance);
             }
         }
         self.limit_recovered(true);
@@ -53,6 +79,11 @@ impl Gate {
             route = %self.metrics.route(),
             "brownout: maintenance window over: probing the back end, limit back where it served well"
         );
+        if let Some(listener) = self.listen.get() {
+            listener.on_maintenance_end(&MaintenanceEnded {
+                route: self.metrics.route(),
+            });
+        }
     }
 
     /// The back end is back (a maintenance window ended, the breaker
@@ -61,7 +92,7 @@ impl Gate {
     pub(in crate::core) fn limit_recovered(&self, maintenance: bool) {
         if let Some(limit) = &self.limit {
             if let Some(change) = limit.recovered(maintenance) {
-                self.metrics.limit(change.limit, self.inflight());
+                self.limit_changed(change.limit, self.inflight());
             }
         }
     }
@@ -83,11 +114,24 @@ impl Gate {
             Some(Check::Clear | Check::Inside(_)) => true,
         };
         if let (Some(breaker), Some(policy)) = (&self.breaker, spec.breaker) {
+            let before = breaker.state(now);
             breaker.reconfigure(policy);
+            let after = breaker.state(now);
+            if before != after {
+                // A new mode: ops changed it in the policy.
+                self.report_as(
+                    Transition {
+                        from: before,
+                        to: after,
+                        open_for: None,
+                    },
+                    Cause::Policy,
+                );
+            }
         }
         if let (Some(limit), Some(policy)) = (&self.limit, spec.limit) {
             if let Some(change) = limit.reconfigure(policy) {
-                self.metrics.limit(change.limit, change.inflight);
+                self.limit_changed(change.limit, change.inflight);
             }
         }
         if let (Some(room), Some(policy)) = (&self.room, spec.room) {
@@ -125,33 +169,88 @@ impl Gate {
         breaker.set_mode(mode);
         let after = self.state();
         if before != after {
-            self.report(Transition {
-                from: before,
-                to: after,
-                open_for: None,
-            });
+            self.report_as(
+                Transition {
+                    from: before,
+                    to: after,
+                    open_for: None,
+                },
+                Cause::Manual,
+            );
         }
         self.wake_room();
     }
 
-    /// Metrics and a tracing event for a state change.
+    /// Metrics, a tracing event and the listener's call for a state change
+    /// that is the breaker's own verdict.
     pub(in crate::core) fn report(&self, t: Transition) {
+        self.report_as(t, Cause::Verdict);
+    }
+
+    /// Metrics, a tracing event and the listener's call for a state change
+    /// made by `cause`.
+    #[cold]
+    pub(in crate::core) fn report_as(&self, t: Transition, cause: Cause) {
         self.metrics.breaker_state(t.to.gauge());
         self.metrics
             .breaker_transition(t.from.as_str(), t.to.as_str());
         let route = self.metrics.route();
+        let how = cause.as_str();
         match (t.to, t.open_for) {
             (BreakerState::Open, Some(open_for)) => tracing::warn!(
-                %route, from = t.from.as_str(), open_for = ?open_for,
+                %route, from = t.from.as_str(), open_for = ?open_for, cause = how,
                 "brownout: circuit breaker opened"
             ),
             (BreakerState::Closed, _) => tracing::info!(
-                %route, from = t.from.as_str(), "brownout: circuit breaker closed"
+                %route, from = t.from.as_str(), cause = how, "brownout: circuit breaker closed"
             ),
             _ => tracing::info!(
-                %route, from = t.from.as_str(), to = t.to.as_str(),
+                %route, from = t.from.as_str(), to = t.to.as_str(), cause = how,
                 "brownout: circuit breaker changed state"
             ),
+        }
+        if let Some(listener) = self.listen.get() {
+            let open_for = t.open_for.filter(|_| t.to == BreakerState::Open);
+            let next_probe_at = open_for.map(|open_for| {
+                let at = self.clock.now().saturating_add(saturating_nanos(open_for));
+                self.clock.wall_at(at)
+            });
+            listener.on_breaker(&BreakerTransition {
+                route,
+                from: t.from,
+                to: t.to,
+                cause,
+                open_for,
+                next_probe_at,
+            });
+        }
+    }
+
+    /// The limit is now `limit`, with `inflight` calls in flight: the
+    /// gauges, and the listener if the limit moved since it last heard.
+    pub(in crate::core) fn limit_changed(&self, limit: u32, inflight: u32) {
+        self.metrics.limit(limit, inflight);
+        if let Some(listener) = self.listen.get() {
+            if let Some(from) = self.listen.limit_moved(limit) {
+                listener.on_limit(&LimitChanged {
+                    route: self.metrics.route(),
+                    from,
+                    to: limit,
+                });
+            }
+        }
+    }
+
+    /// A request of class `priority` was turned away for `reason`: tells
+    /// the listener. On the rejection path: no lock, no allocation.
+    #[inline]
+    pub(in crate::core) fn tell_shed(&self, reason: Reason, priority: Priority) {
+        if let Some(listener) = self.listen.get() {
+            listener.on_shed(&Shed {
+                route: self.metrics.route(),
+                reason,
+                priority: self.classes.name(priority),
+            });
         }
     }
 }

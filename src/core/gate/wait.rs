@@ -32,6 +32,8 @@ pub(crate) struct Waiter {
     timeout: Reason,
     /// The request's own deadline, if it has one.
     deadline: Option<Nanos>,
+    /// Its class, for the listener of a waiter turned away.
+    priority: Priority,
 }
 
 impl Gate {
@@ -109,6 +111,7 @@ impl Gate {
                 until,
                 timeout,
                 deadline,
+                priority,
             }))
         });
         seated.map_err(|rejected| self.rejected(rejected, priority))
@@ -154,6 +157,7 @@ impl Gate {
                     self.give_back(taken);
                     let rejected = self.with_hint(Reason::Deadline, now);
                     self.metrics.rejected(rejected.reason());
+                    self.tell_shed(rejected.reason(), waiter.priority);
                     return Poll::Ready(Err(rejected));
                 }
                 Poll::Ready(Ok(self.permit(taken, now)))
@@ -161,6 +165,7 @@ impl Gate {
             Standing::Rejected(rejected) => {
                 let rejected = self.hinted(rejected, now);
                 self.metrics.rejected(rejected.reason());
+                self.tell_shed(rejected.reason(), waiter.priority);
                 Poll::Ready(Err(rejected))
             }
         }
