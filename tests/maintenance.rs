@@ -365,20 +365,21 @@ async fn inside_the_window_every_request_gets_the_message_and_the_time_to_its_en
     let rejected = rejection(svc.clone().oneshot(hold(Duration::ZERO)).await);
     assert_eq!(rejected.reason(), Reason::Maintenance);
     assert_eq!(rejected.message(), Some(MESSAGE));
-    assert_eq!(rejected.retry_after(), Some(secs(7 * 86_400)));
+    assert_hint(&rejected, secs(7 * 86_400));
     assert!(rejected.to_string().ends_with(MESSAGE), "{rejected}");
 
     // Three and a half days in: the hint counts down.
     advance(secs(3 * 86_400 + 12 * 3600)).await;
     let rejected = rejection(svc.clone().oneshot(hold(Duration::ZERO)).await);
-    assert_eq!(rejected.retry_after(), Some(secs(3 * 86_400 + 12 * 3600)));
+    assert_hint(&rejected, secs(3 * 86_400 + 12 * 3600));
     assert_eq!(backend.calls(), 1, "nothing reached the back end");
 
     // The last nanosecond is inside; the end is not.
     advance(secs(3 * 86_400 + 12 * 3600) - Duration::from_nanos(1)).await;
     let rejected = rejection(svc.clone().oneshot(hold(Duration::ZERO)).await);
-    assert_eq!(rejected.retry_after(), Some(Duration::from_nanos(1)));
-    assert_eq!(rejected.retry_after_secs(), Some(1));
+    assert_hint(&rejected, Duration::from_nanos(1));
+    let secs_hint = rejected.retry_after_secs().unwrap();
+    assert!((1..=31).contains(&secs_hint), "rounded up: {secs_hint}");
     advance(Duration::from_nanos(1)).await;
     svc.clone().oneshot(hold(Duration::ZERO)).await.unwrap();
     assert_eq!(backend.calls(), 2);
@@ -502,12 +503,12 @@ async fn overlapping_and_touching_windows_act_as_one() {
 
     // The hint points at the end of all three: 1 day 18 hours away.
     let rejected = rejection(svc.clone().oneshot(Call::default()).await);
-    assert_eq!(rejected.retry_after(), Some(secs(42 * 3600)));
+    assert_hint(&rejected, secs(42 * 3600));
     assert_eq!(rejected.message(), Some("first"));
     // Inside the second only: still one window, with the first's message.
     advance(secs(24 * 3600)).await;
     let rejected = rejection(svc.clone().oneshot(Call::default()).await);
-    assert_eq!(rejected.retry_after(), Some(secs(18 * 3600)));
+    assert_hint(&rejected, secs(18 * 3600));
     assert_eq!(rejected.message(), Some("first"));
 
     // Between the merged window and the one apart: served.
@@ -515,7 +516,7 @@ async fn overlapping_and_touching_windows_act_as_one() {
     svc.clone().oneshot(Call::default()).await.unwrap();
     advance(secs(18 * 3600)).await;
     let rejected = rejection(svc.clone().oneshot(Call::default()).await);
-    assert_eq!(rejected.retry_after(), Some(secs(3600)));
+    assert_hint(&rejected, secs(3600));
     assert_eq!(rejected.message(), Some("apart"));
     assert_eq!(backend.calls(), 1);
 }
@@ -540,7 +541,7 @@ async fn the_room_holds_a_request_only_when_the_window_ends_within_its_wait() {
     let rejected = rejection(svc.clone().oneshot(Call::default()).await);
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(rejected.reason(), Reason::Maintenance);
-    assert_eq!(rejected.retry_after(), Some(secs(3600)));
+    assert_hint(&rejected, secs(3600));
     assert_eq!(rejected.message(), Some("upgrade"));
     assert_eq!(layer.waiting("default"), 0);
 
@@ -570,7 +571,7 @@ async fn the_room_holds_a_request_only_when_the_window_ends_within_its_wait() {
     let rejected = rejection(svc.clone().oneshot(call).await);
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(rejected.reason(), Reason::Maintenance);
-    assert_eq!(rejected.retry_after(), Some(secs(4)));
+    assert_hint(&rejected, secs(4));
     assert_eq!(backend.calls(), 0);
 }
 
@@ -604,7 +605,7 @@ async fn a_window_starting_turns_away_the_waiters_it_outlasts_at_once() {
     let rejected = rejection(waiter.await.unwrap());
     assert_eq!(started.elapsed(), secs(2));
     assert_eq!(rejected.reason(), Reason::Maintenance);
-    assert_eq!(rejected.retry_after(), Some(secs(3598)));
+    assert_hint(&rejected, secs(3598));
     assert_eq!(layer.waiting("default"), 0);
     long.await.unwrap().unwrap();
 }
@@ -627,7 +628,7 @@ async fn a_reload_adds_and_removes_a_window_live() {
     let rejected = rejection(svc.clone().oneshot(Call::default()).await);
     assert_eq!(rejected.reason(), Reason::Maintenance);
     assert_eq!(rejected.message(), Some("emergency upgrade"));
-    assert_eq!(rejected.retry_after(), Some(secs(3600)));
+    assert_hint(&rejected, secs(3600));
 
     // A bad window leaves the one in force.
     let backwards = window_toml(
@@ -658,7 +659,7 @@ async fn a_reload_adds_and_removes_a_window_live() {
     svc.clone().oneshot(Call::default()).await.unwrap();
     advance(secs(110 * 60)).await; // 12:00
     let rejected = rejection(svc.clone().oneshot(Call::default()).await);
-    assert_eq!(rejected.retry_after(), Some(secs(3600)));
+    assert_hint(&rejected, secs(3600));
     assert_eq!(rejected.message(), None);
 }
 
@@ -691,11 +692,13 @@ async fn over_http_the_answer_is_a_503_with_the_message_and_retry_after_the_end(
 
     let response = svc.clone().oneshot(get()).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        response.headers()[header::RETRY_AFTER],
-        "91",
-        "90.5 s, rounded up"
-    );
+    // 90.5 s to the end, rounded up, spread by at most 30 s.
+    let hint: u64 = response.headers()[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((91..=121).contains(&hint), "Retry-After: {hint}");
     assert_eq!(
         response.headers()[header::CONTENT_TYPE],
         "application/problem+json"
@@ -705,7 +708,7 @@ async fn over_http_the_answer_is_a_503_with_the_message_and_retry_after_the_end(
     assert_eq!(body["detail"], MESSAGE);
     assert_eq!(body["reason"], "maintenance");
     assert_eq!(body["type"], "urn:brownout:maintenance");
-    assert_eq!(body["retry_after"], 91);
+    assert_eq!(body["retry_after"], hint);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
     // At the end: served, as the first probe.
@@ -740,5 +743,25 @@ async fn over_grpc_the_message_is_the_grpc_message() {
     let headers = response.headers();
     assert_eq!(headers["grpc-status"], "14");
     assert_eq!(headers["grpc-message"], MESSAGE);
-    assert_eq!(headers["grpc-retry-pushback-ms"], "3600000");
+    // An hour to the end, spread by at most six minutes.
+    let pushback: u64 = headers["grpc-retry-pushback-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3_600_000..=3_960_000).contains(&pushback), "{pushback} ms");
+}
+
+/// A maintenance answer's retry hint: the time to the window's end, spread
+/// later by up to a tenth of it (at least 30 s, at most 15 minutes), so
+/// that a herd told to come back does not come back in one second.
+#[track_caller]
+fn assert_hint(rejected: &Rejected, to_end: Duration) {
+    let hint = rejected.retry_after().expect("a retry hint");
+    let spread = (to_end / 10).clamp(Duration::from_secs(30), Duration::from_secs(15 * 60));
+    let most = to_end + spread;
+    assert!(
+        (to_end..=most).contains(&hint),
+        "retry hint {hint:?}, expected between {to_end:?} and {most:?}"
+    );
 }

@@ -29,15 +29,46 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// The answer to a call at `now`, inside the window.
+    /// The answer to a call at `now`, inside the window: come back at its
+    /// end, plus a [spread](retry_spread) so that the people told so do
+    /// not all come back in the same second.
     pub(crate) fn rejection(&self, now: Nanos) -> Rejected {
-        let rejected = Rejected::new(Reason::Maintenance)
-            .with_retry_after(Duration::from_nanos(self.end.saturating_sub(now)));
+        let remaining = self.end.saturating_sub(now);
+        let rejected = Rejected::new(Reason::Maintenance).with_retry_after(Duration::from_nanos(
+            remaining + retry_spread(remaining, now),
+        ));
         match &self.message {
             Some(message) => rejected.with_message(message.clone()),
             None => rejected,
         }
     }
+}
+
+/// The least span a maintenance answer's retry hint is spread over.
+const MIN_RETRY_SPREAD: Nanos = 30_000_000_000;
+/// The most a maintenance answer's retry hint is spread past the end.
+const MAX_RETRY_SPREAD: Nanos = 15 * 60 * 1_000_000_000;
+
+/// How much later than the window's end a caller answered at `now` is told
+/// to come back: up to a tenth of the time left, at least 30 s and at most
+/// 15 minutes, chosen by the arrival instant.
+///
+/// Everyone told "come back at the end" would otherwise come back in the
+/// same second and meet a back end just out of its upgrade, a waiting room
+/// and a half-open breaker with a burst of the whole window's users. Spread
+/// over a tenth of the wait, a herd that gathered over the window comes
+/// back at about ten times the rate it gathered at; the 30 s floor spreads
+/// those who came in the window's last minutes, who would otherwise all be
+/// told "now". The spread is a function of the arrival instant, not of a
+/// random source, so that a replay in virtual time gives the same answers.
+pub(crate) fn retry_spread(remaining: Nanos, now: Nanos) -> Nanos {
+    let most = (remaining / 10).clamp(MIN_RETRY_SPREAD, MAX_RETRY_SPREAD);
+    // splitmix64's finaliser: neighbouring instants land far apart.
+    let mut z = now.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z % (most + 1)
 }
 
 /// Windows sorted by start, merged where they overlap or touch.
@@ -271,7 +302,11 @@ mod tests {
         assert!(maintenance.near(10 * S));
         match maintenance.check(15 * S) {
             Check::Inside(rejected) => {
-                assert_eq!(rejected.retry_after(), Some(Duration::from_secs(5)));
+                let hint = rejected.retry_after().unwrap();
+                assert!(
+                    (Duration::from_secs(5)..=Duration::from_secs(35)).contains(&hint),
+                    "{hint:?}: the 5 s to the end, spread by at most 30 s"
+                );
                 assert_eq!(rejected.message(), Some("m"));
             }
             other => panic!("{other:?}"),
@@ -300,5 +335,32 @@ mod tests {
             Some(Check::Inside(_))
         ));
         assert_eq!(maintenance.boundary(12 * S), Some(30 * S));
+    }
+
+    #[test]
+    fn a_herd_told_to_come_back_at_the_end_comes_back_spread_out() {
+        let end = 7_200 * S;
+        let mut returns = std::collections::HashMap::<Nanos, u32>::new();
+        // One arrival every 100 ms over the window's last five minutes.
+        let arrivals = (0..3_000).map(|i| end - 300 * S + i * S / 10);
+        for now in arrivals {
+            let remaining = end - now;
+            let spread = retry_spread(remaining, now);
+            assert!(
+                spread <= (remaining / 10).max(30 * S),
+                "{spread} of {remaining}"
+            );
+            *returns.entry((now + remaining + spread) / S).or_default() += 1;
+        }
+        // Told exactly the end, all 3,000 would come back in one second.
+        let busiest = returns.values().max().copied().unwrap();
+        assert!(busiest <= 200, "{busiest} of 3,000 in the busiest second");
+        assert!(returns.keys().all(|&second| second >= end / S));
+        // A long window's spread is capped.
+        assert!(retry_spread(7 * 86_400 * S, 12_345) <= 15 * 60 * S);
+        assert!(
+            retry_spread(9, 12_345) <= 30 * S,
+            "a short wait: 30 s at most"
+        );
     }
 }
