@@ -44,61 +44,73 @@
 //! probe. The back end is up again at 7 s, but nobody knows until the
 //! probe at ~9 s finds it: then calls flow again, the breaker closed.
 //!
-//! brownout sits in front of every method (`Server::builder().layer(...)`),
-//! each its own route with its own breaker: `/booking.v1.Booking/ListSlots`,
-//! `/booking.v1.Booking/Book`, and the admin method too.
+//! brownout sits in front of every method, each its own route with its
+//! own breaker: `/booking.v1.Booking/ListSlots`, `/booking.v1.Booking/Book`,
+//! `/booking.v1.Booking/WatchSlots` (a server stream: one request for
+//! brownout, its outcome read from the trailers) and the admin method too.
+//! Its answers carry the gRPC code brownout gives each reason
+//! ([`GrpcUnavailable::code`], read here as a [`tonic::Code`]):
+//! `UNAVAILABLE` for an open breaker or maintenance, `RESOURCE_EXHAUSTED`
+//! when shed, `DEADLINE_EXCEEDED` when the caller's own deadline passed.
 //!
-//! The gRPC types are written by hand with prost's derive (no `protoc`, no
-//! build script); in a `.proto` they would read:
+//! The same port answers HTTP/1.1 for ops, as the HTTP examples do:
 //!
 //! ```text
-//! package booking.v1;
-//! service Booking {
-//!   rpc ListSlots(ListSlotsRequest) returns (SlotList);
-//!   rpc Book(BookRequest) returns (BookReply);
-//! }
-//! service Admin { rpc SetBackend(SetBackendRequest) returns (BackendStatus); }
-//! message ListSlotsRequest {}
-//! message SlotList { repeated string slots = 1; }
-//! message BookRequest { string name = 1; string slot = 2; }
-//! message BookReply { uint64 id = 1; string slot = 2; }
-//! message SetBackendRequest { string change_json = 1; }
-//! message BackendStatus { string status_json = 1; }
+//! curl -s localhost:50051/metrics                 # Prometheus text
+//! curl -s localhost:50051/admin/health; echo      # every route's breaker, limit, waiting
+//! curl -s localhost:50051/admin/mode -d '{"route":"/booking.v1.Booking/Book","mode":"forced_open"}'
+//! curl -s localhost:50051/admin/backend -d '{"state":"down"}'; echo
 //! ```
+//!
+//! The messages, the servers and the clients are generated from
+//! `proto/booking.proto` (tonic-prost-build, with protox: no protoc) into
+//! `examples/grpc/generated/booking.v1.rs`, which is checked in, so that
+//! this example builds with cargo alone; `tests/proto_codegen.rs` says when
+//! it is stale and how to generate it again.
 
-use std::collections::BTreeSet;
-use std::convert::Infallible;
-use std::future::Future;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use brownout::sim::{Condition, SimBackend, SimHandle};
-use brownout::{BrownoutLayer, Policy};
-use http::uri::PathAndQuery;
+use brownout::fallback::GrpcUnavailable;
+use brownout::sim::{Condition, SimBackend, SimConfigError, SimHandle};
+use brownout::{BrownoutLayer, Policy, PolicyHandle, Reason};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::body::Body;
-use tonic::client::Grpc as GrpcClient;
-use tonic::server::{Grpc as GrpcServer, NamedService, UnaryService};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
-use tonic_prost::ProstCodec;
-use tower::{Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 
 #[path = "shared/backend.rs"]
 mod backend;
 #[path = "shared/server.rs"]
 mod server;
 
-use backend::{BackendChange, CALL_TIMEOUT};
+/// The messages, servers and clients of `proto/booking.proto`, generated.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    include!("grpc/generated/booking.v1.rs");
+}
 
-const DEFAULT_POLICY: &str = concat!(
+use backend::{BackendChange, CALL_TIMEOUT};
+use proto::admin_client::AdminClient;
+use proto::admin_server::{Admin, AdminServer};
+use proto::booking_client::BookingClient;
+use proto::booking_server::{Booking, BookingServer};
+use proto::{
+    BackendStatus, BookReply, BookRequest, ListSlotsRequest, SetBackendRequest, SlotList,
+    WatchSlotsRequest,
+};
+
+pub const DEFAULT_POLICY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/policies/booking.toml"
 );
@@ -106,53 +118,16 @@ const DEFAULT_URL: &str = "http://127.0.0.1:50051";
 /// The client's deadline (`grpc-timeout`): longer than the waiting room's
 /// `max_wait` (2 s in booking.toml), so brownout answers first.
 const DEADLINE: Duration = Duration::from_secs(3);
-
-// ---- the messages, by hand ----------------------------------------------------
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ListSlotsRequest {}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct SlotList {
-    #[prost(string, repeated, tag = "1")]
-    slots: Vec<String>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct BookRequest {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    slot: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct BookReply {
-    #[prost(uint64, tag = "1")]
-    id: u64,
-    #[prost(string, tag = "2")]
-    slot: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct SetBackendRequest {
-    #[prost(string, tag = "1")]
-    change_json: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct BackendStatus {
-    #[prost(string, tag = "1")]
-    status_json: String,
-}
-
-const LIST_SLOTS: &str = "/booking.v1.Booking/ListSlots";
-const BOOK: &str = "/booking.v1.Booking/Book";
-const SET_BACKEND: &str = "/booking.v1.Admin/SetBackend";
+/// At most this many lists from one `WatchSlots`.
+const MAX_UPDATES: u32 = 10;
 
 // ---- the server -------------------------------------------------------------
 
-/// The service's state: the simulated central server and the bookings.
+/// The passport office: the simulated central server and the bookings.
+/// Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Office(Arc<Inner>);
+
 struct Inner {
     backend: SimBackend,
     sim: SimHandle,
@@ -160,20 +135,25 @@ struct Inner {
     next_id: AtomicU64,
 }
 
-impl Inner {
-    fn new() -> Result<Arc<Self>, brownout::sim::SimConfigError> {
+impl Office {
+    fn new() -> Result<Self, SimConfigError> {
         let backend = backend::central_server().build()?;
-        Ok(Arc::new(Self {
+        Ok(Self(Arc::new(Inner {
             sim: backend.handle(),
             backend,
             taken: Mutex::new(BTreeSet::new()),
             next_id: AtomicU64::new(1),
-        }))
+        })))
+    }
+
+    /// The simulated central server's controls.
+    pub fn sim(&self) -> &SimHandle {
+        &self.0.sim
     }
 
     /// One call to the central server, given up after [`CALL_TIMEOUT`].
     async fn call_backend(&self) -> Result<(), Status> {
-        match tokio::time::timeout(CALL_TIMEOUT, self.backend.clone().oneshot(())).await {
+        match tokio::time::timeout(CALL_TIMEOUT, self.0.backend.clone().oneshot(())).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(Status::unavailable(format!(
                 "the central booking server refused the call: {err}"
@@ -184,9 +164,22 @@ impl Inner {
         }
     }
 
-    fn free_slots(&self) -> Vec<String> {
-        let taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
-        slots().filter(|slot| !taken.contains(slot)).collect()
+    /// The free slots whose day starts with `day` (every one for `""`).
+    fn free_slots(&self, day: &str) -> Vec<String> {
+        let taken = self.0.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        slots()
+            .filter(|slot| slot.starts_with(day) && !taken.contains(slot))
+            .collect()
+    }
+
+    fn take(&self, slot: &str) -> bool {
+        let mut taken = self.0.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        taken.insert(slot.to_owned())
+    }
+
+    fn give_back(&self, slot: &str) {
+        let mut taken = self.0.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        taken.remove(slot);
     }
 }
 
@@ -199,171 +192,148 @@ fn slots() -> impl Iterator<Item = String> {
     })
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-struct ListSlots(Arc<Inner>);
-
-impl UnaryService<ListSlotsRequest> for ListSlots {
-    type Response = SlotList;
-    type Future = BoxFuture<Result<Response<SlotList>, Status>>;
-
-    fn call(&mut self, _: Request<ListSlotsRequest>) -> Self::Future {
-        let inner = self.0.clone();
-        Box::pin(async move {
-            inner.call_backend().await?;
-            Ok(Response::new(SlotList {
-                slots: inner.free_slots(),
-            }))
-        })
-    }
-}
-
-struct Book(Arc<Inner>);
-
-impl UnaryService<BookRequest> for Book {
-    type Response = BookReply;
-    type Future = BoxFuture<Result<Response<BookReply>, Status>>;
-
-    fn call(&mut self, request: Request<BookRequest>) -> Self::Future {
-        let inner = self.0.clone();
-        Box::pin(async move {
-            let BookRequest { name, slot } = request.into_inner();
-            if name.trim().is_empty() {
-                return Err(Status::invalid_argument("name: must not be empty"));
-            }
-            if !slots().any(|s| s == slot) {
-                return Err(Status::invalid_argument(format!(
-                    "slot: {slot:?} is not a slot of this centre"
-                )));
-            }
-            if !inner
-                .taken
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(slot.clone())
-            {
-                return Err(Status::already_exists(format!(
-                    "slot {slot} is already booked"
-                )));
-            }
-            if let Err(status) = inner.call_backend().await {
-                inner
-                    .taken
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&slot);
-                return Err(status);
-            }
-            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-            Ok(Response::new(BookReply { id, slot }))
-        })
-    }
-}
-
-/// `booking.v1.Booking`, routed by hand.
-#[derive(Clone)]
-struct BookingServer(Arc<Inner>);
-
-impl NamedService for BookingServer {
-    const NAME: &'static str = "booking.v1.Booking";
-}
-
-impl Service<http::Request<Body>> for BookingServer {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+#[tonic::async_trait]
+impl Booking for Office {
+    async fn list_slots(&self, _: Request<ListSlotsRequest>) -> Result<Response<SlotList>, Status> {
+        self.call_backend().await?;
+        Ok(Response::new(SlotList {
+            slots: self.free_slots(""),
+        }))
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let inner = self.0.clone();
-        match req.uri().path() {
-            LIST_SLOTS => Box::pin(async move {
-                let mut grpc = GrpcServer::new(ProstCodec::<SlotList, ListSlotsRequest>::default());
-                Ok(grpc.unary(ListSlots(inner), req).await)
-            }),
-            BOOK => Box::pin(async move {
-                let mut grpc = GrpcServer::new(ProstCodec::<BookReply, BookRequest>::default());
-                Ok(grpc.unary(Book(inner), req).await)
-            }),
-            _ => Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) }),
+    async fn book(&self, request: Request<BookRequest>) -> Result<Response<BookReply>, Status> {
+        let BookRequest { name, slot } = request.into_inner();
+        if name.trim().is_empty() {
+            return Err(Status::invalid_argument("name: must not be empty"));
         }
-    }
-}
-
-struct SetBackend(Arc<Inner>);
-
-impl UnaryService<SetBackendRequest> for SetBackend {
-    type Response = BackendStatus;
-    type Future = BoxFuture<Result<Response<BackendStatus>, Status>>;
-
-    fn call(&mut self, request: Request<SetBackendRequest>) -> Self::Future {
-        let inner = self.0.clone();
-        Box::pin(async move {
-            let json = request.into_inner().change_json;
-            BackendChange::parse(json.as_bytes())
-                .and_then(|change| change.apply(&inner.sim))
-                .map_err(|err| Status::invalid_argument(err.to_string()))?;
-            tracing::info!(state = %backend::describe(inner.sim.condition()), "back end changed");
-            Ok(Response::new(BackendStatus {
-                status_json: backend::status(&inner.sim).to_string(),
-            }))
-        })
-    }
-}
-
-/// `booking.v1.Admin`: ops' control of the simulated back end.
-#[derive(Clone)]
-struct AdminServer(Arc<Inner>);
-
-impl NamedService for AdminServer {
-    const NAME: &'static str = "booking.v1.Admin";
-}
-
-impl Service<http::Request<Body>> for AdminServer {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let inner = self.0.clone();
-        match req.uri().path() {
-            SET_BACKEND => Box::pin(async move {
-                let mut grpc =
-                    GrpcServer::new(ProstCodec::<BackendStatus, SetBackendRequest>::default());
-                Ok(grpc.unary(SetBackend(inner), req).await)
-            }),
-            _ => Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) }),
+        if !slots().any(|s| s == slot) {
+            return Err(Status::invalid_argument(format!(
+                "slot: {slot:?} is not a slot of this office"
+            )));
         }
+        if !self.take(&slot) {
+            return Err(Status::already_exists(format!(
+                "slot {slot} is already booked"
+            )));
+        }
+        if let Err(status) = self.call_backend().await {
+            self.give_back(&slot);
+            return Err(status);
+        }
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(BookReply { id, slot }))
+    }
+
+    type WatchSlotsStream = ReceiverStream<Result<SlotList, Status>>;
+
+    async fn watch_slots(
+        &self,
+        request: Request<WatchSlotsRequest>,
+    ) -> Result<Response<Self::WatchSlotsStream>, Status> {
+        let WatchSlotsRequest { day, updates } = request.into_inner();
+        if updates > MAX_UPDATES {
+            return Err(Status::invalid_argument(format!(
+                "updates: {updates} is more than {MAX_UPDATES}"
+            )));
+        }
+        if !slots().any(|slot| slot.starts_with(&day)) {
+            return Err(Status::invalid_argument(format!(
+                "day: {day:?} is not a day of this office (2026-12-02 to 2026-12-04)"
+            )));
+        }
+        let (lists, stream) = mpsc::channel(1);
+        let office = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            for _ in 0..updates.max(1) {
+                every.tick().await;
+                let list = match office.call_backend().await {
+                    Ok(()) => Ok(SlotList {
+                        slots: office.free_slots(&day),
+                    }),
+                    Err(status) => Err(status),
+                };
+                let last = list.is_err();
+                // An error ends the stream; so does a client that hung up.
+                if lists.send(list).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 }
 
-/// Starts the server on `listener` with brownout in front of every method
-/// (each its own route: `/booking.v1.Booking/ListSlots`, ...).
-fn serve(
-    policy: &Policy,
-    listener: tokio::net::TcpListener,
-) -> Result<(Arc<Inner>, tokio::task::JoinHandle<()>), String> {
-    let inner = Inner::new().map_err(|err| err.to_string())?;
-    let router = Server::builder()
-        .layer(BrownoutLayer::from_policy(policy).grpc())
-        .add_service(BookingServer(inner.clone()))
-        .add_service(AdminServer(inner.clone()));
-    let task = tokio::spawn(async move {
+#[tonic::async_trait]
+impl Admin for Office {
+    async fn set_backend(
+        &self,
+        request: Request<SetBackendRequest>,
+    ) -> Result<Response<BackendStatus>, Status> {
+        let json = request.into_inner().change_json;
+        BackendChange::parse(json.as_bytes())
+            .and_then(|change| change.apply(self.sim()))
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        tracing::info!(state = %backend::describe(self.sim().condition()), "back end changed");
+        Ok(Response::new(BackendStatus {
+            status_json: backend::status(self.sim()).to_string(),
+        }))
+    }
+}
+
+/// The service, ready to serve, and its handles.
+pub struct App {
+    /// gRPC (`booking.v1.Booking`, `booking.v1.Admin`) behind brownout, and
+    /// ops' HTTP routes beside it (`/metrics`, `/admin/health`,
+    /// `/admin/mode`, `/admin/backend`), outside brownout.
+    pub router: axum::Router,
+    /// The office and its simulated central server.
+    pub office: Office,
+    /// The brownout stack in front of the gRPC methods.
+    pub policy: PolicyHandle,
+}
+
+/// Builds the service. Call it inside a tokio runtime, after pausing time
+/// in tests and after installing the metrics recorder in `main`.
+///
+/// brownout wraps tonic's router, not each service: it sees each call
+/// before routing, so each method is a route of its own, named by its
+/// path. Ops' routes are matched first and never reach it.
+pub fn app(policy: &Policy, metrics: Option<PrometheusHandle>) -> Result<App, SimConfigError> {
+    let office = Office::new()?;
+    let stack = BrownoutLayer::from_policy(policy).grpc();
+    let handle = stack.handle();
+    let grpc = Routes::new(BookingServer::new(office.clone()))
+        .add_service(AdminServer::new(office.clone()))
+        .prepare();
+    let router = server::ops(server::Ops {
+        name: "grpc_booking",
+        backend: "central booking server",
+        sim: office.sim().clone(),
+        metrics,
+        policy: Some(handle.clone()),
+    })
+    .fallback_service(stack.layer(grpc));
+    Ok(App {
+        router,
+        office,
+        policy: handle,
+    })
+}
+
+/// Serves `router` on `listener`: gRPC over HTTP/2, and HTTP/1.1 for ops'
+/// routes (`curl`).
+fn serve(router: axum::Router, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    let mut server = Server::builder().accept_http1(true);
+    let router = server.add_routes(Routes::from(router));
+    tokio::spawn(async move {
         if let Err(err) = router
             .serve_with_incoming(TcpIncoming::from(listener))
             .await
         {
             eprintln!("grpc_booking: server stopped: {err}");
         }
-    });
-    Ok((inner, task))
+    })
 }
 
 // ---- the client -------------------------------------------------------------
@@ -374,13 +344,29 @@ enum Seen {
     Ok,
     /// `UNAVAILABLE` from the handler: the back end refused the call.
     BackendError,
-    /// brownout's answer (its `grpc-message` says "request rejected").
+    /// brownout's answer.
     Brownout,
     /// Anything else (a deadline, a broken connection).
     Other,
 }
 
-fn pushback_ms(status: &Status) -> Option<u64> {
+/// The gRPC code brownout answers `reason` with: the library's one mapping
+/// ([`GrpcUnavailable::code`]), as tonic's [`tonic::Code`].
+pub fn code_of(reason: Reason) -> tonic::Code {
+    tonic::Code::from(GrpcUnavailable::code(reason).as_i32())
+}
+
+/// The reason of brownout's answer, if `status` is one: its
+/// `grpc-message` names the reason (`request rejected (open): ...`) and
+/// its code is the one brownout gives that reason.
+pub fn brownout_reason(status: &Status) -> Option<Reason> {
+    let rest = status.message().strip_prefix("request rejected (")?;
+    let (name, _) = rest.split_once(')')?;
+    let reason = Reason::ALL.into_iter().find(|r| r.as_str() == name)?;
+    (status.code() == code_of(reason)).then_some(reason)
+}
+
+pub fn pushback_ms(status: &Status) -> Option<u64> {
     status
         .metadata()
         .get("grpc-retry-pushback-ms")?
@@ -393,53 +379,25 @@ fn pushback_ms(status: &Status) -> Option<u64> {
 fn seen(result: &Result<Response<SlotList>, Status>) -> Seen {
     match result {
         Ok(_) => Seen::Ok,
-        Err(status) if status.message().starts_with("request rejected") => Seen::Brownout,
+        Err(status) if brownout_reason(status).is_some() => Seen::Brownout,
         Err(status) if status.code() == tonic::Code::Unavailable => Seen::BackendError,
         Err(_) => Seen::Other,
     }
 }
 
-async fn connect(url: &str) -> Result<GrpcClient<Channel>, String> {
+async fn connect(url: &str) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|err| format!("{url:?} is not a server URL: {err}"))?;
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .map_err(|err| format!("cannot connect to {url}: {err}"))?;
-    Ok(GrpcClient::new(channel))
+        .map_err(|err| format!("cannot connect to {url}: {err}"))
 }
 
-async fn list_slots(client: &mut GrpcClient<Channel>) -> Result<Response<SlotList>, Status> {
-    client
-        .ready()
-        .await
-        .map_err(|err| Status::unavailable(format!("channel not ready: {err}")))?;
+async fn list_slots(client: &mut BookingClient<Channel>) -> Result<Response<SlotList>, Status> {
     let mut request = Request::new(ListSlotsRequest {});
     request.set_timeout(DEADLINE);
-    client
-        .unary(
-            request,
-            PathAndQuery::from_static(LIST_SLOTS),
-            ProstCodec::default(),
-        )
-        .await
-}
-
-async fn set_backend(client: &mut GrpcClient<Channel>, change: &str) -> Result<String, Status> {
-    client
-        .ready()
-        .await
-        .map_err(|err| Status::unavailable(format!("channel not ready: {err}")))?;
-    let reply: Response<BackendStatus> = client
-        .unary(
-            Request::new(SetBackendRequest {
-                change_json: change.to_owned(),
-            }),
-            PathAndQuery::from_static(SET_BACKEND),
-            ProstCodec::default(),
-        )
-        .await?;
-    Ok(reply.into_inner().status_json)
+    client.list_slots(request).await
 }
 
 fn describe(result: &Result<Response<SlotList>, Status>) -> String {
@@ -457,7 +415,7 @@ fn describe(result: &Result<Response<SlotList>, Status>) -> String {
 
 /// `client`: a call every 100 ms, one line each, until ctrl-c.
 async fn run_client(url: &str) -> Result<(), String> {
-    let mut client = connect(url).await?;
+    let mut client = BookingClient::new(connect(url).await?);
     let start = Instant::now();
     let mut every = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -493,24 +451,24 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         .await
         .map_err(|err| format!("cannot listen on 127.0.0.1: {err}"))?;
     let addr = listener.local_addr().map_err(|err| err.to_string())?;
-    let (inner, server) = serve(policy, listener)?;
+    let app = app(policy, None).map_err(|err| err.to_string())?;
+    let sim = app.office.sim().clone();
+    let server = serve(app.router, listener);
     let url = format!("http://{addr}");
     println!("booking.v1.Booking on {url}, brownout in front");
     println!(
         "a client calls ListSlots every 50 ms (deadline {}); the back end is up, down from 2 s to 7 s, then up\n",
         humantime::format_duration(DEADLINE)
     );
-    let client = connect(&url).await?;
+    let client = BookingClient::new(connect(&url).await?);
 
     // The script, on the back end's own clock: down at 2 s, up at 7 s.
-    let zero = inner.sim.elapsed();
-    inner
-        .sim
-        .schedule([
-            (zero + Duration::from_secs(2), Condition::DownFast),
-            (zero + Duration::from_secs(7), Condition::Up),
-        ])
-        .map_err(|err| err.to_string())?;
+    let zero = sim.elapsed();
+    sim.schedule([
+        (zero + Duration::from_secs(2), Condition::DownFast),
+        (zero + Duration::from_secs(7), Condition::Up),
+    ])
+    .map_err(|err| err.to_string())?;
 
     println!("answers received in second t:");
     println!("   t  back end   OK  UNAVAILABLE   UNAVAILABLE   other   pushback   slowest");
@@ -524,9 +482,10 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
     let mut second = Second::default();
     let mut totals = [0u32; 4];
     let mut first_brownout: Option<String> = None;
+    let mut by_reason = BTreeMap::<Reason, u32>::new();
     let mut t = 0;
     let mut outstanding = 0u32;
-    let mut condition = inner.sim.condition();
+    let mut condition = sim.condition();
     loop {
         tokio::select! {
             _ = send.tick(), if Instant::now() < end => {
@@ -553,6 +512,9 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
                         second.brownout += 1;
                         if let Err(status) = &result {
                             second.pushback = second.pushback.or(pushback_ms(status));
+                            if let Some(reason) = brownout_reason(status) {
+                                *by_reason.entry(reason).or_default() += 1;
+                            }
                         }
                         if first_brownout.is_none() {
                             first_brownout = Some(format!(
@@ -568,7 +530,7 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
             _ = report.tick() => {
                 print_second(t, condition, &second);
                 second = Second::default();
-                condition = inner.sim.condition();
+                condition = sim.condition();
                 t += 1;
                 // Past the end, wait for the last answers (each within its deadline).
                 if Instant::now() >= end && outstanding == 0 {
@@ -585,6 +547,9 @@ async fn run_demo(policy: &Policy) -> Result<(), String> {
         totals[2],
         totals[3]
     );
+    for (reason, n) in &by_reason {
+        println!("  brownout, {reason}: {n} answered {:?}", code_of(*reason));
+    }
     if let Some(first) = first_brownout {
         println!("brownout's first answer {first}");
     }
@@ -627,7 +592,9 @@ async fn run(args: &[String]) -> Result<(), String> {
                 .await
                 .map_err(|err| format!("cannot listen on {addr}: {err}"))?;
             let addr = listener.local_addr().map_err(|err| err.to_string())?;
-            let (_, server) = serve(&policy, listener)?;
+            let metrics = server::install_metrics()?;
+            let app = app(&policy, Some(metrics)).map_err(|err| err.to_string())?;
+            let server = serve(app.router, listener);
             tracing::info!(policy = %path.display(), "brownout policy loaded");
             println!("listening on http://{addr}");
             tokio::select! {
@@ -646,11 +613,15 @@ async fn run(args: &[String]) -> Result<(), String> {
                     return Err("usage: admin [URL] JSON, e.g. admin '{\"state\":\"down\"}'".into());
                 }
             };
-            let mut client = connect(url).await?;
-            let status = set_backend(&mut client, change)
+            let mut client = AdminClient::new(connect(url).await?);
+            let request = Request::new(SetBackendRequest {
+                change_json: change.clone(),
+            });
+            let reply = client
+                .set_backend(request)
                 .await
                 .map_err(|status| format!("{:?}: {}", status.code(), status.message()))?;
-            println!("{status}");
+            println!("{}", reply.into_inner().status_json);
             Ok(())
         }
         Some(other) => Err(format!(

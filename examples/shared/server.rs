@@ -83,6 +83,25 @@ pub fn prometheus() -> PrometheusBuilder {
         })
 }
 
+/// Installs the examples' Prometheus recorder ([`prometheus`]) as the
+/// global one, describes brownout's metrics and keeps the recorder's
+/// histograms trimmed every 5 s (on a task: call inside a tokio runtime).
+pub fn install_metrics() -> Result<PrometheusHandle, String> {
+    let metrics = prometheus()
+        .install_recorder()
+        .map_err(|err| format!("cannot install the metrics recorder: {err}"))?;
+    brownout::metrics::describe();
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(metrics)
+}
+
 /// Runs an HTTP example: logs, installs the Prometheus recorder (first:
 /// brownout's gates register their metrics when built), loads the policy
 /// (the first argument, else `$policy_var`, else `default_policy`), builds
@@ -96,22 +115,13 @@ pub async fn main<E: Display>(
     init_tracing();
     let name = service.name;
 
-    let metrics = match prometheus().install_recorder() {
+    let metrics = match install_metrics() {
         Ok(handle) => handle,
         Err(err) => {
-            eprintln!("{name}: cannot install the metrics recorder: {err}");
+            eprintln!("{name}: {err}");
             return ExitCode::FAILURE;
         }
     };
-    brownout::metrics::describe();
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
 
     let path = std::env::args_os()
         .nth(1)
