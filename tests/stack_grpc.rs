@@ -3,15 +3,13 @@
 //! tonic client, over an in-memory HTTP/2 connection (`tokio::io::duplex`),
 //! in paused time.
 //!
-//! The service is written by hand (prost messages with
-//! `#[derive(prost::Message)]`, tonic's low-level `server::Grpc` and
-//! `client::Grpc` with `tonic_prost::ProstCodec`), so the tests build
-//! without `protoc`.
-//!
-//! `booking.Booking` has two methods, each its own route for brownout:
+//! The service is the booking example's `booking.v1.Booking`, generated from
+//! `proto/booking.proto` (`examples/grpc/generated/booking.v1.rs`), with a
+//! test back end behind it. Two of its methods, each its own route for
+//! brownout:
 //! - `Book` (unary): a handler error goes out as a trailers-only response,
 //!   `grpc-status` in the headers;
-//! - `Watch` (server streaming): one message, then the status in the
+//! - `WatchSlots` (server streaming): one message, then the status in the
 //!   trailers after the body.
 //!
 //! Two kinds of client: tonic's `Channel`, and a plain hyper HTTP/2
@@ -21,7 +19,6 @@
 //! before brownout's answer arrives; the plain client sees brownout's
 //! answer.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -37,7 +34,6 @@ use brownout::priority::HeaderPriority;
 use brownout::stack::HttpRoute;
 use brownout::{BreakerState, BrownoutLayer, Policy};
 use http::Uri;
-use http::uri::PathAndQuery;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -48,29 +44,24 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::body::Body;
-use tonic::client::Grpc as GrpcClient;
-use tonic::server::{Grpc as GrpcServer, NamedService, ServerStreamingService, UnaryService};
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Response, Status, Streaming};
-use tonic_prost::ProstCodec;
 use tower::Service;
 
-// ---- the service, by hand ---------------------------------------------------
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct BookRequest {
-    #[prost(string, tag = "1")]
-    slot: String,
+/// The booking example's messages, server and client, generated.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+mod proto {
+    include!("../examples/grpc/generated/booking.v1.rs");
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct BookReply {
-    #[prost(string, tag = "1")]
-    confirmation: String,
-}
+use proto::booking_client::BookingClient;
+use proto::booking_server::{Booking, BookingServer};
+use proto::{BookReply, BookRequest, ListSlotsRequest, SlotList, WatchSlotsRequest};
 
-const BOOK: &str = "/booking.Booking/Book";
-const WATCH: &str = "/booking.Booking/Watch";
+// ---- the service: the generated server, a test back end ---------------------
+
+const BOOK: &str = "/booking.v1.Booking/Book";
+const WATCH: &str = "/booking.v1.Booking/WatchSlots";
 
 /// How the back end answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,8 +103,9 @@ impl Backend {
         self.calls.load(SeqCst)
     }
 
-    /// Counts the call and plays the mode; `Err` for `Unavailable`.
-    async fn serve(&self, slot: &str) -> Result<BookReply, Status> {
+    /// Counts the call and plays the mode; `Err` for `Unavailable`, else
+    /// `booked {slot}`.
+    async fn serve(&self, slot: &str) -> Result<String, Status> {
         self.calls.fetch_add(1, SeqCst);
         let mode = self.mode();
         if mode == Mode::Hold {
@@ -126,89 +118,52 @@ impl Backend {
         }
         match mode {
             Mode::Unavailable => Err(Status::unavailable("booking database is down")),
-            Mode::Ok | Mode::Hold => Ok(BookReply {
-                confirmation: format!("booked {slot}"),
-            }),
+            Mode::Ok | Mode::Hold => Ok(format!("booked {slot}")),
         }
     }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-#[derive(Clone)]
-struct BookingServer(Arc<Backend>);
+/// `booking.v1.Booking` in front of the test's back end.
+struct TestBooking(Arc<Backend>);
 
-impl NamedService for BookingServer {
-    const NAME: &'static str = "booking.Booking";
-}
+type WatchStream = tokio_stream::Iter<std::vec::IntoIter<Result<SlotList, Status>>>;
 
-struct BookMethod(Arc<Backend>);
-
-impl UnaryService<BookRequest> for BookMethod {
-    type Response = BookReply;
-    type Future = BoxFuture<Result<Response<BookReply>, Status>>;
-
-    fn call(&mut self, request: Request<BookRequest>) -> Self::Future {
-        let backend = self.0.clone();
-        Box::pin(async move {
-            let slot = request.into_inner().slot;
-            backend.serve(&slot).await.map(Response::new)
-        })
-    }
-}
-
-struct WatchMethod(Arc<Backend>);
-
-type WatchStream = tokio_stream::Iter<std::vec::IntoIter<Result<BookReply, Status>>>;
-
-impl ServerStreamingService<BookRequest> for WatchMethod {
-    type Response = BookReply;
-    type ResponseStream = WatchStream;
-    type Future = BoxFuture<Result<Response<WatchStream>, Status>>;
-
-    fn call(&mut self, request: Request<BookRequest>) -> Self::Future {
-        let backend = self.0.clone();
-        Box::pin(async move {
-            let slot = request.into_inner().slot;
-            // The handler itself succeeds: the headers go out with 200, a
-            // message follows, and the error, if any, ends the stream in
-            // the trailers.
-            let items = match backend.serve(&slot).await {
-                Ok(reply) => vec![Ok(reply)],
-                Err(status) => vec![
-                    Ok(BookReply {
-                        confirmation: format!("watching {slot}"),
-                    }),
-                    Err(status),
-                ],
-            };
-            Ok(Response::new(tokio_stream::iter(items)))
-        })
-    }
-}
-
-impl Service<http::Request<Body>> for BookingServer {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+#[tonic::async_trait]
+impl Booking for TestBooking {
+    async fn list_slots(&self, _: Request<ListSlotsRequest>) -> Result<Response<SlotList>, Status> {
+        Err(Status::unimplemented("not in these tests"))
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let backend = self.0.clone();
-        match req.uri().path() {
-            BOOK => Box::pin(async move {
-                let mut grpc = GrpcServer::new(ProstCodec::<BookReply, BookRequest>::default());
-                Ok(grpc.unary(BookMethod(backend), req).await)
-            }),
-            WATCH => Box::pin(async move {
-                let mut grpc = GrpcServer::new(ProstCodec::<BookReply, BookRequest>::default());
-                Ok(grpc.server_streaming(WatchMethod(backend), req).await)
-            }),
-            _ => Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) }),
-        }
+    /// Books `slot`: the reply's `slot` is `booked {slot}`.
+    async fn book(&self, request: Request<BookRequest>) -> Result<Response<BookReply>, Status> {
+        let slot = request.into_inner().slot;
+        let booked = self.0.serve(&slot).await?;
+        Ok(Response::new(BookReply {
+            id: self.0.calls() as u64,
+            slot: booked,
+        }))
+    }
+
+    type WatchSlotsStream = WatchStream;
+
+    /// One list, `[booked {day}]`; on failure `[watching {day}]` and then
+    /// the error.
+    async fn watch_slots(
+        &self,
+        request: Request<WatchSlotsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let day = request.into_inner().day;
+        // The handler itself succeeds: the headers go out with 200, a
+        // message follows, and the error, if any, ends the stream in
+        // the trailers.
+        let list = |slot: String| SlotList { slots: vec![slot] };
+        let items = match self.0.serve(&day).await {
+            Ok(booked) => vec![Ok(list(booked))],
+            Err(status) => vec![Ok(list(format!("watching {day}"))), Err(status)],
+        };
+        Ok(Response::new(tokio_stream::iter(items)))
     }
 }
 
@@ -219,7 +174,7 @@ type GrpcStack =
 
 /// A tonic server with brownout in front, and a client connected to it.
 struct Harness {
-    client: GrpcClient<Channel>,
+    client: BookingClient<Channel>,
     backend: Arc<Backend>,
     /// A clone of the layer the server uses: the same gates.
     stack: GrpcStack,
@@ -246,7 +201,7 @@ impl Harness {
         let incoming = UnboundedReceiverStream::new(incoming).map(Ok::<_, io::Error>);
         let server = Server::builder()
             .layer(stack.clone())
-            .add_service(BookingServer(backend.clone()));
+            .add_service(BookingServer::new(TestBooking(backend.clone())));
         tokio::spawn(server.serve_with_incoming(incoming));
 
         let dialer = accept.clone();
@@ -258,7 +213,7 @@ impl Harness {
             .await
             .expect("the client connects over the duplex");
         Self {
-            client: GrpcClient::new(channel),
+            client: BookingClient::new(channel),
             backend,
             stack,
             entered,
@@ -268,19 +223,18 @@ impl Harness {
 
     /// A gRPC client straight on an HTTP/2 connection, without tonic's
     /// `Channel`, which enforces `grpc-timeout` on the client side.
-    async fn raw_client(&self) -> GrpcClient<RawHttp2> {
+    async fn raw_client(&self) -> BookingClient<RawHttp2> {
         let io = dial(&self.accept).expect("the server accepts");
         let (send, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                 .await
                 .expect("HTTP/2 handshake over the duplex");
         tokio::spawn(connection);
-        GrpcClient::with_origin(RawHttp2(send), Uri::from_static("http://booking.test"))
+        BookingClient::with_origin(RawHttp2(send), Uri::from_static("http://booking.test"))
     }
 
     async fn book(&self, slot: &str) -> Result<Response<BookReply>, Status> {
-        self.book_with(Request::new(BookRequest { slot: slot.into() }))
-            .await
+        self.book_with(book_request(slot)).await
     }
 
     async fn book_with(
@@ -298,18 +252,15 @@ impl Harness {
         tokio::spawn(book_on(self.client.clone(), request))
     }
 
-    /// A `Watch` call read to its end: the messages, then the status.
-    async fn watch(&self, slot: &str) -> (Vec<String>, Status) {
-        let mut client = self.client.clone();
-        client.ready().await.expect("channel ready");
-        let request = Request::new(BookRequest { slot: slot.into() });
-        let started: Result<Response<Streaming<BookReply>>, Status> = client
-            .server_streaming(
-                request,
-                PathAndQuery::from_static(WATCH),
-                ProstCodec::default(),
-            )
-            .await;
+    /// A `WatchSlots` call read to its end: the messages (each list's
+    /// slots, joined), then the status.
+    async fn watch(&self, day: &str) -> (Vec<String>, Status) {
+        let request = Request::new(WatchSlotsRequest {
+            day: day.into(),
+            updates: 1,
+        });
+        let started: Result<Response<Streaming<SlotList>>, Status> =
+            self.client.clone().watch_slots(request).await;
         let mut stream = match started {
             Ok(response) => response.into_inner(),
             Err(status) => return (Vec::new(), status),
@@ -317,7 +268,7 @@ impl Harness {
         let mut messages = Vec::new();
         loop {
             match stream.message().await {
-                Ok(Some(reply)) => messages.push(reply.confirmation),
+                Ok(Some(list)) => messages.push(list.slots.join(",")),
                 Ok(None) => return (messages, Status::ok("")),
                 Err(status) => return (messages, status),
             }
@@ -355,24 +306,17 @@ impl Service<http::Request<Body>> for RawHttp2 {
 
 /// A `Book` call on `client`.
 async fn book_on(
-    mut client: GrpcClient<Channel>,
+    mut client: BookingClient<Channel>,
     request: Request<BookRequest>,
 ) -> Result<Response<BookReply>, Status> {
-    client
-        .ready()
-        .await
-        .map_err(|e| Status::unknown(format!("channel not ready: {e}")))?;
-    client
-        .unary(
-            request,
-            PathAndQuery::from_static(BOOK),
-            ProstCodec::default(),
-        )
-        .await
+    client.book(request).await
 }
 
 fn book_request(slot: &str) -> Request<BookRequest> {
-    Request::new(BookRequest { slot: slot.into() })
+    Request::new(BookRequest {
+        name: "Asha".into(),
+        slot: slot.into(),
+    })
 }
 
 /// The `grpc-retry-pushback-ms` of `status`, in milliseconds.
@@ -436,7 +380,7 @@ async fn ok_calls_pass_through_untouched() {
     let h = Harness::start(ONE_SLOT_NO_ROOM).await;
     for slot in ["09:30", "09:45", "10:00"] {
         let response = h.book(slot).await.expect("served");
-        assert_eq!(response.get_ref().confirmation, format!("booked {slot}"));
+        assert_eq!(response.get_ref().slot, format!("booked {slot}"));
         assert_eq!(response.metadata().get("grpc-retry-pushback-ms"), None);
         let (messages, status) = h.watch(slot).await;
         assert_eq!(messages, [format!("booked {slot}")]);
@@ -476,7 +420,7 @@ impl Shape {
     async fn call(self, h: &Harness, slot: &str) -> (Vec<String>, Status) {
         match self {
             Shape::TrailersOnly => match h.book(slot).await {
-                Ok(response) => (vec![response.into_inner().confirmation], Status::ok("")),
+                Ok(response) => (vec![response.into_inner().slot], Status::ok("")),
                 Err(status) => (Vec::new(), status),
             },
             Shape::Trailers => h.watch(slot).await,
@@ -603,9 +547,9 @@ async fn a_shed_call_gets_resource_exhausted_with_pushback() {
     h.backend.set(Mode::Ok);
     h.backend.release.add_permits(1);
     let response = first.await.expect("no panic").expect("served");
-    assert_eq!(response.get_ref().confirmation, "booked 09:30");
+    assert_eq!(response.get_ref().slot, "booked 09:30");
     let response = h.book("10:00").await.expect("served once the slot is free");
-    assert_eq!(response.get_ref().confirmation, "booked 10:00");
+    assert_eq!(response.get_ref().slot, "booked 10:00");
     assert_eq!(h.backend.calls(), 2);
 }
 
@@ -628,7 +572,7 @@ async fn release(h: &Harness, first: JoinHandle<Result<Response<BookReply>, Stat
     h.backend.set(Mode::Ok);
     h.backend.release.add_permits(1);
     let response = first.await.expect("no panic").expect("served");
-    assert_eq!(response.get_ref().confirmation, "booked 09:30");
+    assert_eq!(response.get_ref().slot, "booked 09:30");
 }
 
 /// A `Book` request whose client waits 200 ms: `grpc-timeout: 200000u`.
@@ -697,15 +641,7 @@ async fn grpc_timeout_bounds_the_wait_in_the_room() {
     // The room would let it wait 10 s; its own deadline is 200 ms.
     let mut raw = h.raw_client().await;
     let start = Instant::now();
-    let waiting = tokio::spawn(async move {
-        raw.ready().await.expect("connection ready");
-        raw.unary::<BookRequest, BookReply, _>(
-            impatient("09:45"),
-            PathAndQuery::from_static(BOOK),
-            ProstCodec::default(),
-        )
-        .await
-    });
+    let waiting = tokio::spawn(async move { raw.book(impatient("09:45")).await });
 
     // Half way, it waits in the room.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -786,7 +722,7 @@ async fn a_waiter_is_served_when_the_slot_frees_before_its_deadline() {
         .await
         .expect("no panic")
         .expect("served from the room");
-    assert_eq!(response.get_ref().confirmation, "booked 09:45");
+    assert_eq!(response.get_ref().slot, "booked 09:45");
     assert_eq!(h.backend.calls(), 2);
     assert_eq!(h.stack.waiting(BOOK), 0);
 }
