@@ -9,10 +9,12 @@ use std::task::{Context, Poll};
 use tower::{BoxError, Layer, Service};
 
 use crate::classify::{Classify, ErrorsAsFailures};
+use crate::core::breaker::Manual;
+use crate::core::gate::Gate;
 use crate::core::gate_map::GateMap;
 use crate::priority::Priority;
 
-use super::{BreakerState, ResponseFuture};
+use super::{BreakerState, ResponseFuture, Until};
 
 pub use crate::core::gate_map::OVERFLOW_KEY;
 
@@ -46,6 +48,50 @@ where
     /// How many keys have a breaker of their own (at most `max_keys`).
     pub fn keys(&self) -> usize {
         self.gates.len()
+    }
+
+    /// Puts `key`'s breaker in `mode` by hand (`forced_open`,
+    /// `forced_closed`, back to `enforce`); `false` if the key has not been
+    /// seen. Reported as a transition when the state changes.
+    pub fn set_mode(&self, key: &K, mode: crate::policy::Mode) -> bool {
+        self.act(key, |gate| gate.set_mode(mode))
+    }
+
+    /// Resets `key`'s breaker by hand: closed, its window emptied, its
+    /// backoff forgotten (a forced mode goes back to `enforce`); `false` if
+    /// the key has not been seen. Reported as a transition.
+    pub fn reset(&self, key: &K) -> bool {
+        self.act(key, |gate| {
+            gate.control(Manual::Reset);
+        })
+    }
+
+    /// Opens `key`'s breaker by hand until `until` (a wall-clock time or a
+    /// duration from now; see [`Until`]), when it probes; `false` if the
+    /// key has not been seen.
+    pub fn open_until(&self, key: &K, until: impl Into<Until>) -> bool {
+        let until = until.into();
+        self.act(key, |gate| {
+            gate.open_until(until);
+        })
+    }
+
+    /// Puts `key`'s breaker half-open by hand: its next calls probe.
+    /// `false` if the key has not been seen.
+    pub fn half_open_now(&self, key: &K) -> bool {
+        self.act(key, |gate| {
+            gate.control(Manual::HalfOpenNow);
+        })
+    }
+
+    fn act(&self, key: &K, act: impl FnOnce(&Gate)) -> bool {
+        match self.gates.get(key) {
+            Some(gate) => {
+                act(&gate);
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -106,6 +106,28 @@ impl<C> CircuitBreakerLayer<C> {
         self.config.gate().set_mode(mode);
     }
 
+    /// Resets the running breaker by hand: closed, its window emptied, its
+    /// backoff forgotten (a forced mode goes back to `enforce`). Reported
+    /// as a transition (metrics, log, [listener](crate::listen)).
+    pub fn reset(&self) {
+        self.config
+            .gate()
+            .control(crate::core::breaker::Manual::Reset);
+    }
+
+    /// Opens the running breaker by hand until `until` (a wall-clock time
+    /// or a duration from now), when it probes; see [`Until`](super::Until).
+    pub fn open_until(&self, until: impl Into<super::Until>) {
+        self.config.gate().open_until(until.into());
+    }
+
+    /// Puts the running breaker half-open by hand: the next calls probe.
+    pub fn half_open_now(&self) {
+        self.config
+            .gate()
+            .control(crate::core::breaker::Manual::HalfOpenNow);
+    }
+
     /// One breaker per key instead of one for all calls: `key_of` names the
     /// key of each request (a route, a tenant, a host); the key's `Display`
     /// is its `route` label. At most `max_keys` keys get a breaker of their

@@ -83,7 +83,7 @@ use crate::priority::Priority;
 pub use self::future::ResponseFuture;
 pub use self::keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerLayer, OVERFLOW_KEY};
 pub use self::layer::CircuitBreakerLayer;
-pub use crate::core::breaker::{BreakerState, MAX_PROBES};
+pub use crate::core::breaker::{BreakerState, MAX_PROBES, Until};
 
 /// A circuit breaker in front of a service; see the [module docs](self).
 ///

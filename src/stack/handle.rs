@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use metrics::SharedString;
 
+use crate::breaker::Until;
+use crate::core::breaker::Manual;
 use crate::policy::{Policy, PolicyError};
 
 use super::DEFAULT_ROUTE;
@@ -74,6 +76,71 @@ impl PolicyHandle {
     /// route's mode from the policy again.
     pub fn set_route_mode(&self, route: &str, mode: crate::policy::Mode) -> bool {
         super::health::set_mode(&self.shared, route, mode)
+    }
+
+    /// Resets the breaker of `route` by hand: closed, its window of
+    /// outcomes emptied and its open-period backoff forgotten, as if
+    /// freshly built; `false` if the route has not been seen (`overflow`
+    /// names the shared gate). Like every action by hand, it hands a
+    /// breaker in a forced mode back to `enforce` (until the next
+    /// [`apply`](Self::apply) sets the modes from the policy again), and
+    /// is reported as a transition: the
+    /// `brownout_breaker_transitions_total` counter, a log line, and the
+    /// [listener](crate::listen) with [`Cause::Manual`](crate::listen::Cause::Manual).
+    /// Calls admitted before it no longer count for the breaker.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use brownout::{BreakerState, BrownoutLayer, Policy};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = BrownoutLayer::from_policy(&Policy::default());
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(tower::service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// svc.clone().oneshot(()).await.unwrap(); // the route is seen
+    ///
+    /// // Take the back end out for ten minutes, then let it be probed early.
+    /// assert!(handle.open_until("default", Duration::from_secs(600)));
+    /// assert_eq!(layer.state("default"), Some(BreakerState::Open));
+    /// assert!(svc.clone().oneshot(()).await.is_err());
+    /// assert!(handle.half_open_now("default"));
+    /// svc.clone().oneshot(()).await.unwrap(); // a probe
+    /// assert!(handle.reset("default"));
+    /// assert_eq!(layer.state("default"), Some(BreakerState::Closed));
+    /// assert!(!handle.reset("/never-seen"));
+    /// # }
+    /// ```
+    pub fn reset(&self, route: &str) -> bool {
+        super::health::control(&self.shared, route, |gate| {
+            gate.control(Manual::Reset);
+        })
+    }
+
+    /// Opens the breaker of `route` by hand until `until`, a wall-clock
+    /// [`SystemTime`](std::time::SystemTime) or a [`Duration`](std::time::Duration)
+    /// from now (see [`Until`]): calls are rejected with
+    /// [`Reason::Open`](crate::Reason::Open) and a retry hint at that time,
+    /// when the breaker probes the back end as after any open period (and
+    /// closes or reopens on the probes' verdict). `false` if the route has
+    /// not been seen. See [`reset`](Self::reset) for what every action by
+    /// hand does.
+    pub fn open_until(&self, route: &str, until: impl Into<Until>) -> bool {
+        let until = until.into();
+        super::health::control(&self.shared, route, |gate| {
+            gate.open_until(until);
+        })
+    }
+
+    /// Puts the breaker of `route` half-open by hand: the next calls (up
+    /// to `half_open_probes`) are probes, whose verdict closes or reopens
+    /// it. `false` if the route has not been seen. See
+    /// [`reset`](Self::reset) for what every action by hand does.
+    pub fn half_open_now(&self, route: &str) -> bool {
+        super::health::control(&self.shared, route, |gate| {
+            gate.control(Manual::HalfOpenNow);
+        })
     }
 
     /// Reads the policy file at `path` (see [`Policy::from_path`]) and

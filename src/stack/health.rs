@@ -87,6 +87,18 @@ pub(super) fn gate_of(shared: &Shared, route: &str) -> Option<Arc<Gate>> {
     }
 }
 
+/// Acts on the breaker of `route` by hand with `act`; `false` if the
+/// route has not been seen.
+pub(super) fn control(shared: &Shared, route: &str, act: impl FnOnce(&Gate)) -> bool {
+    match gate_of(shared, route) {
+        Some(gate) => {
+            act(&gate);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Puts the breaker of `route` in `mode`; `false` if the route has not
 /// been seen.
 pub(super) fn set_mode(shared: &Shared, route: &str, mode: Mode) -> bool {

@@ -1,11 +1,15 @@
 //! The circuit breaker's engine: its state word and transitions
-//! ([`state`]), its thresholds ([`thresholds`]) and the window of recent
-//! outcomes it judges by ([`window`]).
+//! ([`state`]), its thresholds ([`thresholds`]), the window of recent
+//! outcomes it judges by ([`window`]), and the actions of a hand on it
+//! ([`control`]).
 
+mod control;
 mod state;
 mod thresholds;
 mod window;
 
+pub(crate) use self::control::Manual;
+pub use self::control::Until;
 pub use self::state::MAX_PROBES;
 pub(crate) use self::state::{BreakerCore, Ticket, Transition};
 

@@ -596,3 +596,60 @@ const fn mode_from_u8(value: u8) -> Mode {
         _ => Mode::Enforce,
     }
 }
+
+// ---- the hook of manual control (`control.rs`) ------------------------------
+
+impl BreakerCore {
+    /// Puts the word in `to` (closed, open until `open_until`, or half-open
+    /// with no probe out) in a new generation, whatever it was: calls
+    /// admitted before are then ignored, as after any transition. `clear`
+    /// also empties the window and forgets the backoff. Returns the state
+    /// before, as the word said it at `now` (the mode aside).
+    ///
+    /// Under the cold lock, as every transition. An open word may be
+    /// replaced by another: `decide` reading the old word with the new
+    /// `open_until` rejects with the new hint, and one that moved it to
+    /// half-open meanwhile made a word of the old generation, which this
+    /// exchange replaces.
+    pub(super) fn put(
+        &self,
+        to: BreakerState,
+        open_until: Nanos,
+        clear: bool,
+        now: Nanos,
+    ) -> BreakerState {
+        let mut cold = self.cold.lock().unwrap_or_else(|e| e.into_inner());
+        let tag = match to {
+            BreakerState::Closed | BreakerState::ForcedClosed => TAG_CLOSED,
+            BreakerState::Open | BreakerState::ForcedOpen => TAG_OPEN,
+            BreakerState::HalfOpen => TAG_HALF_OPEN,
+        };
+        let was_open_until = self.open_until.load(Relaxed);
+        if clear {
+            self.window.reset();
+            cold.level = 0;
+            cold.closed_at = None;
+        }
+        if tag == TAG_OPEN {
+            self.open_until.store(open_until, Relaxed);
+        }
+        let mut current = self.word.load(Acquire);
+        loop {
+            let word = Word(current);
+            let next = Word::new(tag, word.next_generation());
+            match self
+                .word
+                .compare_exchange_weak(current, next.0, AcqRel, Acquire)
+            {
+                Ok(_) => {
+                    return match word.tag() {
+                        TAG_CLOSED => BreakerState::Closed,
+                        TAG_OPEN if now < was_open_until => BreakerState::Open,
+                        _ => BreakerState::HalfOpen,
+                    };
+                }
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}

@@ -5,8 +5,9 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::clock::Clock;
 use crate::clock::{Nanos, saturating_nanos};
-use crate::core::breaker::{BreakerState, Transition};
+use crate::core::breaker::{BreakerState, Manual, Transition, Until};
 use crate::core::maintenance::Check;
 use crate::core::room::Queues;
 use crate::listen::{
@@ -179,6 +180,40 @@ impl Gate {
             );
         }
         self.wake_room();
+    }
+
+    /// A hand on the breaker (see [`Manual`]): reported as a transition
+    /// made by hand, and the room's waiters look again (a closed or
+    /// half-open breaker lets them out; an open one changes when they
+    /// must look again). The state after; `None` for a gate without a
+    /// breaker.
+    pub(crate) fn control(&self, action: Manual) -> Option<BreakerState> {
+        self.control_with(|_| action)
+    }
+
+    /// [`control`](Self::control) with an action that depends on the
+    /// gate's clock: `open_until(until)` in wall-clock time or from now.
+    pub(crate) fn open_until(&self, until: Until) -> Option<BreakerState> {
+        self.control_with(|clock| Manual::OpenUntil(until.on(clock)))
+    }
+
+    fn control_with(&self, action: impl FnOnce(&Clock) -> Manual) -> Option<BreakerState> {
+        let action = action(&self.clock);
+        let breaker = self.breaker.as_ref()?;
+        let now = self.clock.now();
+        let transition = breaker.manual(action, now);
+        tracing::warn!(
+            route = %self.metrics.route(), action = action.as_str(),
+            "brownout: circuit breaker acted on by hand"
+        );
+        self.report_as(transition, Cause::Manual);
+        if let Some(room) = &self.room {
+            if room.waiting() > 0 {
+                room.with(Queues::wake_waiting);
+            }
+        }
+        self.wake_room();
+        Some(transition.to)
     }
 
     /// Metrics, a tracing event and the listener's call for a state change
