@@ -55,7 +55,10 @@ impl Gate {
         let Some(listener) = self.listen.get() else {
             return;
         };
-        let until = now.saturating_add(rejected.retry_after().map_or(0, saturating_nanos));
+        // Inside a window, the next boundary is its end.
+        let Some(until) = self.maintenance.boundary(now) else {
+            return;
+        };
         if self.listen.maintenance_seen(until) {
             listener.on_maintenance_start(&MaintenanceStarted {
                 route: self.metrics.route(),
