@@ -92,7 +92,7 @@ use tower::{Layer, ServiceExt};
 #[path = "shared/backend.rs"]
 mod backend;
 #[path = "shared/server.rs"]
-mod server;
+pub mod server;
 
 /// The messages, servers and clients of `proto/booking.proto`, generated.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -358,10 +358,11 @@ pub fn code_of(reason: Reason) -> tonic::Code {
 
 /// The reason of brownout's answer, if `status` is one: its
 /// `grpc-message` names the reason (`request rejected (open): ...`) and
-/// its code is the one brownout gives that reason.
+/// its code is the one brownout gives that reason. (Inside a maintenance
+/// window with a `message`, `grpc-message` is that message instead.)
 pub fn brownout_reason(status: &Status) -> Option<Reason> {
     let rest = status.message().strip_prefix("request rejected (")?;
-    let (name, _) = rest.split_once(')')?;
+    let (name, _) = rest.split_once("): ")?;
     let reason = Reason::ALL.into_iter().find(|r| r.as_str() == name)?;
     (status.code() == code_of(reason)).then_some(reason)
 }
