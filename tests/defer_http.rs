@@ -35,13 +35,7 @@ type Svc = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
 struct App {
     svc: Svc,
     policy: Policy,
-    layer: BrownoutLayer<
-        ProblemJson,
-        brownout::stack::HttpRoute,
-        brownout::priority::HeaderPriority,
-        brownout::deadline::HeaderDeadline,
-        brownout::classify::ServerErrorsAsFailures,
-    >,
+    layer: brownout::stack::HttpBrownoutLayer,
     deferral: Deferral,
     seen: Arc<Mutex<Vec<Seen>>>,
     _dir: TempDir,

@@ -102,7 +102,8 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
-use self::engine::{LocalPools, Plan, Taken};
+pub(crate) use self::engine::Taken;
+use self::engine::{LocalPools, Plan};
 use crate::clock::Clock;
 use crate::policy::{BudgetPolicy, BudgetStore, Policy, PolicyError, PriorityPolicy};
 use crate::priority::{Classes, DefaultPriority, Priority, PriorityOf};
@@ -254,7 +255,9 @@ impl Budget {
         }
     }
 
-    fn check(&self, priority: Priority) -> Check {
+    /// Takes a unit for `priority` now (local store), or the future of the
+    /// Redis script's verdict.
+    pub(crate) fn check(&self, priority: Priority) -> Check {
         let inner = &self.inner;
         let priority = inner.classes.clamp(priority);
         let now = inner.plan.clock.now();
@@ -271,7 +274,9 @@ impl Budget {
         }
     }
 
-    fn give_back(&self, taken: Taken) {
+    /// Gives back a unit a request took and did not use (local store; the
+    /// Redis store keeps it).
+    pub(crate) fn give_back(&self, taken: Taken) {
         #[allow(irrefutable_let_patterns)]
         if let Store::Local(pools) = &self.inner.store {
             pools.give_back(taken);
@@ -279,14 +284,14 @@ impl Budget {
     }
 }
 
-fn verdict_result(verdict: Verdict) -> Result<(), Rejected> {
+pub(crate) fn verdict_result(verdict: Verdict) -> Result<(), Rejected> {
     match verdict {
         Verdict::Admit(_) => Ok(()),
         Verdict::Reject(after) => Err(Rejected::new(Reason::Budget).with_retry_after(after)),
     }
 }
 
-enum Check {
+pub(crate) enum Check {
     Done(Verdict),
     #[cfg(feature = "fleet")]
     Pending(Pin<Box<dyn Future<Output = Verdict> + Send>>),

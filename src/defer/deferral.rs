@@ -98,6 +98,50 @@ impl Deferral {
         Ok(deferral)
     }
 
+    /// The stores of `policy`'s deferring routes, opened now, without
+    /// waiting (what [`BrownoutLayer::from_policy`](crate::BrownoutLayer::from_policy)
+    /// uses): embedded stores are opened here; Redis stores connect at
+    /// their first use. A store that cannot be opened is an error naming
+    /// its path when `strict`; otherwise it is logged and its route does
+    /// not defer.
+    pub(crate) fn open_now(policy: &Policy, strict: bool) -> Result<Self, StoreError> {
+        let classes = Classes::from_policy(&policy.priority);
+        let mut deferral = Self::empty(policy);
+        let mut paths: BTreeMap<std::path::PathBuf, &str> = BTreeMap::new();
+        for (route, overrides) in &policy.routes {
+            let Some(defer) = &overrides.defer else {
+                continue;
+            };
+            let config = StoreConfig::from_policy(defer, classes.len());
+            let opened: Result<Arc<dyn DeferStore>, StoreError> = match defer.store {
+                DeferStoreKind::Embedded => {
+                    let path = std::path::PathBuf::from(&defer.path);
+                    match paths.insert(path.clone(), route) {
+                        Some(first) => Err(StoreError::Open {
+                            path,
+                            why: format!(
+                                "routes.{first:?}.defer.path and routes.{route:?}.defer.path are \
+                                 the same directory: an embedded store serves one route; give \
+                                 each its own"
+                            ),
+                        }),
+                        None => EmbeddedStore::open(&defer.path, config)
+                            .map(|store| Arc::new(store) as Arc<dyn DeferStore>),
+                    }
+                }
+                DeferStoreKind::Redis => lazy_redis(defer, route, config),
+            };
+            match opened {
+                Ok(store) => deferral = deferral.with_store(route, defer.clone(), store),
+                Err(err) if strict => return Err(err),
+                Err(err) => {
+                    tracing::error!(route = %route, %err, "brownout: deferral store cannot be opened; this route does not defer");
+                }
+            }
+        }
+        Ok(deferral)
+    }
+
     /// No deferring route yet, for [`with_store`](Self::with_store): the
     /// classes and priority header of `policy`.
     pub fn empty(policy: &Policy) -> Self {
@@ -160,6 +204,32 @@ async fn open_redis(
 
 #[cfg(not(feature = "defer-redis"))]
 async fn open_redis(
+    defer: &DeferPolicy,
+    route: &str,
+    _: StoreConfig,
+) -> Result<Arc<dyn DeferStore>, StoreError> {
+    Err(StoreError::Open {
+        path: defer.url.clone().into(),
+        why: format!(
+            "routes.{route:?}.defer.store is \"redis\", but brownout was built without the \
+             `defer-redis` feature"
+        ),
+    })
+}
+
+#[cfg(feature = "defer-redis")]
+fn lazy_redis(
+    defer: &DeferPolicy,
+    route: &str,
+    config: StoreConfig,
+) -> Result<Arc<dyn DeferStore>, StoreError> {
+    Ok(Arc::new(super::redis::LazyRedisStore::new(
+        &defer.url, route, config,
+    )?))
+}
+
+#[cfg(not(feature = "defer-redis"))]
+fn lazy_redis(
     defer: &DeferPolicy,
     route: &str,
     _: StoreConfig,

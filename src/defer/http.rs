@@ -18,7 +18,8 @@ use crate::priority::PriorityOf;
 use crate::reject::Rejected;
 use crate::stack::{HttpRoute, RouteOf};
 
-use super::deferral::Deferral;
+use super::Replayed;
+use super::deferral::{Deferral, RouteDeferral};
 use super::store::{Appended, Deferred, Outcome, Status, Ticket};
 use super::{DEFERRED_TOTAL, IDEMPOTENCY_KEY};
 
@@ -178,6 +179,28 @@ impl Deferral {
     }
 }
 
+impl<F> DeferFallback<F> {
+    /// The deferring route that takes `req`, rejected as `rejected` says:
+    /// its route has a `defer` section whose `when` has the reason and
+    /// whose `methods` have the method, and it is not a replay.
+    fn route_for<B>(&self, rejected: &Rejected, req: &Request<B>) -> Option<&RouteDeferral> {
+        if req.extensions().get::<Replayed>().is_some() {
+            return None;
+        }
+        HttpRoute
+            .route_of(req)
+            .and_then(|key| self.deferral.route(key))
+            .filter(|route| route.defers(rejected.reason(), req.method().as_str()))
+    }
+
+    /// Whether `req`, rejected as `rejected` says, goes to a store (then
+    /// answered `202`, or, if it cannot be kept, by the ordinary
+    /// fallback) rather than straight to the ordinary fallback.
+    pub fn would_defer<B>(&self, rejected: &Rejected, req: &Request<B>) -> bool {
+        self.route_for(rejected, req).is_some()
+    }
+}
+
 impl<B, RB, E, F> Fallback<Request<B>, Response<RB>, E> for DeferFallback<F>
 where
     F: Fallback<Request<B>, Response<RB>, E> + Clone + Send + Sync + 'static,
@@ -195,11 +218,7 @@ where
         let Some(req) = request else {
             return Box::pin(self.inner.fallback(rejected, None));
         };
-        let route = HttpRoute
-            .route_of(&req)
-            .and_then(|key| self.deferral.route(key))
-            .filter(|route| route.defers(rejected.reason(), req.method().as_str()))
-            .cloned();
+        let route = self.route_for(&rejected, &req).cloned();
         let Some(route) = route else {
             return Box::pin(self.inner.fallback(rejected, Some(req)));
         };

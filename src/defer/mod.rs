@@ -116,6 +116,12 @@ pub use self::store::{
     Ticket,
 };
 
+/// The request extension the replayer puts on every replayed request: no
+/// fallback defers it again (a replay the stack rejects is put back in its
+/// store and tried later).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed;
+
 /// The request header that makes deferral and replay exactly-once from
 /// the client's view (the IETF httpapi draft's `Idempotency-Key`).
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

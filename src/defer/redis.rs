@@ -469,3 +469,79 @@ impl DeferStore for RedisStore {
         })
     }
 }
+
+/// A [`RedisStore`] that connects at its first use: what
+/// [`BrownoutLayer::from_policy`](crate::BrownoutLayer::from_policy), which
+/// cannot wait, opens for a `store = "redis"` route. The URL is checked at
+/// once; a server that does not answer fails the call that needed it (the
+/// request is answered by the ordinary fallback, the replayer tries again),
+/// and the next call connects again.
+pub(crate) struct LazyRedisStore {
+    url: String,
+    route: String,
+    config: StoreConfig,
+    store: tokio::sync::OnceCell<RedisStore>,
+}
+
+impl LazyRedisStore {
+    pub(crate) fn new(url: &str, route: &str, config: StoreConfig) -> Result<Self, StoreError> {
+        Client::open(url).map_err(|e| StoreError::Open {
+            path: PathBuf::from(url),
+            why: e.to_string(),
+        })?;
+        Ok(Self {
+            url: url.to_owned(),
+            route: route.to_owned(),
+            config,
+            store: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    async fn store(&self) -> Result<&RedisStore, StoreError> {
+        self.store
+            .get_or_try_init(|| RedisStore::open(&self.url, &self.route, self.config.clone()))
+            .await
+    }
+}
+
+impl DeferStore for LazyRedisStore {
+    fn now(&self) -> SystemTime {
+        self.config.clock.system_time()
+    }
+
+    fn append(&self, request: Deferred) -> StoreFuture<'_, Appended> {
+        Box::pin(async move { self.store().await?.append(request).await })
+    }
+
+    fn claim(&self) -> StoreFuture<'_, Option<Claimed>> {
+        Box::pin(async move { self.store().await?.claim().await })
+    }
+
+    fn release(&self, ticket: Ticket) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.store().await?.release(ticket).await })
+    }
+
+    fn complete(&self, ticket: Ticket, outcome: Outcome) -> StoreFuture<'_, bool> {
+        Box::pin(async move { self.store().await?.complete(ticket, outcome).await })
+    }
+
+    fn expire(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move { self.store().await?.expire().await })
+    }
+
+    fn status(&self, ticket: Ticket) -> StoreFuture<'_, Option<Status>> {
+        Box::pin(async move { self.store().await?.status(ticket).await })
+    }
+
+    fn ticket_for_key(&self, key: String) -> StoreFuture<'_, Option<Ticket>> {
+        Box::pin(async move { self.store().await?.ticket_for_key(key).await })
+    }
+
+    fn pending(&self) -> StoreFuture<'_, Vec<u64>> {
+        Box::pin(async move { self.store().await?.pending().await })
+    }
+
+    fn oldest(&self) -> StoreFuture<'_, Option<SystemTime>> {
+        Box::pin(async move { self.store().await?.oldest().await })
+    }
+}

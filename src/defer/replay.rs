@@ -91,6 +91,49 @@ impl Load {
     }
 }
 
+impl<F, R, P, D, C> crate::BrownoutLayer<F, R, P, D, C>
+where
+    crate::BrownoutLayer<F, R, P, D, C>: Clone + Send + Sync + 'static,
+{
+    /// Starts a replayer for every deferring route of the stack's policy
+    /// (none without one), on the current tokio runtime; see
+    /// [`Deferral::replay`].
+    ///
+    /// `service` is what live traffic goes through, this stack included:
+    /// an axum `Router` whose routes are behind it, or the stack over the
+    /// back end. A replayed request carries [`Replayed`](super::Replayed),
+    /// so the stack's fallback never defers it again: a replay the stack
+    /// rejects comes back as its ordinary answer (a `503` or `429`, or a
+    /// [`Rejected`] error) and is put back in its store for later. The
+    /// replays of a route use at most what live traffic leaves of its
+    /// limit, and never less than its `replay_share`.
+    ///
+    /// `B` is the request body type to rebuild requests with; a service
+    /// that takes several (an axum `Router`) needs it named:
+    /// `layer.replay::<axum::body::Body, _, _>(router.clone())`.
+    pub fn replay<B, S, RB>(&self, service: S) -> Vec<ReplayHandle>
+    where
+        S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: From<Bytes> + Send + 'static,
+        RB: Body + Send + 'static,
+        RB::Data: Send,
+        RB::Error: Into<BoxError>,
+    {
+        let Some(deferral) = self.deferral() else {
+            return Vec::new();
+        };
+        let layer = self.clone();
+        deferral.replay_all(service.map_err(Into::into), move |route: &str| {
+            Some(Load {
+                limit: layer.limit(route)?,
+                inflight: layer.inflight(route).unwrap_or(0),
+            })
+        })
+    }
+}
+
 /// What one replay came to.
 enum Replayed {
     /// Settled (or found settled).
@@ -143,7 +186,7 @@ impl Deferral {
     /// | the replay | then |
     /// |---|---|
     /// | brownout rejects it (breaker open, maintenance, shed) | put back in its place; pause ([`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`], or the rejection's retry hint) |
-    /// | the back end answers 502, 503 or 504, or cannot be reached | the same: the back end is not back yet |
+    /// | the answer is 429, 502, 503 or 504 (the stack or the back end says "not now"), or the back end cannot be reached | the same, pausing as its `Retry-After` says (within the bounds above) |
     /// | the back end answers anything else | `served`, with status and body (up to `max_answer`) |
     /// | its answer's body cannot be read | `failed` |
     ///
@@ -311,6 +354,7 @@ fn rebuild<B: From<Bytes>>(claimed: &Claimed) -> Result<Request<B>, String> {
     let key = HeaderValue::try_from(key).map_err(|e| format!("idempotency key: {e}"))?;
     headers.insert(IDEMPOTENCY_KEY, key);
     request.extensions_mut().insert(Priority::new(r.priority));
+    request.extensions_mut().insert(super::Replayed);
     Ok(request)
 }
 
@@ -379,8 +423,15 @@ where
         }
     };
     let status = answer.status();
-    if matches!(status.as_u16(), 502..=504) {
-        return not_yet(&route, &store, ticket, None).await;
+    if matches!(status.as_u16(), 429 | 502..=504) {
+        // Not back yet, or over its budget: later, when it says.
+        let hint = answer
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return not_yet(&route, &store, ticket, hint).await;
     }
     let content_type = answer
         .headers()

@@ -239,6 +239,14 @@ impl BudgetPolicy {
                 "is not a Redis URL (redis://host:port, rediss://, unix://)",
             ));
         }
+        if self.store == BudgetStore::Redis && !cfg!(feature = "fleet") {
+            return Err(PolicyError::invalid(
+                field("store"),
+                "\"redis\"",
+                "needs brownout's `fleet` cargo feature, which this build lacks: \
+                 enable it, or use store = \"local\"",
+            ));
+        }
         if self.key_prefix.is_empty() {
             return Err(PolicyError::invalid(
                 field("key_prefix"),

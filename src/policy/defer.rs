@@ -128,6 +128,22 @@ impl DeferPolicy {
     /// ```
     pub fn validate_at(&self, at: &str) -> Result<(), PolicyError> {
         let field = |name: &str| format!("{at}.{name}");
+        if !cfg!(feature = "defer") {
+            return Err(PolicyError::invalid(
+                at,
+                "(a defer section)",
+                "needs brownout's `defer` cargo feature, which this build lacks: \
+                 enable it, or remove the section",
+            ));
+        }
+        if self.store == DeferStoreKind::Redis && !cfg!(feature = "defer-redis") {
+            return Err(PolicyError::invalid(
+                field("store"),
+                "\"redis\"",
+                "needs brownout's `defer-redis` cargo feature, which this build lacks: \
+                 enable it, or use store = \"embedded\"",
+            ));
+        }
         if self.store == DeferStoreKind::Embedded && self.path.trim().is_empty() {
             return Err(PolicyError::invalid(
                 field("path"),

@@ -15,7 +15,7 @@ use super::BrownoutLayer;
 /// routes by path, classes and deadlines from headers, 5xx as failures.
 #[cfg(feature = "http")]
 pub type HttpBrownoutLayer = BrownoutLayer<
-    crate::fallback::ProblemJson,
+    super::PolicyFallback<crate::fallback::ProblemJson>,
     super::HttpRoute,
     crate::priority::HeaderPriority,
     crate::deadline::HeaderDeadline,
@@ -24,9 +24,9 @@ pub type HttpBrownoutLayer = BrownoutLayer<
 
 /// The service an [`HttpBrownoutLayer`] makes of `S`.
 #[cfg(feature = "http")]
-pub type HttpBrownout<S> = super::Brownout<
+pub type HttpBrownout<S> = super::Budgeted<
     S,
-    crate::fallback::ProblemJson,
+    super::PolicyFallback<crate::fallback::ProblemJson>,
     super::HttpRoute,
     crate::priority::HeaderPriority,
     crate::deadline::HeaderDeadline,
@@ -47,7 +47,7 @@ pub type GrpcBrownoutLayer = BrownoutLayer<
 
 /// The service a [`GrpcBrownoutLayer`] makes of `S`.
 #[cfg(feature = "grpc")]
-pub type GrpcBrownout<S> = super::Brownout<
+pub type GrpcBrownout<S> = super::Budgeted<
     S,
     crate::fallback::GrpcUnavailable,
     super::HttpRoute,

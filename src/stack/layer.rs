@@ -15,6 +15,7 @@ use crate::listen::SharedListener;
 use crate::policy::Policy;
 use crate::priority::{Classes, DefaultPriority};
 
+use super::extras::{BudgetFallback, Budgeted};
 use super::{Brownout, SingleRoute};
 
 /// Routes with a gate of their own before new ones share the overflow gate.
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     /// from the old policy is listed here by then, so the apply finds and
     /// reconfigures it even if it is not yet in `gates`.
     pub(crate) built: Arc<Mutex<Vec<Arc<str>>>>,
+    /// The policy's `[budget]`, taken before admission; `None` without one.
+    pub(crate) budget: Option<crate::budget::Budget>,
 }
 
 impl Shared {
@@ -100,6 +103,27 @@ struct Settings {
     /// `None`: detected when the gates are built.
     clock: Option<Clock>,
     listener: Option<SharedListener>,
+    /// The deferring routes of the policy with their stores, opened once
+    /// by [`BrownoutLayer::from_policy`]; `None` without any.
+    #[cfg(feature = "defer")]
+    deferral: Option<crate::defer::Deferral>,
+}
+
+/// A stack that cannot be built as its policy says; see
+/// [`BrownoutLayer::try_from_policy`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The policy does not validate (it names the field and its value).
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// The `[budget]` cannot be built.
+    #[error(transparent)]
+    Budget(#[from] crate::budget::BudgetError),
+    /// A deferring route's store cannot be opened (it names the path).
+    #[cfg(feature = "defer")]
+    #[error(transparent)]
+    Defer(#[from] crate::defer::StoreError),
 }
 
 /// The parts that look at each request and answer it; the type-changing
@@ -117,18 +141,60 @@ impl BrownoutLayer {
     /// The stack `policy` describes. Build it after `tokio::time::pause()`
     /// in tests, so that it follows virtual time.
     ///
+    /// With a `[budget]` section, every request takes a unit of the budget
+    /// before admission ([`Budgeted`](super::Budgeted)); with
+    /// `[routes."…".defer]` sections (feature `defer`), their stores are
+    /// opened here and the HTTP preset ([`http`](Self::http)) defers the
+    /// requests those routes reject.
+    ///
     /// A policy that does not validate is used with its bad values brought
-    /// into range, and an error is logged; load policies with
-    /// [`Policy::from_path`] and friends, which validate.
+    /// into range, and an error is logged; so is a part that cannot be
+    /// built (a budget, a store that cannot be opened: the stack goes on
+    /// without it). Load policies with [`Policy::from_path`] and friends,
+    /// which validate, or build with [`try_from_policy`](Self::try_from_policy),
+    /// which says what is wrong instead.
     pub fn from_policy(policy: &Policy) -> Self {
+        Self::build(policy, false).unwrap_or_else(|err| {
+            // Not reached: a lenient build logs what it leaves out.
+            tracing::error!(%err, "brownout: stack built without its failing part");
+            Self::build(&Policy::default(), false).expect("the default policy builds")
+        })
+    }
+
+    /// [`from_policy`](Self::from_policy), or the first thing that stops
+    /// the stack from being built as `policy` says: a field that does not
+    /// validate, a `[budget]` or a `defer` section that needs a cargo
+    /// feature this build lacks, a deferral store that cannot be opened
+    /// (its path and why). Each error names the field or the path.
+    ///
+    /// ```
+    /// # #[cfg(feature = "toml")] {
+    /// use brownout::{BrownoutLayer, Policy};
+    ///
+    /// let mut policy = Policy::default();
+    /// policy.limit.min = 0;
+    /// let err = BrownoutLayer::try_from_policy(&policy).unwrap_err();
+    /// assert!(err.to_string().starts_with("limit.min: 0"), "{err}");
+    /// # }
+    /// ```
+    pub fn try_from_policy(policy: &Policy) -> Result<Self, BuildError> {
+        Self::build(policy, true)
+    }
+
+    fn build(policy: &Policy, strict: bool) -> Result<Self, BuildError> {
+        if strict {
+            policy.validate()?;
+        }
         let settings = Settings {
             policy: Arc::new(policy.clone()),
             max_routes: DEFAULT_MAX_ROUTES,
             clock: None,
             listener: None,
+            #[cfg(feature = "defer")]
+            deferral: open_deferral(policy, strict)?,
         };
-        Self {
-            shared: settings.build(),
+        Ok(Self {
+            shared: settings.build_checked(strict)?,
             settings,
             parts: Parts {
                 fallback: RejectAsError,
@@ -137,14 +203,39 @@ impl BrownoutLayer {
                 deadline: NoDeadline,
                 classifier: ErrorsAsFailures,
             },
-        }
+        })
+    }
+}
+
+/// The stores of `policy`'s deferring routes: an error when `strict`, else
+/// logged, leaving out the routes whose store cannot be opened.
+#[cfg(feature = "defer")]
+fn open_deferral(
+    policy: &Policy,
+    strict: bool,
+) -> Result<Option<crate::defer::Deferral>, BuildError> {
+    if !policy.routes.values().any(|route| route.defer.is_some()) {
+        return Ok(None);
+    }
+    match crate::defer::Deferral::open_now(policy, strict) {
+        Ok(deferral) => Ok(Some(deferral)),
+        Err(err) => Err(err.into()),
     }
 }
 
 impl Settings {
     /// A fresh stack state: the policy in force and no gates but the
-    /// overflow gate.
+    /// overflow gate; errors logged.
     fn build(&self) -> Arc<Shared> {
+        match self.build_checked(false) {
+            Ok(shared) => shared,
+            Err(_) => unreachable!("a lenient build logs its errors"),
+        }
+    }
+
+    /// A fresh stack state; a budget that cannot be built is an error when
+    /// `strict`, else logged and left out.
+    fn build_checked(&self, strict: bool) -> Result<Arc<Shared>, BuildError> {
         let policy = &*self.policy;
         let max_routes = self.max_routes;
         if let Err(err) = policy.validate() {
@@ -153,6 +244,19 @@ impl Settings {
         let classes = Classes::from_policy(&policy.priority);
         let clock = self.clock.clone().unwrap_or_else(Clock::detect);
         let listener = self.listener.clone();
+        let budget = match &policy.budget {
+            None => None,
+            Some(budget) => {
+                match crate::budget::Budget::with_clock(budget, &policy.priority, clock.clone()) {
+                    Ok(budget) => Some(budget),
+                    Err(err) if strict => return Err(err.into()),
+                    Err(err) => {
+                        tracing::error!(%err, "brownout: the [budget] cannot be built; the stack counts no budget");
+                        None
+                    }
+                }
+            }
+        };
         let in_force = Arc::new(ArcSwap::from_pointee(policy.clone()));
         let built = Arc::new(Mutex::new(Vec::new()));
         let gates = {
@@ -182,13 +286,14 @@ impl Settings {
                 })
             })
         };
-        Arc::new(Shared {
+        Ok(Arc::new(Shared {
             policy: in_force,
             gates,
             classes,
             applying: Mutex::new(()),
             built,
-        })
+            budget,
+        }))
     }
 }
 
@@ -246,6 +351,20 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
     /// Every route's state now; see [`PolicyHandle::snapshot`](super::PolicyHandle::snapshot).
     pub fn snapshot(&self) -> super::HealthSnapshot {
         super::health::snapshot(&self.shared)
+    }
+
+    /// The policy's `[budget]` as the stack counts it, if it has one.
+    pub fn budget(&self) -> Option<&crate::budget::Budget> {
+        self.shared.budget.as_ref()
+    }
+
+    /// The deferring routes of the policy with their open stores, if it
+    /// has any (feature `defer`): the source of the status endpoint
+    /// ([`Deferral::status_layer`](crate::defer::Deferral::status_layer))
+    /// and the replayers ([`replay`](Self::replay)).
+    #[cfg(feature = "defer")]
+    pub fn deferral(&self) -> Option<&crate::defer::Deferral> {
+        self.settings.deferral.as_ref()
     }
 
     /// The priority classes requests are sorted into.
@@ -364,7 +483,9 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
 #[cfg(feature = "http")]
 impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
     /// Everything an HTTP service needs: rejections answered with
-    /// [`ProblemJson`](crate::fallback::ProblemJson) (503, `Retry-After`),
+    /// [`ProblemJson`](crate::fallback::ProblemJson) (503, `Retry-After`;
+    /// `429` over the budget), or deferred on the routes with a `defer`
+    /// section ([`PolicyFallback`](super::PolicyFallback)),
     /// routes by [`HttpRoute`](super::HttpRoute), classes from the policy's
     /// `priority.header`, deadlines from `grpc-timeout` or the policy's
     /// `waiting_room.deadline_header`, 5xx as failures.
@@ -377,7 +498,7 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
     pub fn http(
         self,
     ) -> BrownoutLayer<
-        crate::fallback::ProblemJson,
+        super::PolicyFallback<crate::fallback::ProblemJson>,
         super::HttpRoute,
         crate::priority::HeaderPriority,
         crate::deadline::HeaderDeadline,
@@ -387,11 +508,33 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
         let deadline = crate::deadline::HeaderDeadline::new(
             self.settings.policy.waiting_room.deadline_header.as_deref(),
         );
-        self.fallback(crate::fallback::ProblemJson)
+        let fallback = self.policy_fallback(crate::fallback::ProblemJson);
+        self.fallback(fallback)
             .route_by(super::HttpRoute)
             .priority(priority)
             .deadline(deadline)
             .classify(crate::classify::ServerErrorsAsFailures)
+    }
+}
+
+#[cfg(feature = "http")]
+impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
+    /// `fallback`, deferring what the policy's deferring routes reject
+    /// (feature `defer`; without it, or without such routes, `fallback`
+    /// answers everything). [`http`](Self::http) uses it with
+    /// [`ProblemJson`](crate::fallback::ProblemJson); give it a fallback of
+    /// your own to keep the deferral:
+    /// `layer.clone().fallback(layer.policy_fallback(mine))`.
+    pub fn policy_fallback<G: Clone>(&self, fallback: G) -> super::PolicyFallback<G> {
+        super::PolicyFallback {
+            #[cfg(feature = "defer")]
+            defer: self
+                .settings
+                .deferral
+                .as_ref()
+                .map(|deferral| deferral.fallback(fallback.clone())),
+            inner: fallback,
+        }
     }
 }
 
@@ -427,17 +570,19 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
 impl<S, F: Clone, R: Clone, P: Clone, D: Clone, C: Clone> Layer<S>
     for BrownoutLayer<F, R, P, D, C>
 {
-    type Service = Brownout<S, F, R, P, D, C>;
+    type Service = Budgeted<S, F, R, P, D, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Brownout {
-            inner,
-            shared: self.shared.clone(),
-            fallback: self.parts.fallback.clone(),
-            route: self.parts.route.clone(),
-            priority: self.parts.priority.clone(),
-            deadline: self.parts.deadline.clone(),
-            classifier: self.parts.classifier.clone(),
+        Budgeted {
+            inner: Brownout {
+                inner,
+                shared: self.shared.clone(),
+                fallback: BudgetFallback::new(self.parts.fallback.clone()),
+                route: self.parts.route.clone(),
+                priority: self.parts.priority.clone(),
+                deadline: self.parts.deadline.clone(),
+                classifier: self.parts.classifier.clone(),
+            },
         }
     }
 }

@@ -57,8 +57,15 @@ fn pending_key(rank: u8) -> String {
     format!("pending:{rank}")
 }
 
+/// The stores this process has open, by file: opened once, shared after.
+static OPEN: std::sync::OnceLock<
+    std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Weak<Inner>>>,
+> = std::sync::OnceLock::new();
+
 impl EmbeddedStore {
-    /// Opens (or creates) the store in directory `dir`.
+    /// Opens (or creates) the store in directory `dir`. A store this
+    /// process already has open (the one [`BrownoutLayer::from_policy`](crate::BrownoutLayer::from_policy)
+    /// opened, say) is shared, not opened twice (redb allows one opener).
     ///
     /// A directory that cannot be created or read, a file where the
     /// directory should be, a directory holding other files but no store,
@@ -91,6 +98,17 @@ impl EmbeddedStore {
                 ),
             ));
         }
+        // One process opens a store once: a second open of the same
+        // directory (the stack's own and one opened by hand) shares it.
+        let key = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+        let mut open = OPEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        open.retain(|_, store| store.strong_count() > 0);
+        if let Some(inner) = open.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(Self { inner });
+        }
         let db = Database::create(&file).map_err(|e| fail(&file, e.to_string()))?;
         let store = Inner {
             db,
@@ -100,9 +118,9 @@ impl EmbeddedStore {
         store
             .recover()
             .map_err(|e| fail(&file, format!("cannot read it back: {e}")))?;
-        Ok(Self {
-            inner: Arc::new(store),
-        })
+        let inner = Arc::new(store);
+        open.insert(key, Arc::downgrade(&inner));
+        Ok(Self { inner })
     }
 
     /// The store's file.
