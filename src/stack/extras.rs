@@ -24,6 +24,39 @@ use crate::reject::{Reason, Rejected};
 use super::layer::Shared;
 use super::{Brownout, DEFAULT_ROUTE, ResponseFuture, RouteOf};
 
+/// A stack that cannot be built as its policy says; see
+/// [`BrownoutLayer::try_from_policy`](super::BrownoutLayer::try_from_policy).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The policy does not validate (it names the field and its value).
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// The `[budget]` cannot be built.
+    #[error(transparent)]
+    Budget(#[from] crate::budget::BudgetError),
+    /// A deferring route's store cannot be opened (it names the path).
+    #[cfg(feature = "defer")]
+    #[error(transparent)]
+    Defer(#[from] crate::defer::StoreError),
+}
+
+/// The stores of `policy`'s deferring routes: an error when `strict`, else
+/// logged, leaving out the routes whose store cannot be opened.
+#[cfg(feature = "defer")]
+pub(super) fn open_deferral(
+    policy: &crate::Policy,
+    strict: bool,
+) -> Result<Option<crate::defer::Deferral>, BuildError> {
+    if !policy.routes.values().any(|route| route.defer.is_some()) {
+        return Ok(None);
+    }
+    match crate::defer::Deferral::open_now(policy, strict) {
+        Ok(deferral) => Ok(Some(deferral)),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// The fallback of the stack's admission stage: `F`, holding the budget
 /// unit of the request being admitted, which it gives back when the stack
 /// rejects that request before the inner service saw it (the room was

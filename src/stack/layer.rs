@@ -15,7 +15,9 @@ use crate::listen::SharedListener;
 use crate::policy::Policy;
 use crate::priority::{Classes, DefaultPriority};
 
-use super::extras::{BudgetFallback, Budgeted};
+#[cfg(feature = "defer")]
+use super::extras::open_deferral;
+use super::extras::{BudgetFallback, Budgeted, BuildError};
 use super::{Brownout, SingleRoute};
 
 /// Routes with a gate of their own before new ones share the overflow gate.
@@ -109,23 +111,6 @@ struct Settings {
     deferral: Option<crate::defer::Deferral>,
 }
 
-/// A stack that cannot be built as its policy says; see
-/// [`BrownoutLayer::try_from_policy`].
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// The policy does not validate (it names the field and its value).
-    #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyError),
-    /// The `[budget]` cannot be built.
-    #[error(transparent)]
-    Budget(#[from] crate::budget::BudgetError),
-    /// A deferring route's store cannot be opened (it names the path).
-    #[cfg(feature = "defer")]
-    #[error(transparent)]
-    Defer(#[from] crate::defer::StoreError),
-}
-
 /// The parts that look at each request and answer it; the type-changing
 /// builders swap one each.
 #[derive(Debug, Clone)]
@@ -204,22 +189,6 @@ impl BrownoutLayer {
                 classifier: ErrorsAsFailures,
             },
         })
-    }
-}
-
-/// The stores of `policy`'s deferring routes: an error when `strict`, else
-/// logged, leaving out the routes whose store cannot be opened.
-#[cfg(feature = "defer")]
-fn open_deferral(
-    policy: &Policy,
-    strict: bool,
-) -> Result<Option<crate::defer::Deferral>, BuildError> {
-    if !policy.routes.values().any(|route| route.defer.is_some()) {
-        return Ok(None);
-    }
-    match crate::defer::Deferral::open_now(policy, strict) {
-        Ok(deferral) => Ok(Some(deferral)),
-        Err(err) => Err(err.into()),
     }
 }
 

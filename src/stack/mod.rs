@@ -83,11 +83,11 @@ pub use self::ext::{HttpBrownout, HttpBrownoutLayer};
 pub use self::extras::PolicyAnswer;
 #[cfg(feature = "http")]
 pub use self::extras::PolicyFallback;
-pub use self::extras::{BudgetFallback, Budgeted, BudgetedFuture};
+pub use self::extras::{BudgetFallback, Budgeted, BudgetedFuture, BuildError};
 pub use self::future::ResponseFuture;
 pub use self::handle::PolicyHandle;
 pub use self::health::{HealthSnapshot, RouteHealth};
-pub use self::layer::{BrownoutLayer, BuildError, DEFAULT_MAX_ROUTES};
+pub use self::layer::{BrownoutLayer, DEFAULT_MAX_ROUTES};
 #[cfg(feature = "http")]
 pub use self::route::HttpRoute;
 pub use self::route::{RouteFn, RouteOf, SingleRoute, route_fn};
