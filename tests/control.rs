@@ -325,3 +325,116 @@ async fn a_standalone_breaker_is_controlled_on_its_layer() {
     assert_eq!(layer.state(), BreakerState::Closed);
     svc.oneshot(()).await.unwrap();
 }
+
+// ---- the snapshot ---------------------------------------------------------
+
+/// A fixed limit of 1 and a room of 10 that holds a call 30 s; the
+/// breaker opens for a minute after 5 failures (longer than a wait: calls
+/// are turned away at once).
+const TIGHT: &str = r#"
+[breaker]
+minimum_calls = 5
+open_for = "60s"
+open_backoff = { jitter = 0.0 }
+
+[limit]
+algorithm = "fixed"
+initial = 1
+min = 1
+max = 1
+reserve = 0.0
+
+[waiting_room]
+capacity = 10
+max_wait = "30s"
+"#;
+
+/// A request: its class by rank, how long the back end takes, whether it
+/// fails.
+type Req = (u8, Duration, bool);
+
+#[allow(clippy::type_complexity)]
+fn tight() -> (
+    BrownoutLayer<
+        brownout::fallback::RejectAsError,
+        brownout::stack::SingleRoute,
+        brownout::priority::PriorityFn<
+            fn(&Req, &brownout::priority::Classes) -> brownout::Priority,
+        >,
+    >,
+    impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone + Send,
+) {
+    let class: fn(&Req, &brownout::priority::Classes) -> brownout::Priority =
+        |req, _| brownout::Priority::new(req.0);
+    let layer = BrownoutLayer::from_policy(&Policy::from_toml(TIGHT).unwrap())
+        .clock(Clock::tokio_at(t0()))
+        .priority(brownout::priority::priority_fn(class));
+    let svc = layer.layer(tower::service_fn(|(_, hold, fail): Req| async move {
+        tokio::time::sleep(hold).await;
+        if fail {
+            Err::<(), BoxError>("back end down".into())
+        } else {
+            Ok(())
+        }
+    }));
+    (layer, svc)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_snapshot_shows_waiters_by_class_and_the_next_probe() {
+    let (layer, svc) = tight();
+    let minute = Duration::from_secs(60);
+    // One call holds the only slot; two `bulk` and one `urgent` wait.
+    let holder = tokio::spawn(svc.clone().oneshot((1, minute, false)));
+    tokio::task::yield_now().await;
+    let waiters: Vec<_> = [2, 2, 0]
+        .into_iter()
+        .map(|rank| tokio::spawn(svc.clone().oneshot((rank, Duration::ZERO, false))))
+        .collect();
+    advance(Duration::from_secs(1)).await;
+    let snapshot = layer.handle().snapshot();
+    let route = &snapshot.routes[0];
+    assert_eq!(route.route, "default");
+    assert_eq!(route.waiting, 3);
+    assert_eq!(
+        route.waiting_by_class,
+        vec![
+            ("urgent".to_owned(), 1),
+            ("normal".to_owned(), 0),
+            ("bulk".to_owned(), 2)
+        ]
+    );
+    assert_eq!((route.next_probe_at, route.next_probe_in_ms), (None, None));
+    let json = serde_json::to_string(&snapshot).unwrap();
+    assert!(
+        json.contains(r#""waiting_by_class":{"urgent":1,"normal":0,"bulk":2}"#),
+        "{json}"
+    );
+    assert!(json.contains(r#""next_probe_at":null"#), "{json}");
+    holder.abort();
+    for waiter in waiters {
+        waiter.await.unwrap().expect("served once the slot is free");
+    }
+
+    // Five failures open the breaker for a minute.
+    for _ in 0..5 {
+        let _ = svc.clone().oneshot((1, Duration::ZERO, true)).await;
+    }
+    assert_eq!(layer.state("default"), Some(BreakerState::Open));
+    advance(Duration::from_millis(15_250)).await;
+    let snapshot = layer.snapshot();
+    let route = &snapshot.routes[0];
+    assert_eq!(route.state, "open");
+    assert_eq!(route.next_probe_in_ms, Some(44_750));
+    // The breaker opened a second after the clock's start, for a minute.
+    assert_eq!(route.next_probe_at, Some(t0() + Duration::from_secs(61)));
+    let json = serde_json::to_value(&snapshot).unwrap();
+    assert_eq!(json["routes"][0]["next_probe_in_ms"], 44_750);
+    assert_eq!(
+        json["routes"][0]["next_probe_at"],
+        "2026-12-05T08:01:01.000Z"
+    );
+    // Half-open by hand: no next probe to wait for.
+    layer.handle().half_open_now("default");
+    assert_eq!(layer.snapshot().routes[0].next_probe_at, None);
+}

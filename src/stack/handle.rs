@@ -62,8 +62,10 @@ impl PolicyHandle {
         self.shared.policy.load_full()
     }
 
-    /// Every route's state now: breaker state and mode, limit, calls in
-    /// flight, waiters. Serialise it for a health or admin endpoint.
+    /// Every route's state now: breaker state and mode, the open
+    /// breaker's next probe, limit, calls in flight, waiters (by class).
+    /// Serialise it for a health or admin endpoint; see
+    /// [`RouteHealth`](super::RouteHealth).
     pub fn snapshot(&self) -> super::HealthSnapshot {
         super::health::snapshot(&self.shared)
     }

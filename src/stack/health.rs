@@ -3,16 +3,19 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
 
 use crate::core::gate::Gate;
 use crate::core::gate_map::OVERFLOW_KEY;
 use crate::policy::Mode;
+use crate::priority::Priority;
 
 use super::layer::Shared;
 
 /// Every route of a stack as it stands now; serialise it (JSON, …) for a
-/// health or admin endpoint. Built by [`PolicyHandle::snapshot`](super::PolicyHandle::snapshot)
+/// health or admin endpoint (see [`RouteHealth`] for what one route says). Built by [`PolicyHandle::snapshot`](super::PolicyHandle::snapshot)
 /// and [`BrownoutLayer::snapshot`](super::BrownoutLayer::snapshot).
 ///
 /// ```
@@ -33,6 +36,16 @@ pub struct HealthSnapshot {
 }
 
 /// One route's admission state.
+///
+/// Serialised (with serde, e.g. to JSON), times are RFC 3339 in UTC and
+/// the waiters by class an object in order of importance:
+///
+/// ```json
+/// { "route": "/slots", "state": "open", "mode": "enforce", "limit": 20,
+///   "inflight": 0, "waiting": 3,
+///   "waiting_by_class": { "urgent": 1, "normal": 2, "bulk": 0 },
+///   "next_probe_at": "2026-12-07T05:21:13.250Z", "next_probe_in_ms": 4250 }
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct RouteHealth {
@@ -49,10 +62,35 @@ pub struct RouteHealth {
     pub inflight: u32,
     /// Requests in the waiting room now.
     pub waiting: usize,
+    /// Requests in the waiting room now, by priority class, most important
+    /// first (empty without a waiting room).
+    #[serde(serialize_with = "ordered_map")]
+    pub waiting_by_class: Vec<(String, usize)>,
+    /// When an open breaker lets its next probe through (the `Retry-After`
+    /// its rejections carry), in wall-clock time as the stack's clock sees
+    /// it; `None` unless the breaker is open and enforcing.
+    #[serde(serialize_with = "rfc3339")]
+    pub next_probe_at: Option<SystemTime>,
+    /// How long from the snapshot until that probe, in milliseconds.
+    pub next_probe_in_ms: Option<u64>,
+    // Budget and deferral counts belong here, once a route can report
+    // them: one `Option<…>` field per section (`#[serde(skip_serializing_if
+    // = "Option::is_none")]`, so that routes without a budget or deferral
+    // serialise as before), filled in `RouteHealth::of` from the route's
+    // budget pools and deferral store. The struct is `#[non_exhaustive]`:
+    // adding them breaks no one.
 }
 
 impl RouteHealth {
     fn of(route: &str, gate: &Gate) -> Self {
+        let next_probe = gate.next_probe();
+        let classes = gate.classes();
+        let waiting_by_class = gate
+            .waiting_by_class()
+            .into_iter()
+            .enumerate()
+            .map(|(rank, n)| (classes.name(Priority::new(rank as u8)).to_owned(), n))
+            .collect();
         Self {
             route: route.to_owned(),
             state: gate.state().as_str(),
@@ -60,7 +98,24 @@ impl RouteHealth {
             limit: gate.limiter().map(|limit| limit.limit()),
             inflight: gate.inflight(),
             waiting: gate.waiting(),
+            waiting_by_class,
+            next_probe_at: next_probe.map(|(at, _)| at),
+            next_probe_in_ms: next_probe
+                .map(|(_, wait)| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
         }
+    }
+}
+
+/// A list of pairs as an object, in the list's order.
+fn ordered_map<S: Serializer>(pairs: &[(String, usize)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+}
+
+/// A time as RFC 3339 (UTC, milliseconds), or null.
+fn rfc3339<S: Serializer>(at: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => s.collect_str(&humantime::format_rfc3339_millis(*at)),
+        None => s.serialize_none(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! listener call of every breaker transition, limit change and shed.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
 use crate::clock::Clock;
 use crate::clock::{Nanos, saturating_nanos};
@@ -290,5 +291,24 @@ impl Gate {
                 priority: self.classes.name(priority),
             });
         }
+    }
+
+    /// When the open breaker lets its next probe through, in wall-clock
+    /// time, and how long that is from now; `None` unless the breaker is
+    /// open by its own verdict (or by hand) and enforcing.
+    pub(crate) fn next_probe(&self) -> Option<(SystemTime, Duration)> {
+        let now = self.clock.now();
+        let at = self.next_probe_at(now)?;
+        Some((self.clock.wall_at(at), Duration::from_nanos(at - now)))
+    }
+
+    /// Requests waiting now, one count per class in order of importance
+    /// (none without a waiting room). Takes the room's lock.
+    pub(crate) fn waiting_by_class(&self) -> Vec<usize> {
+        let Some(room) = &self.room else {
+            return Vec::new();
+        };
+        let counts = room.with(|queues| queues.waiting_by_class());
+        counts.into_iter().take(self.classes.len()).collect()
     }
 }

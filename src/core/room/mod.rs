@@ -410,6 +410,20 @@ impl Queues {
         self.free = index;
     }
 
+    /// Waiters of each class, by rank: walks every waiter (for a health
+    /// snapshot, not for the request path).
+    pub(crate) fn waiting_by_class(&self) -> [usize; MAX_CLASSES] {
+        let mut counts = [0; MAX_CLASSES];
+        for (count, list) in counts.iter_mut().zip(&self.lists) {
+            let mut index = list.head;
+            while index != NIL {
+                *count += 1;
+                index = self.slots[index as usize].next;
+            }
+        }
+        counts
+    }
+
     /// Slots allocated: the room's peak size, its memory high-water mark.
     pub(crate) fn slots_allocated(&self) -> usize {
         self.slots.len()
