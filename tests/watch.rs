@@ -35,6 +35,19 @@ fn a_changed_file_is_reloaded_and_a_bad_one_is_not() {
     assert_eq!(outcome, Ok(()));
     assert_eq!(layer.policy().breaker.failure_rate, 0.25);
 
+    // Reads are not changes: neither the watcher's own reload (which would
+    // reload again and again) nor anyone else's read brings a reload.
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "[breaker]\nfailure_rate = 0.25\n"
+    );
+    let quiet = brownout::stack::DEBOUNCE * 4;
+    assert_eq!(
+        reloads.recv_timeout(quiet),
+        Err(mpsc::RecvTimeoutError::Timeout),
+        "no reload without a change"
+    );
+
     std::fs::write(&path, "[breaker]\nfailure_rate = 7.5\n").unwrap();
     let outcome = reloads
         .recv_timeout(Duration::from_secs(10))

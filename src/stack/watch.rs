@@ -1,10 +1,11 @@
 //! Reload the policy when its file changes (feature `watch`).
 
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
 use crate::policy::PolicyError;
 
@@ -16,11 +17,18 @@ pub const DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// Watches a policy file and reloads it into a running stack on change;
 /// dropping it stops watching. Made by [`PolicyHandle::watch`].
-#[derive(Debug)]
 pub struct PolicyWatcher {
-    // Dropped first: closes the event channel, which ends the thread.
-    _watcher: notify::RecommendedWatcher,
+    // Dropping it stops the watcher and its thread.
+    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
     path: PathBuf,
+}
+
+impl fmt::Debug for PolicyWatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyWatcher")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PolicyWatcher {
@@ -37,7 +45,8 @@ impl PolicyHandle {
     /// every outcome (pass `|_| {}` if logs are enough).
     ///
     /// The file's directory is watched, not the file, so that editors that
-    /// write a new file and rename it over the old one are followed.
+    /// write a new file and rename it over the old one are followed. Reads
+    /// of the file (the watcher's own reload among them) are not changes.
     pub fn watch(
         &self,
         path: impl AsRef<Path>,
@@ -53,47 +62,45 @@ impl PolicyHandle {
             _ => PathBuf::from("."),
         };
         let name = path.file_name().map(ToOwned::to_owned);
-        let (events, changes) = mpsc::channel::<()>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
-                    let ours = event
-                        .paths
-                        .iter()
-                        .any(|changed| changed.file_name() == name.as_deref());
-                    if ours && !event.kind.is_access() {
-                        // The receiver is gone only when the watcher is being
-                        // dropped: nothing to do then.
-                        let _ = events.send(());
-                    }
-                }
-            })
-            .map_err(watch_error)?;
-        watcher
-            .watch(&directory, RecursiveMode::NonRecursive)
-            .map_err(watch_error)?;
         let handle = self.clone();
         let file = path.clone();
-        std::thread::Builder::new()
-            .name("brownout-policy-watch".into())
-            .spawn(move || {
-                // One reload per burst of changes, once it has settled.
-                while changes.recv().is_ok() {
-                    while changes.recv_timeout(DEBOUNCE).is_ok() {}
-                    let outcome = handle.reload(&file);
-                    match &outcome {
-                        Ok(()) => tracing::info!(file = %file.display(), "brownout: policy file reloaded"),
-                        Err(err) => tracing::error!(%err, "brownout: policy file not reloaded; the policy in force stays"),
+        // One call per burst of events, once the burst has been quiet for
+        // DEBOUNCE, on the debouncer's thread; one reload per burst.
+        let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+            let events = match result {
+                Ok(events) => events,
+                Err(errors) => {
+                    for err in errors {
+                        tracing::warn!(%err, file = %file.display(), "brownout: watching the policy file");
                     }
-                    on_reload(&outcome);
+                    return;
                 }
-            })
-            .map_err(|source| PolicyError::Read {
-                file: path.clone(),
-                source,
-            })?;
+            };
+            // Access events (open, close) are reads, not changes: our own
+            // reload reads the file, and must not trigger another one.
+            let changed = events.iter().any(|event| {
+                !event.kind.is_access()
+                    && event
+                        .paths
+                        .iter()
+                        .any(|changed| changed.file_name() == name.as_deref())
+            });
+            if !changed {
+                return;
+            }
+            let outcome = handle.reload(&file);
+            match &outcome {
+                Ok(()) => tracing::info!(file = %file.display(), "brownout: policy file reloaded"),
+                Err(err) => tracing::error!(%err, "brownout: policy file not reloaded; the policy in force stays"),
+            }
+            on_reload(&outcome);
+        })
+        .map_err(watch_error)?;
+        debouncer
+            .watch(&directory, RecursiveMode::NonRecursive)
+            .map_err(watch_error)?;
         Ok(PolicyWatcher {
-            _watcher: watcher,
+            _debouncer: debouncer,
             path,
         })
     }
