@@ -58,6 +58,15 @@
 //!
 //! Keyless and keyed payments are two brownout routes, so each has its own
 //! breaker and limit: both learn the same processor, from their own calls.
+//!
+//! # Watch and steer it
+//!
+//! ```text
+//! curl -s localhost:3001/admin/health; echo   # each route: breaker, next probe, limit, waiting by class
+//! curl -s localhost:3001/admin/breaker -d '{"route":"/payments","action":"open_until","for":"10m"}'; echo
+//! curl -s localhost:3001/admin/breaker -d '{"route":"/payments","action":"half_open_now"}'; echo
+//! curl -s localhost:3001/admin/breaker -d '{"route":"/payments","action":"reset"}'; echo
+//! ```
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;

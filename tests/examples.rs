@@ -856,3 +856,71 @@ async fn payment_serves_the_same_health_snapshot() {
     let (status, _, body) = read(send(&app.router, bad).await).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn payment_takes_a_route_out_by_hand_until_a_time_and_back() {
+    let app = payment_app();
+    let router = &app.router;
+    let (status, _, _) = read(send(router, pay(None, 150_000)).await).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let route = payment::KEYLESS;
+    let health_of = |health: &Value| {
+        health["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == route)
+            .unwrap()
+            .clone()
+    };
+
+    let out = json!({"route": route, "action": "open_until", "for": "10m"});
+    let (status, _, health) =
+        read(send(router, post_json("/admin/breaker", &[], &out)).await).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    let keyless = health_of(&health);
+    assert_eq!(keyless["state"], "open");
+    assert_eq!(keyless["next_probe_in_ms"], 600_000);
+    assert!(keyless["next_probe_at"].as_str().unwrap().ends_with('Z'));
+    let (status, headers, body) = read(send(router, pay(None, 150_000)).await).await;
+    not_charged(status, &headers, &body);
+    let (reason, after) = brownout_answer(status, &headers, &body);
+    assert_eq!((reason.as_str(), after), ("open", 600));
+
+    let probe = json!({"route": route, "action": "half_open_now"});
+    let (status, _, health) =
+        read(send(router, post_json("/admin/breaker", &[], &probe)).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health_of(&health)["state"], "half_open");
+    let reset = json!({"route": route, "action": "reset"});
+    let (status, _, health) =
+        read(send(router, post_json("/admin/breaker", &[], &reset)).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health_of(&health)["state"], "closed");
+    let (status, _, _) = read(send(router, pay(None, 150_000)).await).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Said so: a route not seen, a bad duration, both or neither time.
+    for (body, expected) in [
+        (
+            json!({"route": "/nowhere", "action": "reset"}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            json!({"route": route, "action": "open_until", "for": "soon"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"route": route, "action": "open_until"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"route": route, "action": "close"}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (status, _, answer) =
+            read(send(router, post_json("/admin/breaker", &[], &body)).await).await;
+        assert_eq!(status, expected, "{body}: {answer}");
+    }
+}

@@ -222,13 +222,15 @@ pub struct Ops {
 /// (the back end's state), `POST /admin/backend` (changes it; `400` naming
 /// the field when it cannot), `GET /admin/health` (every route's
 /// admission state), `POST /admin/mode` (one route's breaker mode by hand,
-/// until the next reload) and `GET /metrics` (Prometheus text; `404`
+/// until the next reload), `POST /admin/breaker` (reset, open or half-open
+/// one route's breaker by hand) and `GET /metrics` (Prometheus text; `404`
 /// without a recorder).
 pub fn ops<S: Clone + Send + Sync + 'static>(ops: Ops) -> Router<S> {
     Router::new()
         .route("/admin/backend", get(backend_status).post(change_backend))
         .route("/admin/health", get(health))
         .route("/admin/mode", post(set_route_mode))
+        .route("/admin/breaker", post(act_on_breaker))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(ops))
 }
@@ -283,6 +285,76 @@ async fn set_route_mode(State(ops): State<Arc<Ops>>, body: Bytes) -> Response {
             StatusCode::NOT_FOUND,
             "unknown-route",
             format!("route {:?} has not been seen yet", change.route),
+        )
+    }
+}
+
+/// `{"route": "/slots", "action": "reset"}`, `"half_open_now"`, or
+/// `"open_until"` with `"for": "10m"` or `"until": "2026-12-07T10:00:00Z"`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerAction {
+    route: String,
+    action: Action,
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    until: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Action {
+    Reset,
+    HalfOpenNow,
+    OpenUntil,
+}
+
+/// Resets, opens or half-opens one route's breaker by hand; answers the
+/// snapshot.
+async fn act_on_breaker(State(ops): State<Arc<Ops>>, body: Bytes) -> Response {
+    let bad = |detail: String| problem(ops.name, StatusCode::BAD_REQUEST, "bad-request", detail);
+    let act: BreakerAction = match serde_json::from_slice(&body) {
+        Ok(act) => act,
+        Err(err) => {
+            return bad(format!(
+                "expected {{\"route\": \"/…\", \"action\": \"reset\" | \"half_open_now\" | \"open_until\"}}: {err}"
+            ));
+        }
+    };
+    let Some(policy) = &ops.policy else {
+        return problem(
+            ops.name,
+            StatusCode::NOT_FOUND,
+            "no-stack",
+            "this service has no brownout stack",
+        );
+    };
+    let done = match act.action {
+        Action::Reset => policy.reset(&act.route),
+        Action::HalfOpenNow => policy.half_open_now(&act.route),
+        Action::OpenUntil => {
+            let until = match (&act.for_, &act.until) {
+                (Some(d), None) => match humantime::parse_duration(d) {
+                    Ok(d) => brownout::breaker::Until::For(d),
+                    Err(err) => return bad(format!("for: invalid duration {d:?}: {err}")),
+                },
+                (None, Some(t)) => match humantime::parse_rfc3339_weak(t) {
+                    Ok(t) => brownout::breaker::Until::At(t),
+                    Err(err) => return bad(format!("until: invalid RFC 3339 time {t:?}: {err}")),
+                },
+                _ => return bad("open_until takes one of \"for\" and \"until\"".to_owned()),
+            };
+            policy.open_until(&act.route, until)
+        }
+    };
+    if done {
+        Json(policy.snapshot()).into_response()
+    } else {
+        problem(
+            ops.name,
+            StatusCode::NOT_FOUND,
+            "unknown-route",
+            format!("route {:?} has not been seen yet", act.route),
         )
     }
 }
