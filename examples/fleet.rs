@@ -93,6 +93,13 @@ async fn main() -> Result<(), BoxError> {
     policy.validate()?;
     // Local stand-in: one budget for the four. Redis: one per replica.
     let local_budget = Budget::from_policy(&policy)?.expect("a budget");
+    // The budget is counted by the `BudgetLayer` above each replica's
+    // stack (so that the local stand-in can be shared by the four); the
+    // stack's own policy leaves it out, or each request would take two units.
+    let stack_policy = Policy {
+        budget: None,
+        ..policy.clone()
+    };
 
     let tallies: Vec<Arc<Tally>> = (0..REPLICAS).map(|_| Arc::default()).collect();
     let mut tasks = Vec::new();
@@ -108,7 +115,7 @@ async fn main() -> Result<(), BoxError> {
         };
         let stack = ServiceBuilder::new()
             .layer(BudgetLayer::new(budget).priority(by_class.clone()))
-            .layer(BrownoutLayer::from_policy(&policy).priority(by_class.clone()))
+            .layer(BrownoutLayer::from_policy(&stack_policy).priority(by_class.clone()))
             .service(backend.clone());
         let svc = fleet_layer(&redis, &policy, stack)?;
         let tally = tallies[replica].clone();

@@ -62,12 +62,16 @@
 //!   (a tenth of `per` unless set), what is left of every reserve is
 //!   released to every class.
 //!
-//! A unit taken by a request that a later stage rejects (the inner service
-//! answers with a [`Rejected`] error, e.g. shed by the limit) is given back
-//! by the local store. An inner stack that answers its rejections itself
-//! (the `http()` and `grpc()` presets) keeps the unit: put the fallback
-//! outside the budget instead (`FallbackLayer`, then `BudgetLayer`, then
-//! `BrownoutLayer::from_policy`).
+//! [`BrownoutLayer::from_policy`](crate::BrownoutLayer::from_policy)
+//! counts the policy's `[budget]` itself, in front of admission: a unit
+//! taken by a request admission then turns away before the back end sees
+//! it (shed, breaker open, a wait run out) is given back by the local
+//! store, whichever fallback answers it. [`BudgetLayer`] puts a budget in
+//! front of any other service; there, a unit is given back when the inner
+//! service answers with a [`Rejected`] error (an inner stack that answers
+//! its rejections itself keeps the unit). Do not put a `BudgetLayer` over
+//! a stack built from the same `[budget]`: each request would take two
+//! units.
 //!
 //! # Several replicas
 //!

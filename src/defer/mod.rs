@@ -18,26 +18,26 @@
 //!
 //! # Composing it
 //!
-//! [`Deferral::open`] opens every deferring route's store; its
-//! [`fallback`](Deferral::fallback) goes into the composed stack in place
-//! of the ordinary one (which it wraps), its
-//! [`status_layer`](Deferral::status_layer) goes in front, and a
-//! [replayer](Deferral::replay) per route sends the stored requests through
-//! a clone of the same stack (sharing its breakers and limits) once the
-//! back end is back:
+//! [`BrownoutLayer::from_policy`](crate::BrownoutLayer::from_policy) opens
+//! the store of every deferring route (an embedded store now, a Redis one
+//! at its first use; [`try_from_policy`](crate::BrownoutLayer::try_from_policy)
+//! says which cannot be opened, naming the path), and its HTTP preset
+//! ([`http`](crate::BrownoutLayer::http)) defers what those routes reject.
+//! Two calls remain: the status endpoint in front of the app
+//! ([`Deferral::status_layer`] of [`BrownoutLayer::deferral`](crate::BrownoutLayer::deferral)),
+//! and the replayers, which send the stored requests through the app
+//! itself once the back end is back ([`BrownoutLayer::replay`](crate::BrownoutLayer::replay)):
 //!
 //! ```
 //! use std::convert::Infallible;
-//! use brownout::defer::{Deferral, Load};
-//! use brownout::fallback::{ProblemJson, RejectAsError};
 //! use brownout::{BrownoutLayer, Policy};
 //! use http::{Request, Response, StatusCode};
 //! use http_body_util::Full;
 //! use bytes::Bytes;
-//! use tower::{Layer, ServiceBuilder, ServiceExt};
+//! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
+//! # async fn main() -> Result<(), tower::BoxError> {
 //! # let dir = std::env::temp_dir().join(format!("brownout-doc-{}", std::process::id()));
 //! let policy = Policy::from_toml(&format!(r#"
 //!     [breaker]
@@ -45,32 +45,36 @@
 //!
 //!     [routes."/applications".defer]
 //!     path = {:?}
-//! "#, dir.display().to_string())).unwrap();
+//! "#, dir.display().to_string()))?;
 //!
-//! let backend = tower::service_fn(|_: Request<Full<Bytes>>| async {
-//!     Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("created")))
-//! });
-//! let deferral = Deferral::open(&policy).await.unwrap();
-//! let layer = BrownoutLayer::from_policy(&policy).http();
+//! let layer = BrownoutLayer::try_from_policy(&policy)?.http();
+//! let deferral = layer.deferral().expect("a deferring route");
 //! let app = ServiceBuilder::new()
 //!     .layer(deferral.status_layer())
-//!     .layer(layer.clone().fallback(deferral.fallback(ProblemJson)))
-//!     .service(backend.clone());
+//!     .layer(layer.clone())
+//!     .service_fn(|_: Request<Full<Bytes>>| async {
+//!         Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("created")))
+//!     });
+//! // Sends what was deferred through `app` once the back end is back.
+//! let replayers = layer.replay::<Full<Bytes>, _, _>(app.clone());
 //!
-//! // The same stack, with rejections as errors, for the replayer.
-//! let replay = layer.clone().fallback(RejectAsError).layer(backend);
-//! let route = deferral.route("/applications").unwrap();
-//! let replayer = deferral.replay(route, replay, Load::of(&layer, "/applications"));
-//!
-//! let request = Request::post("/applications").body(Full::from("{}")).unwrap();
-//! let response = app.oneshot(request).await.unwrap();
+//! let request = Request::post("/applications").body(Full::from("{}"))?;
+//! let response = app.oneshot(request).await?;
 //! assert_eq!(response.status(), StatusCode::ACCEPTED);
-//! assert!(response.headers()["location"].to_str().unwrap().starts_with("/deferred/"));
-//! replayer.stop().await;
-//! # drop(deferral);
+//! assert!(response.headers()["location"].to_str()?.starts_with("/deferred/"));
+//! for replayer in replayers {
+//!     replayer.stop().await;
+//! }
+//! # drop(layer);
 //! # let _ = std::fs::remove_dir_all(&dir);
+//! # Ok(())
 //! # }
 //! ```
+//!
+//! The parts can also be put together by hand: [`Deferral::open`] opens
+//! the stores, [`Deferral::fallback`] wraps any fallback, and
+//! [`Deferral::replay`] takes the service to replay through (the same
+//! stack with [`RejectAsError`](crate::fallback::RejectAsError)).
 //!
 //! # Stores
 //!
