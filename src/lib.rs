@@ -98,6 +98,13 @@
 //! before enforcing it, change `mode` and reload; a maintenance window is a
 //! `[[maintenance]]` entry.
 //!
+//! **By hand, and watching.** The handle also acts on one route's breaker
+//! without a reload ([`PolicyHandle::reset`], [`open_until`](PolicyHandle::open_until),
+//! [`half_open_now`](PolicyHandle::half_open_now), [`set_route_mode`](PolicyHandle::set_route_mode)),
+//! and [`snapshot`](PolicyHandle::snapshot) says where every route stands,
+//! for an admin endpoint. A [listener](listen) set with
+//! [`BrownoutLayer::listener`] hears every state change as it happens.
+//!
 //! **Reading the metrics during an outage** (see [`metrics`]):
 //!
 //! | you see | it means |
