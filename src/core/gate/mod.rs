@@ -41,7 +41,7 @@ use std::time::Duration;
 use metrics::SharedString;
 
 use crate::clock::{Clock, Nanos, saturating_nanos};
-use crate::core::breaker::{BreakerCore, BreakerState, Ticket};
+use crate::core::breaker::{BreakerCore, BreakerState, Ticket, Transition};
 use crate::core::limit::LimitCore;
 use crate::core::maintenance::{Check, Maintenance};
 use crate::core::permit::Permit;
@@ -117,6 +117,18 @@ impl Taken {
         Self {
             ticket,
             over: false,
+        }
+    }
+
+    /// In one word, as a [`Permit`] keeps it; back with `from_bits`.
+    pub(in crate::core) const fn to_bits(self) -> u64 {
+        self.ticket.to_bits() | (self.over as u64) << 63
+    }
+
+    pub(in crate::core) const fn from_bits(bits: u64) -> Self {
+        Self {
+            ticket: Ticket::from_bits(bits & !(1 << 63)),
+            over: bits >> 63 != 0,
         }
     }
 }
@@ -312,13 +324,17 @@ impl Gate {
         now: Nanos,
     ) -> Result<Ticket, Rejected> {
         let admission = breaker.admit(now);
-        if let Some(transition) = admission.transition {
-            self.report(transition);
+        if admission.half_opened {
+            self.report(Transition {
+                from: BreakerState::Open,
+                to: BreakerState::HalfOpen,
+                open_for: None,
+            });
         }
-        if let Some(would) = &admission.would_reject {
-            self.would_reject(would.reason());
+        if admission.would_reject {
+            self.would_reject(Reason::Open);
         }
-        admission.verdict
+        admission.verdict.map_err(open_rejection)
     }
 
     /// The breaker's state now (closed for a gate without a breaker). A
@@ -366,6 +382,17 @@ impl Gate {
     }
 }
 
+/// An open breaker's rejection, with the time to its next probe as the
+/// retry hint when it has one (a forced-open breaker has none).
+fn open_rejection(hint: Option<Nanos>) -> Rejected {
+    let rejected = Rejected::new(Reason::Open);
+    match hint {
+        Some(nanos) => rejected.with_retry_after(Duration::from_nanos(nanos)),
+        None => rejected,
+    }
+}
+
+/// A seed for the jitter of a breaker's open periods, fresh for each
 /// breaker and per process, so that replicas do not probe in step.
 fn fresh_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
