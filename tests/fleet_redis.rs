@@ -198,26 +198,34 @@ async fn a_bad_url_is_an_error_at_build() {
     );
 }
 
+/// The quorum as ops write it: `[fleet]` with `quorum = 2`.
+#[cfg(feature = "toml")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_waits_for_enough_replicas() {
     let server = RedisServer::start();
-    let breaker = BreakerPolicy {
-        open_for: Duration::from_secs(2),
-        ..BreakerPolicy::default()
-    };
+    let policy = brownout::Policy::from_toml(&format!(
+        r#"
+        [breaker]
+        open_for = "2s"
+
+        [fleet]
+        url = {url:?}
+        share = "quorum"
+        quorum = 2
+        shared_timeout = "500ms"
+        "#,
+        url = server.url()
+    ))
+    .unwrap();
     let down = Arc::new(AtomicBool::new(true));
     let calls = Arc::new(AtomicU64::new(0));
     let mut replicas: Vec<_> = (0..4)
         .map(|_| {
-            FleetBreakerLayer::new(
-                &server.url(),
-                "/quorum",
-                &breaker,
-                Share::Quorum(2),
-                Duration::from_millis(500),
-            )
-            .unwrap()
-            .layer(BackEnd {
+            let layer = FleetBreakerLayer::from_policy(&policy, "/quorum")
+                .unwrap()
+                .expect("a [fleet] section");
+            assert_eq!(layer.share(), Share::Quorum(2));
+            layer.layer(BackEnd {
                 down: down.clone(),
                 calls: calls.clone(),
                 open_once: Arc::new(AtomicBool::new(false)),
@@ -256,4 +264,35 @@ async fn a_quorum_waits_for_enough_replicas() {
             "the quorum opens replica 3 within one open_for"
         );
     }
+}
+
+#[cfg(feature = "toml")]
+#[test]
+fn fleet_fields_as_ops_write_them_and_their_errors() {
+    use brownout::Policy;
+    use brownout::policy::FleetShare;
+    let fleet = |text: &str| Policy::from_toml(text).map(|p| p.fleet.expect("a [fleet] section"));
+    let follow = fleet("[fleet]\n").unwrap();
+    assert_eq!(follow.effective_share(), (FleetShare::Follow, 1));
+    assert_eq!(Share::from(&follow), Share::Follow);
+    let quorum = fleet("[fleet]\nquorum = 3\n").unwrap();
+    assert_eq!(Share::from(&quorum), Share::Quorum(3));
+    let err = |text: &str| fleet(text).unwrap_err().to_string();
+    assert_eq!(
+        err("[fleet]\nshare = \"follow\"\nquorum = 2\n"),
+        "fleet.quorum: 2 is only read with share = \"quorum\" (share is \"follow\")"
+    );
+    assert_eq!(
+        err("[fleet]\nshare = \"quorum\"\n"),
+        "fleet.share: \"quorum\" needs fleet.quorum: how many replicas must hold an open verdict"
+    );
+    assert_eq!(
+        err("[fleet]\nquorum = 0\n"),
+        "fleet.quorum: 0 is not in 1..=1024"
+    );
+    let unknown = err("[fleet]\nshare = \"majority\"\n");
+    assert!(unknown.contains("fleet.share"), "{unknown}");
+    assert!(unknown.contains("majority"), "{unknown}");
+    let url = err("[fleet]\nurl = \"http://redis\"\n");
+    assert!(url.starts_with("fleet.url: \"http://redis\""), "{url}");
 }
