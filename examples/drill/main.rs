@@ -126,6 +126,13 @@ fn args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    // `RUST_LOG=brownout=trace` shows every learning round of the limit.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args = match args() {
         Ok(args) => args,
         Err(message) => {

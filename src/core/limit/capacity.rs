@@ -49,8 +49,10 @@ enum Step {
     Idle,
     /// Holding the estimate.
     Cruise,
-    /// Trying `to` (above `from`): does latency hold there?
-    Up { from: f64, to: f64 },
+    /// Trying `to` (above `from`, where the back end delivered `rate`
+    /// calls a second): does latency hold there, or does throughput grow
+    /// with it?
+    Up { from: f64, to: f64, rate: f64 },
     /// Trying `to` (below `from`) after latency rose to `rtt` at `from`,
     /// where the back end delivered `rate` calls a second: does it fall?
     Down {
@@ -113,7 +115,10 @@ impl Default for Capacity {
             settled: 0,
             unloaded: 0.0,
             floor: 0.0,
-            noise: 0.05,
+            // Assume noisy rounds until they show otherwise: a queue
+            // mistaken for noise costs a round trip of a little queue, noise
+            // mistaken for a queue costs a step down.
+            noise: Self::FIRST_NOISE,
             last_rtt: 0.0,
             estimate: 0.0,
             utilization: 1.0,
@@ -129,6 +134,8 @@ impl Capacity {
     /// Headroom over the most calls in flight while demand is below the
     /// limit.
     const HEADROOM: f64 = 2.0;
+    /// The rounds' noise assumed before any is measured.
+    const FIRST_NOISE: f64 = 0.2;
     /// A step up, once a queue has been met.
     const PROBE: f64 = 1.2;
     /// Share of failed calls in a round that signals overload.
@@ -214,7 +221,11 @@ impl Capacity {
         }
         if self.last_rtt > 0.0 && window.samples >= 8 {
             let change = ((rtt - self.last_rtt) / self.last_rtt).abs();
-            // A jump far past the noise is a shift, not noise.
+            // A jump far past the noise may be a shift rather than noise:
+            // it counts only up to four times the noise, so that one shift
+            // moves the estimate a little while a back end whose rounds
+            // keep jumping (heavy-tailed service times, few calls a round)
+            // is learned as noisy within a few rounds.
             if change < 4.0 * self.noise.max(0.02) {
                 self.noise += (change / 2.0_f64.sqrt() - self.noise) * 0.1;
             }
@@ -404,8 +415,21 @@ impl Capacity {
                 self.step = Step::Cruise;
                 self.estimate
             }
-            Step::Up { from, to } => {
-                if self.queued(rtt) {
+            Step::Up {
+                from,
+                to,
+                rate: before,
+            } => {
+                // A queue raises latency and adds no throughput. Latency
+                // alone can mislead in slow start: while the calls of a
+                // heavy-tailed back end are still coming in after a cold
+                // start, each round sees longer ones than the last. So a
+                // doubling that also delivered at least half again as many
+                // calls a second found no queue, whatever latency says.
+                // (Later steps are too small for a round's throughput to
+                // tell them from noise.)
+                let grew = !self.met_queue && rate >= before * (1.0 + 0.5 * (to / from - 1.0));
+                if self.queued(rtt) && !grew {
                     // More in flight only queued: stay below.
                     self.met_queue = true;
                     self.streak = 0;
@@ -413,13 +437,20 @@ impl Capacity {
                 } else {
                     self.streak += 1;
                     self.estimate = to;
-                    self.unloaded = self.unloaded.min(rtt).max(self.unloaded * 0.9);
+                    self.unloaded = if self.queued(rtt) {
+                        // Throughput grew at this latency: it is no queue,
+                        // and the baseline was learned too low.
+                        rtt
+                    } else {
+                        self.unloaded.min(rtt).max(self.unloaded * 0.9)
+                    };
                     if !self.met_queue {
                         // Slow start: no queue met yet, double again at once.
                         let to = self.estimate * 2.0;
                         self.step = Step::Up {
                             from: self.estimate,
                             to,
+                            rate,
                         };
                         return to;
                     }
@@ -454,7 +485,7 @@ impl Capacity {
                         Self::PROBE
                     };
                     let to = from * gain;
-                    self.step = Step::Up { from, to };
+                    self.step = Step::Up { from, to, rate };
                     to
                 }
             }
