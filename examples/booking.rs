@@ -19,12 +19,22 @@
 //! | `GET /slots` | free appointment slots |
 //! | `POST /bookings` | books one: `{"name":"Asha Rao","slot":"2026-12-02T09:15"}`; `x-priority: urgent` for tatkal |
 //! | `GET /bookings/{id}` | a booking |
+//! | `GET /deferred/{ticket}` | a booking accepted while the central server was down: pending, then served (with the booking), failed or expired |
 //! | `POST /admin/backend` | changes the simulated back end (below); `GET` shows it |
 //! | `GET /admin/brownout` | breaker state, limit and waiting requests per route |
 //! | `GET /admin/health` | every route's breaker state and mode, limit, in flight, waiting (JSON) |
 //! | `POST /admin/mode` | `{"route":"/slots","mode":"forced_open"}`: one route's breaker mode, until the next reload |
 //! | `POST /admin/policy` | reloads the policy file, live, keeping breaker and limit state |
 //! | `GET /metrics` | Prometheus metrics (`brownout_*`) |
+//!
+//! While the central server is down (the breaker open, a maintenance
+//! window, or shed), `POST /bookings` is not turned away: the booking is
+//! written to a durable store and answered `202 Accepted` with a ticket and
+//! a `Location` for its status; once the server is back it is sent again,
+//! urgent first, through the same route (`[routes."/bookings".defer]`,
+//! brownout's `defer` feature). The store is the directory
+//! `$BOOKING_DEFER_DIR` (keep it across restarts), else a fresh one under
+//! the system's temporary directory.
 //!
 //! Only the three booking routes are behind brownout (`Router::route_layer`,
 //! so each has its own breaker, limit and waiting room, named by its route
@@ -77,7 +87,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use brownout::sim::{SimBackend, SimBuilder, SimConfigError, SimHandle};
+use brownout::sim::{SimBackend, SimBuilder, SimHandle};
 use brownout::{BrownoutLayer, Policy, PolicyHandle};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -100,6 +110,12 @@ pub const DEFAULT_POLICY: &str = concat!(
 /// The routes brownout protects, as axum names them (each its own gate).
 pub const ROUTES: [&str; 3] = ["/slots", "/bookings", "/bookings/{id}"];
 
+/// The route whose requests are deferred while the central server is down.
+pub const DEFERRED_ROUTE: &str = "/bookings";
+
+/// The environment variable naming the deferred bookings' directory.
+pub const DEFER_DIR_VAR: &str = "BOOKING_DEFER_DIR";
+
 /// The composed stack for HTTP, as `BrownoutLayer::from_policy(&p).http()` builds it.
 pub type HttpStack = brownout::stack::HttpBrownoutLayer;
 
@@ -116,6 +132,11 @@ pub struct Config {
     pub metrics: Option<PrometheusHandle>,
     /// The simulated central server.
     pub backend: SimBuilder,
+    /// Where `POST /bookings` keeps the bookings it defers while the
+    /// central server is down (an embedded store; `None`: no deferral).
+    /// The policy's `[routes."/bookings".defer]` section is used if it has
+    /// one (its `path` replaced by this), else the defaults.
+    pub defer_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -126,6 +147,7 @@ impl Config {
             policy_path: None,
             metrics: None,
             backend: backend::central_server(),
+            defer_dir: None,
         }
     }
 }
@@ -139,6 +161,9 @@ pub struct App {
     pub backend: SimHandle,
     /// The brownout stack in front of the booking routes (its state).
     pub stack: HttpStack,
+    /// The replayer of deferred bookings (none without a `defer_dir`):
+    /// it sends them through `router` once the central server is back.
+    pub replayers: Vec<brownout::defer::ReplayHandle>,
 }
 
 /// One booking.
@@ -172,10 +197,29 @@ type AppState = Arc<Inner>;
 
 /// Builds the service. Call it inside a tokio runtime, after pausing time
 /// in tests and after installing the metrics recorder in `main`.
-pub fn app(config: Config) -> Result<App, SimConfigError> {
+pub fn app(config: Config) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
     let backend = config.backend.build()?;
     let sim = backend.handle();
-    let stack = BrownoutLayer::from_policy(&config.policy).http();
+    let mut policy = config.policy;
+    if let Some(dir) = &config.defer_dir {
+        let route = policy.routes.entry(DEFERRED_ROUTE.to_owned()).or_default();
+        let mut defer = route.defer.clone().unwrap_or_default();
+        defer.store = brownout::policy::DeferStoreKind::Embedded;
+        defer.path = dir.display().to_string();
+        // A replayed booking keeps its class (the handler reads it).
+        let header = &policy.priority.header;
+        if !header.is_empty()
+            && !defer
+                .keep_headers
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(header))
+        {
+            defer.keep_headers.push(header.clone());
+        }
+        route.defer = Some(defer);
+    }
+    // Names what cannot be built: a bad policy, a store it cannot open.
+    let stack = BrownoutLayer::try_from_policy(&policy)?.http();
     let state = Arc::new(Inner {
         backend,
         book: Mutex::new(Book::default()),
@@ -201,10 +245,20 @@ pub fn app(config: Config) -> Result<App, SimConfigError> {
             metrics: config.metrics,
             policy: Some(stack.handle()),
         }));
+    let mut router = booking.merge(ops).with_state(state);
+    let mut replayers = Vec::new();
+    if let Some(deferral) = stack.deferral() {
+        // GET /deferred/{ticket}: a deferred booking's status.
+        router = router.layer(deferral.status_layer());
+        // Deferred bookings go through the same routes (and the same
+        // breaker and limit) once the central server is back.
+        replayers = stack.replay::<axum::body::Body, _, _>(router.clone());
+    }
     Ok(App {
-        router: booking.merge(ops).with_state(state),
+        router,
         backend: sim,
         stack,
+        replayers,
     })
 }
 
@@ -451,6 +505,10 @@ async fn main() -> ExitCode {
         let mut config = Config::new(policy);
         config.policy_path = Some(path);
         config.metrics = Some(metrics);
+        config.defer_dir = Some(std::env::var_os(DEFER_DIR_VAR).map_or_else(
+            || std::env::temp_dir().join(format!("brownout-booking-{}", std::process::id())),
+            PathBuf::from,
+        ));
         app(config).map(|app| app.router)
     })
     .await

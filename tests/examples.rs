@@ -16,6 +16,9 @@ mod booking;
 #[allow(dead_code)]
 mod payment;
 
+#[path = "support/tempdir.rs"]
+mod tempdir;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -240,6 +243,87 @@ async fn booking_answers_fast_with_retry_after_while_the_back_end_is_down_and_re
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     assert_eq!(app.stack.state("/slots"), Some(BreakerState::Closed));
+}
+
+/// New bookings while the central server is down: accepted (202, a
+/// ticket) once the breaker is open, kept in the store, and booked when it
+/// is back, each once, with its class; the status endpoint follows them.
+#[tokio::test(start_paused = true)]
+async fn booking_defers_new_bookings_while_the_back_end_is_down_and_books_them_when_it_is_back() {
+    let dir = tempdir::TempDir::new("booking-defer");
+    let mut config = booking::Config::new(booking_policy());
+    config.defer_dir = Some(dir.path().join("deferred"));
+    let app = booking::app(config).expect("the booking service builds");
+    assert_eq!(app.replayers.len(), 1);
+    let router = &app.router;
+    let policy = booking_policy();
+    let (_, _, slots) = read(send(router, get("/slots")).await).await;
+    let free = slots["slots"].as_array().unwrap().clone();
+    read(send(router, admin(r#"{"state":"down"}"#)).await).await;
+
+    // Refused (502) until the breaker has seen minimum_calls failures;
+    // then accepted for later.
+    let mut refused = 0;
+    let mut deferred = Vec::new();
+    for (i, slot) in free.iter().take(26).enumerate() {
+        let class = if i == 25 { "urgent" } else { "normal" };
+        let new = json!({"name": format!("applicant {i}"), "slot": slot});
+        let req = post_json("/bookings", &[("x-priority", class)], &new);
+        let (status, headers, body) = read(send(router, req).await).await;
+        match status {
+            StatusCode::BAD_GATEWAY => refused += 1,
+            StatusCode::ACCEPTED => {
+                assert_eq!(body["status"], "pending", "{body}");
+                let location = headers[header::LOCATION].to_str().unwrap().to_owned();
+                deferred.push((slot.as_str().unwrap().to_owned(), class, location));
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(refused, policy.breaker.minimum_calls);
+    assert_eq!(deferred.len(), 26 - refused as usize);
+    for (_, _, location) in &deferred {
+        let (status, _, body) = read(send(router, get(location)).await).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "pending", "{body}");
+    }
+    let started = app.backend.stats().started;
+
+    // Back: the replayer books them through the same route.
+    read(send(router, admin(r#"{"state":"up"}"#)).await).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let mut ids = Vec::new();
+    for (slot, class, location) in &deferred {
+        let (_, _, body) = read(send(router, get(location)).await).await;
+        assert_eq!(body["status"], "served", "{body}");
+        assert_eq!(body["answer"]["status"], 201, "{body}");
+        let booking: Value =
+            serde_json::from_str(body["answer"]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(booking["slot"], slot.as_str());
+        assert_eq!(
+            booking["class"], *class,
+            "the class travels with the booking"
+        );
+        ids.push(booking["id"].as_u64().unwrap());
+    }
+    // (Replays run several at a time, so booking ids follow the back end's
+    // answers, not the order they were sent in: tests/defer_http.rs checks
+    // that order.)
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), deferred.len(), "one booking each");
+    // Each once: the back end booked exactly these (and the probes were
+    // among them).
+    assert_eq!(
+        app.backend.stats().started - started,
+        deferred.len() as u64,
+        "one call per deferred booking"
+    );
+    let (_, _, slots) = read(send(router, get("/slots")).await).await;
+    assert_eq!(
+        slots["free"].as_u64().unwrap(),
+        free.len() as u64 - deferred.len() as u64
+    );
 }
 
 #[tokio::test(start_paused = true)]
