@@ -4,7 +4,7 @@
 //! hanging and at reduced capacity; the payment service never charges twice
 //! and never answers a fake success.
 
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "axum", feature = "defer"))]
 // Both examples include `examples/shared/{backend,server}.rs`, as each example does on its own.
 #![allow(clippy::duplicate_mod)]
 
