@@ -482,3 +482,136 @@ async fn capacity_sheds_nothing_at_60_percent_load() {
         run.outcomes.len()
     );
 }
+
+/// An application's own algorithm: what it counts of the windows it sees.
+#[derive(Debug)]
+struct Counting {
+    windows: Arc<AtomicU64>,
+    samples: Arc<AtomicU64>,
+}
+
+impl brownout::limit::LimitAlgorithm for Counting {
+    fn update(&mut self, limit: f64, window: &brownout::limit::WindowSample) -> f64 {
+        self.windows.fetch_add(1, Ordering::Relaxed);
+        self.samples
+            .fetch_add(u64::from(window.samples), Ordering::Relaxed);
+        assert!(window.rtt > 0.05 && window.rtt < 0.5, "{window:?}");
+        assert!(window.throughput() > 0.0, "{window:?}");
+        // Whatever it asks for is clamped to [min, max].
+        limit + 1_000.0
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_algorithm_sees_every_completed_call_and_sets_the_limit() {
+    let (backend, _sim) = backend(9);
+    let windows = Arc::new(AtomicU64::new(0));
+    let samples = Arc::new(AtomicU64::new(0));
+    let made = Arc::new(AtomicU64::new(0));
+    let layer = AdaptiveLimitLayer::new(LimitPolicy {
+        algorithm: Algorithm::Custom,
+        initial: 4,
+        max: 40,
+        ..LimitPolicy::default()
+    })
+    .algorithm({
+        let (windows, samples, made) = (windows.clone(), samples.clone(), made.clone());
+        move || {
+            made.fetch_add(1, Ordering::Relaxed);
+            Counting {
+                windows: windows.clone(),
+                samples: samples.clone(),
+            }
+        }
+    });
+    let svc = layer.layer(backend);
+    assert_eq!(made.load(Ordering::Relaxed), 1, "one instance per route");
+    assert_eq!(svc.limit(), 4);
+    // Four at a time, one after another, for 2 s of 100 ms calls.
+    let mut served = 0;
+    for _ in 0..20 {
+        let calls: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(svc.clone().oneshot(0u8)))
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+            served += 1;
+        }
+    }
+    assert!(
+        windows.load(Ordering::Relaxed) >= 2,
+        "a window per round trip"
+    );
+    let seen = samples.load(Ordering::Relaxed);
+    assert!(
+        seen <= served && seen + 20 >= served,
+        "{seen} samples of {served} calls (the window under way, at most half the limit, is not closed)"
+    );
+    assert_eq!(svc.limit(), 40, "its answer, clamped to max");
+}
+
+/// The limits a layer goes through under batches of 64 calls at once.
+async fn limits_under_batches(algorithm: Algorithm) -> Vec<u32> {
+    let layer = AdaptiveLimitLayer::new(LimitPolicy {
+        algorithm,
+        initial: 4,
+        ..LimitPolicy::default()
+    });
+    let (backend, _sim) = backend(10);
+    let svc = layer.layer(backend);
+    let mut limits = Vec::new();
+    for _ in 0..40 {
+        let calls: Vec<_> = (0..64)
+            .map(|_| tokio::spawn(svc.clone().oneshot(0u8)))
+            .collect();
+        for call in calls {
+            let _ = call.await.unwrap();
+        }
+        limits.push(svc.limit());
+    }
+    limits
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_naming_custom_without_an_algorithm_uses_capacity() {
+    let capacity = limits_under_batches(Algorithm::Capacity).await;
+    assert!(capacity.iter().any(|&limit| limit != 4), "{capacity:?}");
+    assert_eq!(limits_under_batches(Algorithm::Custom).await, capacity);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stack_keeps_its_custom_algorithm_across_reloads() {
+    let made = Arc::new(AtomicU64::new(0));
+    let mut policy = brownout::Policy::default();
+    policy.limit.algorithm = Algorithm::Custom;
+    policy.limit.initial = 3;
+    let layer = brownout::BrownoutLayer::from_policy(&policy).limit_algorithm({
+        let made = made.clone();
+        move || {
+            made.fetch_add(1, Ordering::Relaxed);
+            Counting {
+                windows: Arc::default(),
+                samples: Arc::default(),
+            }
+        }
+    });
+    let (backend, _sim) = backend(11);
+    let svc = layer.layer(backend);
+    svc.clone().oneshot(0u8).await.unwrap();
+    // One per gate: the route's, and the overflow gate's.
+    let gates = made.load(Ordering::Relaxed);
+    assert_eq!(gates, 2);
+    assert_eq!(
+        layer.limit("default"),
+        Some(1000),
+        "its answer, clamped to max"
+    );
+
+    // Ops switch to `capacity`, then back: a fresh instance of the custom one.
+    let mut capacity = policy.clone();
+    capacity.limit.algorithm = Algorithm::Capacity;
+    layer.handle().apply(capacity).unwrap();
+    assert_eq!(made.load(Ordering::Relaxed), gates, "capacity: none made");
+    layer.handle().apply(policy).unwrap();
+    assert_eq!(made.load(Ordering::Relaxed), 2 * gates);
+}

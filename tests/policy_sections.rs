@@ -17,7 +17,7 @@ use brownout::{
 use support::policy::{DESIGN_LATER_TOML, DESIGN_SECTIONS_TOML, error, load};
 
 /// The sections a policy reads, as the unknown-field error lists them.
-const SECTIONS: &str = "expected one of `breaker`, `limit`, `waiting_room`, `priority`, `maintenance`, `routes`, `budget`";
+const SECTIONS: &str = "expected one of `breaker`, `limit`, `waiting_room`, `priority`, `maintenance`, `routes`, `budget`, `fleet`";
 
 // ------------------------------------------------------------ the example
 
@@ -469,7 +469,7 @@ const BAD_TOML: &[(&str, &str)] = &[
     ),
     (
         "[limit]\nalgorithm = \"pid\"\n",
-        "limit.algorithm: unknown variant `pid`, expected one of `fixed`, `aimd`, `vegas`, `gradient`, `capacity` \
+        "limit.algorithm: unknown variant `pid`, expected one of `fixed`, `aimd`, `vegas`, `gradient`, `capacity`, `custom` \
          (TOML line 2, column 13)",
     ),
     (

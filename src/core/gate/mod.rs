@@ -43,6 +43,7 @@ use metrics::SharedString;
 use crate::clock::{Clock, Nanos, saturating_nanos};
 use crate::core::breaker::{BreakerCore, BreakerState, Ticket, Transition};
 use crate::core::limit::LimitCore;
+use crate::core::limit::algorithm::CustomAlgorithm;
 use crate::core::maintenance::{Check, Maintenance};
 use crate::core::permit::Permit;
 use crate::core::room::Room;
@@ -80,6 +81,8 @@ pub(crate) struct GateSpec<'a> {
     pub(crate) seed: Option<u64>,
     /// Told of every change of state (none: nobody listens).
     pub(crate) listener: Option<SharedListener>,
+    /// The layer's own limit algorithm, for `algorithm = "custom"`.
+    pub(crate) custom_limit: Option<CustomAlgorithm>,
 }
 
 /// A gate with only a breaker.
@@ -100,6 +103,7 @@ pub(crate) fn breaker_gate(
         clock,
         seed,
         listener,
+        custom_limit: None,
     })
 }
 
@@ -174,9 +178,9 @@ impl Gate {
             breaker: spec
                 .breaker
                 .map(|policy| BreakerCore::new(policy, spec.seed.unwrap_or_else(fresh_seed))),
-            limit: spec
-                .limit
-                .map(|policy| LimitCore::new(policy, spec.classes.len(), now)),
+            limit: spec.limit.map(|policy| {
+                LimitCore::with_custom(policy, spec.classes.len(), now, spec.custom_limit.clone())
+            }),
             room: room.map(Room::new),
             metrics: RouteMetrics::new(
                 spec.route,
