@@ -80,8 +80,8 @@ impl<C> CircuitBreakerLayer<C> {
     }
 
     /// Tells `listener` of the breaker's transitions and of the calls it
-    /// turns away (see [`listen`](crate::listen)); with
-    /// [`per_key`](Self::per_key), of every key's. Starts the breaker
+    /// turns away (see [`listen`](crate::listen)); of every key's when
+    /// [`per_key`](Self::per_key) is called after it. Starts the breaker
     /// afresh.
     pub fn listener(mut self, listener: impl crate::listen::Listener) -> Self {
         self.config = self
