@@ -56,7 +56,13 @@ fn every_field_as_ops_write_it() {
         status_path = "/applications/status"
         replay_share = 0.25
         claim_after = "1m"
+        keep_finished = "3d"
         "#,
+    );
+    assert_eq!(d.keep_finished, Duration::from_secs(3 * 86400));
+    assert_eq!(
+        DeferPolicy::default().keep_finished,
+        Duration::from_secs(7 * 86400)
     );
     assert_eq!(d.store, DeferStoreKind::Redis);
     assert_eq!(d.max_age, Duration::from_secs(2 * 86400));
@@ -92,6 +98,10 @@ fn bad_values_name_the_field_and_the_value() {
         (
             "max_age = \"0s\"",
             "routes.\"/applications\".defer.max_age: 0s must be more than zero",
+        ),
+        (
+            "keep_finished = \"0s\"",
+            "routes.\"/applications\".defer.keep_finished: 0s must be more than zero",
         ),
         (
             "max_pending = 0",

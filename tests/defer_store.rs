@@ -25,12 +25,14 @@ use tempdir::TempDir;
 
 const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 const CLAIM_AFTER: Duration = Duration::from_secs(30);
+const KEEP_FINISHED: Duration = Duration::from_secs(3 * 24 * 3600);
 
 fn config(max_pending: u64) -> StoreConfig {
     StoreConfig {
         max_pending,
         max_age: MAX_AGE,
         claim_after: CLAIM_AFTER,
+        keep_finished: KEEP_FINISHED,
         classes: 3,
         clock: Clock::tokio_at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_457_600)),
     }
@@ -101,6 +103,10 @@ macro_rules! contract {
             #[tokio::test(start_paused = true)]
             async fn expires_at_max_age_in_virtual_time() {
                 super::expires_at_max_age(open(config(10)).await).await;
+            }
+            #[tokio::test(start_paused = true)]
+            async fn a_settled_request_is_forgotten_after_keep_finished() {
+                super::forgets_after_keep_finished(open(config(10)).await).await;
             }
             #[tokio::test(start_paused = true)]
             async fn claim_never_hands_out_an_expired_request() {
@@ -352,6 +358,70 @@ async fn expires_at_max_age((store, _guard): Opened) {
     assert_eq!(store.expire().await.unwrap(), 1);
     assert_eq!(store.expire().await.unwrap(), 0);
     assert_eq!(store.pending().await.unwrap(), vec![0, 0, 0]);
+}
+
+/// A settled request's status and key are kept `keep_finished`, then
+/// forgotten: unknown ticket, and the key takes a new request.
+async fn forgets_after_keep_finished((store, _guard): Opened) {
+    let config = config(10);
+    let day = Duration::from_secs(24 * 3600);
+    assert_eq!((KEEP_FINISHED, MAX_AGE), (3 * day, 7 * day));
+    let a = ticket(
+        store
+            .append(request(&config, 1, "a", Some("key-a")))
+            .await
+            .unwrap(),
+    );
+    let b = ticket(store.append(request(&config, 2, "b", None)).await.unwrap());
+    let claimed = store.claim().await.unwrap().unwrap();
+    assert_eq!(claimed.ticket, a);
+    let served = Outcome::Served {
+        status: 201,
+        content_type: None,
+        body: Bytes::from_static(b"ok"),
+    };
+    assert!(store.complete(a.clone(), served.clone()).await.unwrap());
+    // Two days on: kept.
+    tokio::time::advance(2 * day).await;
+    assert_eq!(store.expire().await.unwrap(), 0);
+    assert_eq!(
+        store.status(a.clone()).await.unwrap(),
+        Some(Status::Done(served.clone()))
+    );
+    assert_eq!(
+        store.ticket_for_key("key-a".to_owned()).await.unwrap(),
+        Some(a.clone())
+    );
+    // Four days on, past keep_finished: forgotten; b still waits.
+    tokio::time::advance(2 * day).await;
+    assert_eq!(store.expire().await.unwrap(), 0);
+    assert_eq!(store.status(a.clone()).await.unwrap(), None);
+    assert_eq!(
+        store.ticket_for_key("key-a".to_owned()).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        store.status(b.clone()).await.unwrap(),
+        Some(Status::Pending { .. })
+    ));
+    // The key may be used again: a new ticket.
+    let again = ticket(
+        store
+            .append(request(&config, 1, "a", Some("key-a")))
+            .await
+            .unwrap(),
+    );
+    assert_ne!(again, a);
+    // b expires at max_age, is kept keep_finished more, then forgotten.
+    tokio::time::advance(3 * day).await;
+    assert_eq!(store.expire().await.unwrap(), 1);
+    assert_eq!(
+        store.status(b.clone()).await.unwrap(),
+        Some(Status::Done(Outcome::Expired))
+    );
+    tokio::time::advance(3 * day + Duration::from_secs(1)).await;
+    store.expire().await.unwrap();
+    assert_eq!(store.status(b).await.unwrap(), None);
 }
 
 async fn claim_skips_expired((store, _guard): Opened) {
