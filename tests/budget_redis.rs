@@ -311,3 +311,73 @@ async fn a_bad_url_is_an_error_at_build_and_an_unreachable_server_a_fallback() {
         "one failed call, then local"
     );
 }
+
+/// The budget as ops write it, in the composed stack: four replicas, each
+/// `BrownoutLayer::from_policy(&policy).http()` over the same `[budget]`
+/// with `store = "redis"`, admit the capacity between them and answer the
+/// rest `429`, the urgent reserve kept.
+#[cfg(all(feature = "toml", feature = "http"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_stacks_from_one_policy_share_the_budget_through_redis() {
+    use brownout::{BrownoutLayer, Policy};
+    use http::{Request, Response, StatusCode};
+    use tower::{Layer, ServiceExt};
+
+    let server = RedisServer::start();
+    let policy = Policy::from_toml(&format!(
+        r#"
+        [budget]
+        capacity = 40
+        per = "1h"
+        shares = {{ urgent = 0.25 }}   # 10 units only urgent requests take
+        store = "redis"
+        url = {url:?}
+        key_prefix = "brownout:stack-budget:{pid}"
+        shared_timeout = "500ms"
+        replicas = 4
+        "#,
+        url = server.url(),
+        pid = std::process::id(),
+    ))
+    .unwrap();
+    let stacks: Vec<_> = (0..4)
+        .map(|_| {
+            let layer = BrownoutLayer::try_from_policy(&policy).unwrap().http();
+            layer.layer(tower::service_fn(|_: Request<String>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(String::from("booked")))
+            }))
+        })
+        .collect();
+    let send = |i: usize, class: &'static str| {
+        let svc = stacks[i % 4].clone();
+        async move {
+            let req = Request::get("/bookings")
+                .header("x-priority", class)
+                .body(String::new())
+                .unwrap();
+            svc.oneshot(req).await.unwrap().status()
+        }
+    };
+    let mut normal = [0u64; 2];
+    for i in 0..60 {
+        match send(i, "normal").await {
+            StatusCode::OK => normal[0] += 1,
+            StatusCode::TOO_MANY_REQUESTS => normal[1] += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        normal,
+        [30, 30],
+        "normal requests take the 30 unreserved units"
+    );
+    let mut urgent = [0u64; 2];
+    for i in 0..20 {
+        match send(i, "urgent").await {
+            StatusCode::OK => urgent[0] += 1,
+            StatusCode::TOO_MANY_REQUESTS => urgent[1] += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(urgent, [10, 10], "urgent requests take their reserve");
+}

@@ -133,7 +133,9 @@ impl BrownoutLayer {
     /// before admission ([`Budgeted`](super::Budgeted)); with
     /// `[routes."…".defer]` sections (feature `defer`), their stores are
     /// opened here and the HTTP preset ([`http`](Self::http)) defers the
-    /// requests those routes reject.
+    /// requests those routes reject. Both are built once, here: a policy
+    /// a [`PolicyHandle`](super::PolicyHandle) applies later changes the
+    /// breakers, limits and rooms, not the budget or the stores.
     ///
     /// A policy that does not validate is used with its bad values brought
     /// into range, and an error is logged; so is a part that cannot be
