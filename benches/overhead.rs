@@ -29,6 +29,8 @@
 //! The sequential loop uses `iter_custom`: one `block_on` per sample that runs
 //! all its requests and reads the clock around the loop only, so neither
 //! entering the runtime nor reading `Instant::now()` is charged to a request.
+//! With `BROWNOUT_BENCH_CPU=1` it reads the thread's CPU time instead of
+//! wall time: steadier on a machine shared with other work.
 //! Requests and answers go through `black_box` so that nothing is folded
 //! away.
 
@@ -323,13 +325,39 @@ where
     }
 }
 
+/// The CPU time of the calling thread so far.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill in.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(status, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Whether the sequential group counts the thread's CPU time rather than
+/// wall time (`BROWNOUT_BENCH_CPU=1`): on a machine shared with other work,
+/// wall time also counts the time the thread waited for a core, which
+/// swings from run to run.
+fn cpu_time() -> bool {
+    std::env::var_os("BROWNOUT_BENCH_CPU").is_some_and(|v| v == "1")
+}
+
 fn sequential<S>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, rt: &Runtime, mut svc: S)
 where
     S: Service<u64>,
 {
+    let cpu = cpu_time();
     group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
+                if cpu {
+                    let start = thread_cpu_time();
+                    drive(&mut svc, 0, iters).await;
+                    return thread_cpu_time().saturating_sub(start);
+                }
                 let start = Instant::now();
                 drive(&mut svc, 0, iters).await;
                 start.elapsed()

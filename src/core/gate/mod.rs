@@ -226,7 +226,7 @@ impl Gate {
     /// ([`too_short`](Self::too_short)) gives the probe back and is
     /// answered `Deadline`, so that the probe's verdict is about the back
     /// end, not about an impatient caller.
-    #[inline]
+    #[inline(always)]
     pub(in crate::core) fn acquire(
         &self,
         priority: Priority,
@@ -312,6 +312,7 @@ impl Gate {
     }
 
     /// Counts a rejection, and returns it.
+    #[inline]
     pub(in crate::core) fn rejected(&self, rejected: Rejected, priority: Priority) -> Rejected {
         self.metrics.rejected(rejected.reason());
         if rejected.reason() == Reason::Shed {
