@@ -203,3 +203,62 @@ impl<K> fmt::Debug for GateMap<K> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{CHUNK, GateMap};
+    use crate::clock::Clock;
+    use crate::core::gate::breaker_gate;
+    use crate::policy::BreakerPolicy;
+
+    fn map(max_keys: usize) -> GateMap<Arc<str>> {
+        let clock = Clock::coarse();
+        GateMap::new(max_keys, move |key: Option<&Arc<str>>| {
+            let route = key.map_or("overflow".to_owned(), |key| key.to_string());
+            breaker_gate(
+                &BreakerPolicy::default(),
+                route.into(),
+                clock.clone(),
+                Some(1),
+                None,
+            )
+        })
+    }
+
+    fn gate_of(map: &GateMap<Arc<str>>, key: &str) -> Arc<super::Gate> {
+        map.with(key, |key: &str| Arc::<str>::from(key), Arc::clone)
+    }
+
+    #[test]
+    fn every_key_up_to_max_keys_keeps_its_own_gate_and_later_keys_share_the_overflow() {
+        let keys = 10 * CHUNK;
+        let map = map(keys);
+        let gates: Vec<_> = (0..keys).map(|i| gate_of(&map, &format!("k{i}"))).collect();
+        assert_eq!(map.len(), keys);
+        for (i, gate) in gates.iter().enumerate() {
+            let key = format!("k{i}");
+            assert!(Arc::ptr_eq(gate, &gate_of(&map, &key)), "{key} found again");
+            assert!(Arc::ptr_eq(gate, &map.get(key.as_str()).expect("kept")));
+            assert!(!Arc::ptr_eq(gate, map.overflow()));
+        }
+        let beyond = gate_of(&map, "one too many");
+        assert!(Arc::ptr_eq(&beyond, map.overflow()));
+        assert!(map.get("one too many").is_none());
+        assert_eq!(map.len(), keys);
+        let entries = map.entries();
+        assert_eq!(entries.len(), keys + 1, "every key, and the overflow");
+        assert_eq!(entries.iter().filter(|(key, _)| key.is_none()).count(), 1);
+    }
+
+    #[test]
+    fn no_key_of_its_own_with_max_keys_0_and_at_most_half_the_slots() {
+        let none = map(0);
+        assert!(Arc::ptr_eq(&gate_of(&none, "a"), none.overflow()));
+        assert_eq!(none.len(), 0);
+        let huge = map(usize::MAX);
+        assert_eq!(huge.max_keys, super::MAX_SLOTS / 2);
+        assert!(!Arc::ptr_eq(&gate_of(&huge, "a"), huge.overflow()));
+    }
+}
