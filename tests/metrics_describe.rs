@@ -55,6 +55,24 @@ fn every_exported_metric_has_help_text() {
     ::metrics::counter!(metrics::BREAKER_TRANSITIONS_TOTAL).increment(1);
     // Registered by a budget shared through Redis (feature `fleet`).
     ::metrics::counter!(metrics::SHARED_STATE_ERRORS_TOTAL).increment(1);
+    // The deferral's (feature `defer`), registered by its replay.
+    #[cfg(feature = "defer")]
+    let constants = {
+        use brownout::defer;
+        ::metrics::counter!(defer::DEFERRED_TOTAL).increment(1);
+        ::metrics::gauge!(defer::DEFERRED_PENDING).set(1.0);
+        ::metrics::counter!(defer::REPLAYED_TOTAL).increment(1);
+        ::metrics::counter!(defer::DEFERRED_EXPIRED_TOTAL).increment(1);
+        ::metrics::gauge!(defer::DEFERRED_AGE_SECONDS).set(1.0);
+        let deferral = [
+            defer::DEFERRED_TOTAL,
+            defer::DEFERRED_PENDING,
+            defer::REPLAYED_TOTAL,
+            defer::DEFERRED_EXPIRED_TOTAL,
+            defer::DEFERRED_AGE_SECONDS,
+        ];
+        [&constants[..], &deferral[..]].concat()
+    };
     drop(layer);
 
     let text = handle.render();
