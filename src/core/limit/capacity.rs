@@ -23,8 +23,10 @@
 //!   sheds, and the unloaded latency is learned.
 //! - **Demand presses on the limit, latency at the unloaded level**: there
 //!   is headroom; the next step tries a fifth more (doubling while the
-//!   limit has never met a queue: TCP slow start). If latency holds there,
-//!   the limit keeps it.
+//!   limit has never met a queue: TCP slow start; in slow start a doubling
+//!   that bought throughput in proportion is headroom whatever latency
+//!   says, and steps that keep buying it start slow start again). If
+//!   latency holds there, the limit keeps it.
 //! - **Latency above the unloaded level**: a queue, or a slower back end.
 //!   The next step tests which: the limit drops to what the back end
 //!   delivers times the unloaded latency. If latency falls, it was a queue
@@ -437,6 +439,12 @@ impl Capacity {
                 } else {
                     self.streak += 1;
                     self.estimate = to;
+                    if self.streak >= 3 && rate >= before * (1.0 + 0.75 * (to / from - 1.0)) {
+                        // Steps of half the limit that each bought nearly
+                        // their share of throughput: far from any knee (the
+                        // back end came back bigger). Slow start again.
+                        self.met_queue = false;
+                    }
                     self.unloaded = if self.queued(rtt) {
                         // Throughput grew at this latency: it is no queue,
                         // and the baseline was learned too low.
@@ -463,10 +471,14 @@ impl Capacity {
                 let from = self.estimate;
                 if self.queued(rtt) {
                     // A queue or a slower back end: test with the limit
-                    // the back end would need if it were a queue.
+                    // the back end would need if it were a queue. (At
+                    // least a tenth lower, so that the test shows
+                    // something; no lower than that when the estimate is
+                    // near: a test deeper than the knee costs throughput
+                    // for every round it lasts.)
                     self.streak = 0;
                     let to = (rate * self.floor.min(self.unloaded) / self.utilization)
-                        .clamp(from * 0.1, from * 0.75)
+                        .clamp(from * 0.1, from * 0.9)
                         .max(1.0);
                     self.step = Step::Down {
                         from,
