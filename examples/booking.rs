@@ -57,6 +57,13 @@
 //! curl -s localhost:3000/admin/brownout; echo
 //! curl -s localhost:3000/metrics | grep -E 'brownout_(requests_total|breaker_state)'
 //!
+//! # New bookings meanwhile: 502 until /bookings' own breaker has seen its
+//! # minimum_calls refused, then 202 Accepted, a ticket and a Location; booked
+//! # when the server is back (its status then "served", with the booking).
+//! curl -si localhost:3000/bookings -H 'content-type: application/json' \
+//!      -d '{"name":"Ravi Kumar","slot":"2026-12-02T10:00"}'
+//! curl -s localhost:3000/deferred/TICKET; echo
+//!
 //! # It comes back: within Retry-After seconds the probes find it and traffic flows.
 //! curl -s localhost:3000/admin/backend -d '{"state":"up"}'; echo
 //!
