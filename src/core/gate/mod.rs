@@ -312,14 +312,21 @@ impl Gate {
     }
 
     /// Counts a rejection, and returns it.
-    #[inline]
+    #[inline(always)]
     pub(in crate::core) fn rejected(&self, rejected: Rejected, priority: Priority) -> Rejected {
-        self.metrics.rejected(rejected.reason());
-        if rejected.reason() == Reason::Shed {
+        // The rejection stays where the caller built it: only its reason
+        // goes to the counting (copying a rejection in and out of a call
+        // right after it was written stalls on store forwarding).
+        self.count_rejected(rejected.reason(), priority);
+        rejected
+    }
+
+    fn count_rejected(&self, reason: Reason, priority: Priority) {
+        self.metrics.rejected(reason);
+        if reason == Reason::Shed {
             self.metrics.shed(priority);
         }
-        self.tell_shed(rejected.reason(), priority);
-        rejected
+        self.tell_shed(reason, priority);
     }
 
     #[inline]
