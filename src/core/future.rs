@@ -36,10 +36,7 @@ pin_project! {
             classifier: C,
         },
         Rejected {
-            // Boxed at once: the box is the `BoxError` the caller gets (one
-            // allocation either way), and the future keeps one word, read
-            // back whole when polled.
-            rejected: Option<Box<Rejected>>,
+            rejected: Option<Rejected>,
         },
     }
 }
@@ -58,7 +55,7 @@ impl<F, C> AdmitOrReject<F, C> {
     pub(crate) fn rejected(rejected: Rejected) -> Self {
         Self {
             state: State::Rejected {
-                rejected: Some(Box::new(rejected)),
+                rejected: Some(rejected),
             },
         }
     }
@@ -86,9 +83,10 @@ where
                     crate::classify::settle(&*classifier, result, permit).map_err(Into::into),
                 )
             }
-            StateProj::Rejected { rejected } => {
-                Poll::Ready(Err(rejected.take().expect("polled after completion")))
-            }
+            StateProj::Rejected { rejected } => Poll::Ready(Err(rejected
+                .take()
+                .expect("polled after completion")
+                .into())),
         }
     }
 }

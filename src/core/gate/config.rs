@@ -6,7 +6,6 @@ use std::sync::Arc;
 use metrics::SharedString;
 
 use crate::clock::Clock;
-use crate::core::limit::algorithm::CustomAlgorithm;
 use crate::listen::SharedListener;
 use crate::policy::{BreakerPolicy, LimitPolicy, PriorityPolicy, WaitingRoomPolicy};
 use crate::priority::Classes;
@@ -28,7 +27,6 @@ pub(crate) struct GateConfig {
     clock: Option<Clock>,
     seed: Option<u64>,
     listener: Option<SharedListener>,
-    custom_limit: Option<CustomAlgorithm>,
     gate: Arc<std::sync::OnceLock<Arc<Gate>>>,
 }
 
@@ -43,7 +41,6 @@ impl Default for GateConfig {
             clock: None,
             seed: None,
             listener: None,
-            custom_limit: None,
             gate: Arc::default(),
         }
     }
@@ -63,7 +60,6 @@ impl GateConfig {
                 clock: self.clock.clone().unwrap_or_else(Clock::detect),
                 seed: self.seed,
                 listener: self.listener.clone(),
-                custom_limit: self.custom_limit.clone(),
             }))
         })
     }
@@ -106,10 +102,6 @@ impl GateConfig {
 
     pub(crate) fn listener(self, listener: SharedListener) -> Self {
         self.changed(|c| c.listener = Some(listener))
-    }
-
-    pub(crate) fn custom_limit(self, custom: CustomAlgorithm) -> Self {
-        self.changed(|c| c.custom_limit = Some(custom))
     }
 
     pub(crate) fn listener_value(&self) -> Option<SharedListener> {

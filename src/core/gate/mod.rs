@@ -41,9 +41,8 @@ use std::time::Duration;
 use metrics::SharedString;
 
 use crate::clock::{Clock, Nanos, saturating_nanos};
-use crate::core::breaker::{BreakerCore, BreakerState, Ticket, Transition};
+use crate::core::breaker::{BreakerCore, BreakerState, Ticket};
 use crate::core::limit::LimitCore;
-use crate::core::limit::algorithm::CustomAlgorithm;
 use crate::core::maintenance::{Check, Maintenance};
 use crate::core::permit::Permit;
 use crate::core::room::Room;
@@ -81,8 +80,6 @@ pub(crate) struct GateSpec<'a> {
     pub(crate) seed: Option<u64>,
     /// Told of every change of state (none: nobody listens).
     pub(crate) listener: Option<SharedListener>,
-    /// The layer's own limit algorithm, for `algorithm = "custom"`.
-    pub(crate) custom_limit: Option<CustomAlgorithm>,
 }
 
 /// A gate with only a breaker.
@@ -103,7 +100,6 @@ pub(crate) fn breaker_gate(
         clock,
         seed,
         listener,
-        custom_limit: None,
     })
 }
 
@@ -121,18 +117,6 @@ impl Taken {
         Self {
             ticket,
             over: false,
-        }
-    }
-
-    /// In one word, as a [`Permit`] keeps it; back with `from_bits`.
-    pub(in crate::core) const fn to_bits(self) -> u64 {
-        self.ticket.to_bits() | (self.over as u64) << 63
-    }
-
-    pub(in crate::core) const fn from_bits(bits: u64) -> Self {
-        Self {
-            ticket: Ticket::from_bits(bits & !(1 << 63)),
-            over: bits >> 63 != 0,
         }
     }
 }
@@ -178,9 +162,9 @@ impl Gate {
             breaker: spec
                 .breaker
                 .map(|policy| BreakerCore::new(policy, spec.seed.unwrap_or_else(fresh_seed))),
-            limit: spec.limit.map(|policy| {
-                LimitCore::with_custom(policy, spec.classes.len(), now, spec.custom_limit.clone())
-            }),
+            limit: spec
+                .limit
+                .map(|policy| LimitCore::new(policy, spec.classes.len(), now)),
             room: room.map(Room::new),
             metrics: RouteMetrics::new(
                 spec.route,
@@ -226,7 +210,7 @@ impl Gate {
     /// ([`too_short`](Self::too_short)) gives the probe back and is
     /// answered `Deadline`, so that the probe's verdict is about the back
     /// end, not about an impatient caller.
-    #[inline(always)]
+    #[inline]
     pub(in crate::core) fn acquire(
         &self,
         priority: Priority,
@@ -312,21 +296,13 @@ impl Gate {
     }
 
     /// Counts a rejection, and returns it.
-    #[inline(always)]
     pub(in crate::core) fn rejected(&self, rejected: Rejected, priority: Priority) -> Rejected {
-        // The rejection stays where the caller built it: only its reason
-        // goes to the counting (copying a rejection in and out of a call
-        // right after it was written stalls on store forwarding).
-        self.count_rejected(rejected.reason(), priority);
-        rejected
-    }
-
-    fn count_rejected(&self, reason: Reason, priority: Priority) {
-        self.metrics.rejected(reason);
-        if reason == Reason::Shed {
+        self.metrics.rejected(rejected.reason());
+        if rejected.reason() == Reason::Shed {
             self.metrics.shed(priority);
         }
-        self.tell_shed(reason, priority);
+        self.tell_shed(rejected.reason(), priority);
+        rejected
     }
 
     #[inline]
@@ -336,17 +312,13 @@ impl Gate {
         now: Nanos,
     ) -> Result<Ticket, Rejected> {
         let admission = breaker.admit(now);
-        if admission.half_opened {
-            self.report(Transition {
-                from: BreakerState::Open,
-                to: BreakerState::HalfOpen,
-                open_for: None,
-            });
+        if let Some(transition) = admission.transition {
+            self.report(transition);
         }
-        if admission.would_reject {
-            self.would_reject(Reason::Open);
+        if let Some(would) = &admission.would_reject {
+            self.would_reject(would.reason());
         }
-        admission.verdict.map_err(open_rejection)
+        admission.verdict
     }
 
     /// The breaker's state now (closed for a gate without a breaker). A
@@ -394,17 +366,6 @@ impl Gate {
     }
 }
 
-/// An open breaker's rejection, with the time to its next probe as the
-/// retry hint when it has one (a forced-open breaker has none).
-fn open_rejection(hint: Option<Nanos>) -> Rejected {
-    let rejected = Rejected::new(Reason::Open);
-    match hint {
-        Some(nanos) => rejected.with_retry_after(Duration::from_nanos(nanos)),
-        None => rejected,
-    }
-}
-
-/// A seed for the jitter of a breaker's open periods, fresh for each
 /// breaker and per process, so that replicas do not probe in step.
 fn fresh_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
