@@ -148,6 +148,9 @@ pub fn describe() {
             Unit::Count,
             "Calls to the shared state (Redis) that failed or ran past their deadline, by state; each left a replica deciding from local state"
         );
+        // The deferral's own (feature `defer`).
+        #[cfg(feature = "defer")]
+        crate::defer::describe();
     });
 }
 

@@ -98,28 +98,42 @@ impl fmt::Display for Reason {
 ///
 /// A rejection inside a maintenance window also carries the window's
 /// [`message`](Self::message), written by ops for the people affected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Rejected {
-    reason: Reason,
-    retry_after: Option<Duration>,
+    // Every field is a whole word (no `u8` next to padding), so that moving
+    // a rejection, or an enum that holds one beside a permit, copies whole
+    // words: a fast-fail moves one several times on its way out.
+    /// [`Reason`] as its index in [`Reason::ALL`].
+    reason: usize,
+    /// The retry hint in nanoseconds, [`NO_HINT`] for none.
+    retry_after: u64,
     /// Shared with the maintenance window it comes from: cloning a
     /// rejection allocates nothing.
     message: Option<Arc<str>>,
 }
 
+/// The `retry_after` of a rejection with no retry hint.
+const NO_HINT: u64 = u64::MAX;
+
 impl Rejected {
     /// A rejection with no retry hint.
     pub const fn new(reason: Reason) -> Self {
         Self {
-            reason,
-            retry_after: None,
+            reason: reason as usize,
+            retry_after: NO_HINT,
             message: None,
         }
     }
 
-    /// Sets the retry hint.
+    /// Sets the retry hint (kept to the nanosecond, up to about 584
+    /// years).
     pub const fn with_retry_after(mut self, retry_after: Duration) -> Self {
-        self.retry_after = Some(retry_after);
+        let nanos = retry_after.as_nanos();
+        self.retry_after = if nanos < NO_HINT as u128 {
+            nanos as u64
+        } else {
+            NO_HINT - 1
+        };
         self
     }
 
@@ -142,7 +156,7 @@ impl Rejected {
 
     /// Why the request was rejected.
     pub const fn reason(&self) -> Reason {
-        self.reason
+        Reason::ALL[self.reason]
     }
 
     /// How long the caller should wait before trying again, when known (an
@@ -155,7 +169,10 @@ impl Rejected {
     /// rejections is not invited to come straight back). A `Deadline`
     /// rejection's hint is never under one second.
     pub const fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        match self.retry_after {
+            NO_HINT => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
     }
 
     /// The message ops wrote for the people affected, when there is one:
@@ -168,10 +185,20 @@ impl Rejected {
     /// The retry hint in whole seconds, rounded up, as HTTP's `Retry-After`
     /// header wants it; never 0 when a hint is known.
     pub fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after.map(|d| {
+        self.retry_after().map(|d| {
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
             secs.max(1)
         })
+    }
+}
+
+impl fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejected")
+            .field("reason", &self.reason())
+            .field("retry_after", &self.retry_after())
+            .field("message", &self.message)
+            .finish()
     }
 }
 
@@ -180,10 +207,10 @@ impl fmt::Display for Rejected {
         write!(
             f,
             "request rejected ({}): {}",
-            self.reason,
-            self.reason.explain()
+            self.reason(),
+            self.reason().explain()
         )?;
-        if let Some(after) = self.retry_after {
+        if let Some(after) = self.retry_after() {
             write!(f, "; retry after {:.3}s", after.as_secs_f64())?;
         }
         if let Some(message) = &self.message {

@@ -80,8 +80,8 @@ impl<C> CircuitBreakerLayer<C> {
     }
 
     /// Tells `listener` of the breaker's transitions and of the calls it
-    /// turns away (see [`listen`](crate::listen)); with
-    /// [`per_key`](Self::per_key), of every key's. Starts the breaker
+    /// turns away (see [`listen`](crate::listen)); of every key's when
+    /// [`per_key`](Self::per_key) is called after it. Starts the breaker
     /// afresh.
     pub fn listener(mut self, listener: impl crate::listen::Listener) -> Self {
         self.config = self
@@ -131,11 +131,12 @@ impl<C> CircuitBreakerLayer<C> {
     /// One breaker per key instead of one for all calls: `key_of` names the
     /// key of each request (a route, a tenant, a host); the key's `Display`
     /// is its `route` label. At most `max_keys` keys get a breaker of their
-    /// own; later keys share one more, labelled [`OVERFLOW_KEY`](super::OVERFLOW_KEY),
-    /// so memory stays bounded whatever the callers send.
+    /// own (and at most 2^21, whatever `max_keys` says); later keys share
+    /// one more, labelled [`OVERFLOW_KEY`](super::OVERFLOW_KEY), so memory
+    /// stays bounded whatever the callers send.
     ///
-    /// Lookups are lock-free; a key's breaker is created the first time the
-    /// key is seen. Make the key cheap to hash and clone (an enum, a
+    /// Lookups are lock-free (a few atomic loads); a key's breaker is
+    /// created the first time the key is seen. Make the key cheap to hash and clone (an enum, a
     /// `&'static str`, an `Arc<str>`): it is computed on every call.
     ///
     /// ```

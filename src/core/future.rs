@@ -36,7 +36,10 @@ pin_project! {
             classifier: C,
         },
         Rejected {
-            rejected: Option<Rejected>,
+            // Boxed at once: the box is the `BoxError` the caller gets (one
+            // allocation either way), and the future keeps one word, read
+            // back whole when polled.
+            rejected: Option<Box<Rejected>>,
         },
     }
 }
@@ -55,7 +58,7 @@ impl<F, C> AdmitOrReject<F, C> {
     pub(crate) fn rejected(rejected: Rejected) -> Self {
         Self {
             state: State::Rejected {
-                rejected: Some(rejected),
+                rejected: Some(Box::new(rejected)),
             },
         }
     }
@@ -83,10 +86,9 @@ where
                     crate::classify::settle(&*classifier, result, permit).map_err(Into::into),
                 )
             }
-            StateProj::Rejected { rejected } => Poll::Ready(Err(rejected
-                .take()
-                .expect("polled after completion")
-                .into())),
+            StateProj::Rejected { rejected } => {
+                Poll::Ready(Err(rejected.take().expect("polled after completion")))
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::classify::Outcome;
 use crate::clock::{Clock, Nanos};
-use crate::core::breaker::{BreakerState, Ticket};
+use crate::core::breaker::BreakerState;
 use crate::core::gate::{Gate, Taken};
 use crate::core::room::Queues;
 use crate::reject::{Reason, Rejected};
@@ -19,8 +19,7 @@ impl Gate {
     pub(in crate::core) fn permit(self: &Arc<Self>, taken: Taken, now: Nanos) -> Permit {
         Permit {
             gate: Some(self.clone()),
-            ticket: taken.ticket,
-            over: taken.over,
+            taken: taken.to_bits(),
             start: now,
             responded: None,
         }
@@ -191,11 +190,12 @@ impl Gate {
 /// ends. A permit dropped without a verdict counts as cancelled: not a
 /// sample, and a half-open probe slot it held is given back.
 pub struct Permit {
+    // Whole words only (no `bool` beside padding): a permit is moved, in
+    // a `Result` or a future's state, several times on the admitted path.
     /// `None` once settled.
     gate: Option<Arc<Gate>>,
-    ticket: Ticket,
-    /// Let past a full limit in shadow mode.
-    over: bool,
+    /// What the stages gave the call ([`Taken::to_bits`]).
+    taken: u64,
     start: Nanos,
     responded: Option<Nanos>,
 }
@@ -205,11 +205,12 @@ impl Permit {
     #[inline(always)]
     pub fn record(mut self, outcome: Outcome) {
         if let Some(gate) = self.gate.take() {
-            let taken = Taken {
-                ticket: self.ticket,
-                over: self.over,
-            };
-            gate.settle(taken, outcome, self.start, self.responded);
+            gate.settle(
+                Taken::from_bits(self.taken),
+                outcome,
+                self.start,
+                self.responded,
+            );
         }
     }
 
@@ -231,13 +232,7 @@ impl Permit {
     /// rejection, not a served call, with the gate's retry hint.
     pub(crate) fn abandon_at_deadline(mut self) -> Rejected {
         match self.gate.take() {
-            Some(gate) => {
-                let taken = Taken {
-                    ticket: self.ticket,
-                    over: self.over,
-                };
-                gate.settle_abandoned(taken, self.start)
-            }
+            Some(gate) => gate.settle_abandoned(Taken::from_bits(self.taken), self.start),
             None => Rejected::new(Reason::Deadline),
         }
     }
@@ -260,14 +255,7 @@ impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
         if let Some(gate) = self.gate.take() {
-            gate.cancel(
-                Taken {
-                    ticket: self.ticket,
-                    over: self.over,
-                },
-                self.start,
-                self.responded,
-            );
+            gate.cancel(Taken::from_bits(self.taken), self.start, self.responded);
         }
     }
 }
@@ -276,7 +264,7 @@ impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("settled", &self.gate.is_none())
-            .field("ticket", &self.ticket)
+            .field("taken", &Taken::from_bits(self.taken))
             .finish()
     }
 }

@@ -6,9 +6,10 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `…:q:<rank>` | stream, consumer group `brownout` | one entry per pending request of class `rank`: its ticket and arrival time |
-//! | `…:e:<ticket>` | hash | the request, its class, stream id, state (`w` waiting, `c` claimed, `d` done), attempts, outcome |
+//! | `…:e:<ticket>` | hash | the request, its class, stream id, state (`w` waiting, `c` claimed, `d` done), attempts, outcome, idempotency key |
 //! | `…:c:<rank>` | sorted set | the claimed tickets of class `rank`, scored by when they were claimed |
 //! | `…:k:<key>` | string | an idempotency key's request fingerprint and ticket |
+//! | `…:f` | sorted set | the settled tickets, scored by when they settled: entries and keys forgotten `keep_finished` later |
 //!
 //! Each operation is one Lua script, so it is atomic on the server. A
 //! claim reads the most important class's stream first; within a class,
@@ -52,6 +53,7 @@ local function fields(list)
   for i = 1, #list, 2 do out[list[i]] = list[i + 1] end
   return out
 end
+local NOW, KEEP = 0, 0
 local function settle(rank, ticket, id, group, outcome)
   local e = P .. ':e:' .. ticket
   redis.call('XACK', P .. ':q:' .. rank, group, id)
@@ -59,6 +61,25 @@ local function settle(rank, ticket, id, group, outcome)
   redis.call('ZREM', P .. ':c:' .. rank, ticket)
   redis.call('HSET', e, 'state', 'd', 'out', outcome)
   redis.call('HDEL', e, 'req')
+  redis.call('ZADD', P .. ':f', NOW, ticket)
+end
+-- Forgets what settled more than KEEP ms before NOW: its entry, and its
+-- idempotency key if the key still names it.
+local function forget()
+  local n = 0
+  for _, t in ipairs(redis.call('ZRANGEBYSCORE', P .. ':f', '-inf', '(' .. (NOW - KEEP), 'LIMIT', 0, 1024)) do
+    local e = P .. ':e:' .. t
+    local key = redis.call('HGET', e, 'key')
+    if key and key ~= '' then
+      local k = P .. ':k:' .. key
+      local found = redis.call('GET', k)
+      if found and string.sub(found, -#t) == t then redis.call('DEL', k) end
+    end
+    redis.call('DEL', e)
+    redis.call('ZREM', P .. ':f', t)
+    n = n + 1
+  end
+  return n
 end
 "#;
 
@@ -73,7 +94,7 @@ for r = 0, tonumber(ARGV[2]) - 1 do total = total + redis.call('XLEN', P .. ':q:
 if total >= tonumber(ARGV[3]) then return {'full', ''} end
 local id = redis.call('XADD', P .. ':q:' .. ARGV[7], '*', 't', ARGV[6], 'a', ARGV[9])
 redis.call('HSET', P .. ':e:' .. ARGV[6], 'req', ARGV[8], 'rank', ARGV[7], 'id', id,
-  'state', 'w', 'arrived', ARGV[9], 'attempts', 0)
+  'state', 'w', 'arrived', ARGV[9], 'attempts', 0, 'key', ARGV[4])
 if ARGV[4] ~= '' then redis.call('SET', P .. ':k:' .. ARGV[4], ARGV[5]) end
 return {'new', ARGV[6]}
 "#;
@@ -81,6 +102,7 @@ return {'new', ARGV[6]}
 /// ARGV: prefix, classes, group, consumer, now, claim_after, max_age, expired outcome.
 const CLAIM: &str = r#"
 local now, lease, max_age = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+NOW = now
 local function take(rank, ticket)
   local e = P .. ':e:' .. ticket
   redis.call('ZADD', P .. ':c:' .. rank, now, ticket)
@@ -123,8 +145,9 @@ redis.call('HINCRBY', e, 'attempts', -1)
 return 1
 "#;
 
-/// ARGV: prefix, ticket, group, outcome.
+/// ARGV: prefix, ticket, group, outcome, now.
 const COMPLETE: &str = r#"
+NOW = tonumber(ARGV[5])
 local e = P .. ':e:' .. ARGV[2]
 local state = redis.call('HGET', e, 'state')
 if not state or state == 'd' then return 0 end
@@ -132,9 +155,11 @@ settle(redis.call('HGET', e, 'rank'), ARGV[2], redis.call('HGET', e, 'id'), ARGV
 return 1
 "#;
 
-/// ARGV: prefix, classes, group, now, max_age, expired outcome.
+/// ARGV: prefix, classes, group, now, max_age, expired outcome, keep_finished.
 const EXPIRE: &str = r#"
 local now, max_age = tonumber(ARGV[4]), tonumber(ARGV[5])
+NOW, KEEP = now, tonumber(ARGV[7])
+forget()
 local n = 0
 for r = 0, tonumber(ARGV[2]) - 1 do
   local q = P .. ':q:' .. r
@@ -375,6 +400,7 @@ impl DeferStore for RedisStore {
                 .arg(ticket.as_str())
                 .arg(GROUP)
                 .arg(encode_outcome(&outcome))
+                .arg(self.config.now_ms())
                 .invoke_async(&mut conn)
                 .await
                 .map_err(io)?;
@@ -394,6 +420,7 @@ impl DeferStore for RedisStore {
                 .arg(self.config.now_ms())
                 .arg(self.config.max_age.as_millis() as u64)
                 .arg(encode_outcome(&Outcome::Expired))
+                .arg(self.config.keep_finished.as_millis() as u64)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(io)?;

@@ -195,6 +195,9 @@ pub struct StoreConfig {
     pub max_age: Duration,
     /// A claim not settled after this long is handed out again.
     pub claim_after: Duration,
+    /// A settled request's outcome and idempotency key are forgotten this
+    /// long after it settled (by [`DeferStore::expire`]).
+    pub keep_finished: Duration,
     /// Number of priority classes (ranks `0..classes`).
     pub classes: u8,
     /// Time, read with [`Clock::system_time`](crate::clock::Clock::system_time):
@@ -209,6 +212,7 @@ impl StoreConfig {
             max_pending: policy.max_pending,
             max_age: policy.max_age,
             claim_after: policy.claim_after,
+            keep_finished: policy.keep_finished,
             classes: classes.clamp(1, crate::priority::MAX_CLASSES) as u8,
             clock: crate::clock::Clock::detect(),
         }
@@ -267,7 +271,8 @@ pub trait DeferStore: Send + Sync + 'static {
     /// settled it, `false` when it was settled already (or unknown).
     fn complete(&self, ticket: Ticket, outcome: Outcome) -> StoreFuture<'_, bool>;
 
-    /// Expires the waiting requests older than `max_age`; how many.
+    /// Expires the waiting requests older than `max_age` (how many), and
+    /// forgets the requests settled more than `keep_finished` ago.
     fn expire(&self) -> StoreFuture<'_, u64>;
 
     /// Where `ticket` stands; `None` when the store does not know it.

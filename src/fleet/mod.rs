@@ -51,7 +51,7 @@ use tower::{BoxError, Layer, Service};
 
 use crate::clock::{Clock, Nanos, saturating_nanos};
 use crate::metrics::SHARED_STATE_ERRORS_TOTAL;
-use crate::policy::BreakerPolicy;
+use crate::policy::{BreakerPolicy, FleetPolicy, FleetShare, Policy};
 use crate::reject::{Reason, Rejected};
 
 /// When a replica follows the fleet's verdicts.
@@ -79,6 +79,20 @@ pub enum FleetError {
     /// Built outside a tokio runtime: the layer's background task needs one.
     #[error("a FleetBreakerLayer must be built inside a tokio runtime")]
     NoRuntime,
+    /// The policy's `[fleet]` section does not validate (it names the
+    /// field and its value).
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+}
+
+impl From<&FleetPolicy> for Share {
+    /// The section's `share` and `quorum`.
+    fn from(fleet: &FleetPolicy) -> Self {
+        match fleet.effective_share() {
+            (FleetShare::Quorum, n) => Share::Quorum(n),
+            _ => Share::Follow,
+        }
+    }
 }
 
 /// Shares one route's breaker verdicts with the fleet; see the
@@ -184,6 +198,47 @@ impl FleetBreakerLayer {
             }
         });
         Ok(Self { state })
+    }
+
+    /// The fleet breaker of `route` as `policy` says: its `[fleet]` section
+    /// (`url`, `share`/`quorum`, `shared_timeout`) and the route's breaker
+    /// (`open_for`, `half_open_probes`, with the route's overrides);
+    /// `Ok(None)` without a `[fleet]` section. A section that does not
+    /// validate is an error naming the field.
+    ///
+    /// ```
+    /// # #[cfg(feature = "toml")] {
+    /// use brownout::fleet::FleetBreakerLayer;
+    /// use brownout::Policy;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let policy = Policy::from_toml("[fleet]\nurl = \"redis://127.0.0.1:1\"\nquorum = 2\n").unwrap();
+    /// // Redis is not contacted here: a replica that cannot reach it decides alone.
+    /// let layer = FleetBreakerLayer::from_policy(&policy, "/slots").unwrap();
+    /// assert!(layer.is_some());
+    /// assert!(FleetBreakerLayer::from_policy(&brownout::Policy::default(), "/slots").unwrap().is_none());
+    /// # }
+    /// # }
+    /// ```
+    pub fn from_policy(policy: &Policy, route: &str) -> Result<Option<Self>, FleetError> {
+        let Some(fleet) = &policy.fleet else {
+            return Ok(None);
+        };
+        fleet.validate()?;
+        Self::new(
+            &fleet.url,
+            route,
+            &policy.route(route).breaker,
+            Share::from(fleet),
+            fleet.shared_timeout,
+        )
+        .map(Some)
+    }
+
+    /// How this layer follows the fleet's verdicts.
+    pub fn share(&self) -> Share {
+        self.state.share
     }
 
     /// Whether the fleet holds this route open now.

@@ -76,6 +76,39 @@ impl<P, C> AdaptiveLimitLayer<P, C> {
         self
     }
 
+    /// Learns the limit with the application's own algorithm where the
+    /// policy says `algorithm = "custom"` (see
+    /// [`LimitAlgorithm`](crate::limit::LimitAlgorithm)); `make` builds its
+    /// instance. Starts the limit afresh.
+    ///
+    /// ```
+    /// use brownout::limit::{LimitAlgorithm, WindowSample};
+    /// use brownout::policy::Algorithm;
+    /// use brownout::{AdaptiveLimitLayer, LimitPolicy};
+    ///
+    /// #[derive(Debug)]
+    /// struct Steady;
+    /// impl LimitAlgorithm for Steady {
+    ///     fn update(&mut self, limit: f64, _: &WindowSample) -> f64 {
+    ///         limit
+    ///     }
+    /// }
+    ///
+    /// let policy = LimitPolicy { algorithm: Algorithm::Custom, initial: 7, ..LimitPolicy::default() };
+    /// let layer = AdaptiveLimitLayer::new(policy).algorithm(|| Steady);
+    /// assert_eq!(layer.limit(), 7);
+    /// ```
+    pub fn algorithm<A, F>(mut self, make: F) -> Self
+    where
+        A: crate::limit::LimitAlgorithm,
+        F: Fn() -> A + Send + Sync + 'static,
+    {
+        self.config = self
+            .config
+            .custom_limit(crate::limit::CustomAlgorithm::new(make));
+        self
+    }
+
     /// Uses `clock` instead of the one [detected](Clock::detect) when the
     /// limit is created. Starts the limit afresh.
     pub fn clock(mut self, clock: Clock) -> Self {

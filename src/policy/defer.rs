@@ -43,6 +43,7 @@ pub enum DeferStoreKind {
 /// status_path = "/deferred"          # GET /deferred/{ticket}
 /// replay_share = 0.5                 # at most this share of the limit replays
 /// claim_after = "30s"                # a replay not settled by then is retried
+/// keep_finished = "7d"               # a settled ticket's status (and key) kept this long
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -82,6 +83,13 @@ pub struct DeferPolicy {
     /// again (by this replica after a restart, or by another); more than zero.
     #[serde(with = "duration")]
     pub claim_after: Duration,
+    /// How long a settled request (served, failed or expired) is
+    /// remembered after it settles: its status for the status endpoint,
+    /// and its `Idempotency-Key` (the same key again gets the same
+    /// ticket). After that the ticket is unknown (`404`) and the key may be
+    /// used again. More than zero; 7 days by default.
+    #[serde(with = "duration")]
+    pub keep_finished: Duration,
 }
 
 impl Default for DeferPolicy {
@@ -101,6 +109,7 @@ impl Default for DeferPolicy {
             status_path: "/deferred".to_owned(),
             replay_share: 0.5,
             claim_after: Duration::from_secs(30),
+            keep_finished: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -229,6 +238,7 @@ impl DeferPolicy {
         }
         rate(&field("replay_share"), self.replay_share)?;
         positive(&field("claim_after"), self.claim_after)?;
+        positive(&field("keep_finished"), self.keep_finished)?;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use super::check::share_below_one;
 ///
 /// ```toml
 /// [limit]
-/// algorithm = "capacity"   # capacity | fixed | aimd | vegas | gradient
+/// algorithm = "capacity"   # capacity | fixed | aimd | vegas | gradient | custom
 /// initial = 20             # in-flight calls allowed at start
 /// min = 1                  # never fewer
 /// max = 1000               # never more
@@ -151,6 +151,13 @@ pub enum Algorithm {
     /// quarter of the limit within a few round trips.
     #[default]
     Capacity,
+    /// The application's own [`LimitAlgorithm`](crate::limit::LimitAlgorithm),
+    /// given to the layer
+    /// ([`AdaptiveLimitLayer::algorithm`](crate::AdaptiveLimitLayer::algorithm),
+    /// [`BrownoutLayer::limit_algorithm`](crate::BrownoutLayer::limit_algorithm)):
+    /// ops' file says when it is used, code says what it is. A layer given
+    /// none logs an error and uses `capacity`.
+    Custom,
 }
 
 impl Algorithm {
@@ -162,6 +169,7 @@ impl Algorithm {
             Algorithm::Vegas => "vegas",
             Algorithm::Gradient => "gradient",
             Algorithm::Capacity => "capacity",
+            Algorithm::Custom => "custom",
         }
     }
 }

@@ -6,6 +6,7 @@ mod check;
 mod defer;
 mod duration;
 mod error;
+mod fleet;
 mod limit;
 mod load;
 mod maintenance;
@@ -17,6 +18,7 @@ pub use breaker::{BackoffPolicy, BreakerPolicy, Mode, WindowPolicy};
 pub use budget::{BudgetPolicy, BudgetStore, BudgetWindow};
 pub use defer::{ByteSize, DEFERRABLE_REASONS, DeferPolicy, DeferStoreKind};
 pub use error::PolicyError;
+pub use fleet::{FleetPolicy, FleetShare};
 pub use limit::{Algorithm, LimitPolicy};
 pub use load::Format;
 pub use maintenance::MaintenanceWindow;
@@ -74,13 +76,19 @@ pub struct Policy {
     /// written back) counts nothing. See [`BudgetPolicy`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetPolicy>,
+    /// The `[fleet]` section: breaker verdicts shared by the replicas
+    /// through Redis (feature `fleet`, `brownout::fleet`). Global,
+    /// optional: `None` (and then left out when the policy is written
+    /// back) shares nothing. See [`FleetPolicy`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetPolicy>,
 }
 
 impl Policy {
     /// Checks every section, in the order of the file (`breaker`, `limit`,
     /// `waiting_room`, `priority`), then each maintenance window (it must
     /// end after it starts), then every route in key order, then `[budget]`
-    /// (its classes must be in `[priority].classes`); the
+    /// (its classes must be in `[priority].classes`), then `[fleet]`; the
     /// loaders call it. The error names the first bad field: see
     /// [`BreakerPolicy::validate`], [`LimitPolicy::validate`],
     /// [`WaitingRoomPolicy::validate`] and [`PriorityPolicy::validate`] for
@@ -125,6 +133,9 @@ impl Policy {
         if let Some(budget) = &self.budget {
             budget.validate()?;
             budget.validate_classes(&self.priority)?;
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet.validate()?;
         }
         Ok(())
     }

@@ -31,6 +31,11 @@ use super::layer::{Shared, route_spec};
 /// A policy that does not load or validate leaves the one in force, and
 /// the error names the field.
 ///
+/// The handle also says where every route stands ([`snapshot`](Self::snapshot))
+/// and acts on one route's breaker by hand, without a reload
+/// ([`reset`](Self::reset), [`open_until`](Self::open_until),
+/// [`half_open_now`](Self::half_open_now), [`set_route_mode`](Self::set_route_mode)).
+///
 /// ```
 /// use brownout::{BrownoutLayer, Mode, Policy};
 ///

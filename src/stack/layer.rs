@@ -69,6 +69,7 @@ pub(crate) fn route_spec<'a>(
         clock,
         seed: None,
         listener: None,
+        custom_limit: None,
     }
 }
 
@@ -105,6 +106,8 @@ struct Settings {
     /// `None`: detected when the gates are built.
     clock: Option<Clock>,
     listener: Option<SharedListener>,
+    /// The application's own limit algorithm, for `algorithm = "custom"`.
+    custom_limit: Option<crate::limit::CustomAlgorithm>,
     /// The deferring routes of the policy with their stores, opened once
     /// by [`BrownoutLayer::from_policy`]; `None` without any.
     #[cfg(feature = "defer")]
@@ -130,7 +133,9 @@ impl BrownoutLayer {
     /// before admission ([`Budgeted`](super::Budgeted)); with
     /// `[routes."…".defer]` sections (feature `defer`), their stores are
     /// opened here and the HTTP preset ([`http`](Self::http)) defers the
-    /// requests those routes reject.
+    /// requests those routes reject. Both are built once, here: a policy
+    /// a [`PolicyHandle`](super::PolicyHandle) applies later changes the
+    /// breakers, limits and rooms, not the budget or the stores.
     ///
     /// A policy that does not validate is used with its bad values brought
     /// into range, and an error is logged; so is a part that cannot be
@@ -175,6 +180,7 @@ impl BrownoutLayer {
             max_routes: DEFAULT_MAX_ROUTES,
             clock: None,
             listener: None,
+            custom_limit: None,
             #[cfg(feature = "defer")]
             deferral: open_deferral(policy, strict)?,
         };
@@ -213,6 +219,7 @@ impl Settings {
         let classes = Classes::from_policy(&policy.priority);
         let clock = self.clock.clone().unwrap_or_else(Clock::detect);
         let listener = self.listener.clone();
+        let custom_limit = self.custom_limit.clone();
         let budget = match &policy.budget {
             None => None,
             Some(budget) => {
@@ -251,6 +258,7 @@ impl Settings {
                 };
                 Gate::new(GateSpec {
                     listener: listener.clone(),
+                    custom_limit: custom_limit.clone(),
                     ..route_spec(&effective, &classes, label, clock.clone())
                 })
             })
@@ -290,6 +298,23 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
     /// building the layer.
     pub fn listener(mut self, listener: impl crate::listen::Listener) -> Self {
         self.settings.listener = Some(SharedListener::new(listener));
+        self.shared = self.settings.build();
+        self
+    }
+
+    /// Learns the limit with the application's own algorithm on the routes
+    /// whose policy says `algorithm = "custom"` (see
+    /// [`LimitAlgorithm`](crate::limit::LimitAlgorithm)); `make` builds
+    /// each route's instance. The algorithm belongs to the layer, not to
+    /// the policy: a reload that names `custom` again keeps using it, one
+    /// that names another algorithm switches to that one. Starts the stack
+    /// afresh: call it while building the layer.
+    pub fn limit_algorithm<A, M>(mut self, make: M) -> Self
+    where
+        A: crate::limit::LimitAlgorithm,
+        M: Fn() -> A + Send + Sync + 'static,
+    {
+        self.settings.custom_limit = Some(crate::limit::CustomAlgorithm::new(make));
         self.shared = self.settings.build();
         self
     }

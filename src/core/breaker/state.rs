@@ -22,7 +22,6 @@ use std::time::Duration;
 use crate::clock::Nanos;
 use crate::core::sync::{AtomicU8, AtomicU64, Mutex};
 use crate::policy::{BreakerPolicy, Mode};
-use crate::reject::{Reason, Rejected};
 
 use super::BreakerState;
 use super::thresholds::Thresholds;
@@ -93,6 +92,7 @@ pub(crate) struct Ticket {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum TicketKind {
     /// Admitted by a closed breaker: the outcome goes into the window.
     Closed,
@@ -114,6 +114,21 @@ impl Ticket {
     pub(crate) fn is_probe(self) -> bool {
         self.kind == TicketKind::Probe
     }
+
+    /// The ticket in the low 40 bits of a word, and back with `from_bits`
+    /// (a permit keeps whole words).
+    pub(crate) const fn to_bits(self) -> u64 {
+        self.generation as u64 | (self.kind as u64) << 32
+    }
+
+    pub(crate) const fn from_bits(bits: u64) -> Self {
+        let kinds = [TicketKind::Closed, TicketKind::Probe, TicketKind::Untracked];
+        let kind = kinds[((bits >> 32) & 0xff) as usize % kinds.len()];
+        Ticket {
+            generation: bits as u32,
+            kind,
+        }
+    }
 }
 
 /// A state change, for metrics and tracing.
@@ -125,13 +140,17 @@ pub(crate) struct Transition {
     pub(crate) open_for: Option<Duration>,
 }
 
-/// What `admit` decided.
-#[derive(Debug)]
+/// What `admit` decided: small and `Copy`, so that the fast-fail of an
+/// open breaker passes it in registers.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Admission {
-    pub(crate) verdict: Result<Ticket, Rejected>,
-    /// In shadow mode: the rejection that enforce mode would have made.
-    pub(crate) would_reject: Option<Rejected>,
-    pub(crate) transition: Option<Transition>,
+    /// The ticket, or an open breaker's rejection with its retry hint in
+    /// nanoseconds (the time to the next probe; none when forced open).
+    pub(crate) verdict: Result<Ticket, Option<Nanos>>,
+    /// In shadow mode: enforce mode would have rejected the call (`Open`).
+    pub(crate) would_reject: bool,
+    /// The open period was over: this call is the first probe.
+    pub(crate) half_opened: bool,
 }
 
 /// State that only transitions read and write.
@@ -234,34 +253,29 @@ impl BreakerCore {
     #[inline]
     pub(crate) fn admit(&self, now: Nanos) -> Admission {
         let mode = self.mode();
-        match mode {
-            Mode::ForcedClosed => return admitted(Ticket::UNTRACKED),
-            Mode::ForcedOpen => {
-                return Admission {
-                    verdict: Err(Rejected::new(Reason::Open)),
-                    would_reject: None,
-                    transition: None,
-                };
-            }
-            Mode::Enforce | Mode::Shadow => {}
-        }
-        let (verdict, transition) = self.decide(now);
+        let (verdict, half_opened) = match mode {
+            Mode::ForcedClosed => (Ok(Ticket::UNTRACKED), false),
+            Mode::ForcedOpen => (Err(None), false),
+            Mode::Enforce | Mode::Shadow => self.decide(now),
+        };
         match verdict {
-            Err(rejected) if mode == Mode::Shadow => Admission {
+            Err(_) if mode == Mode::Shadow => Admission {
                 verdict: Ok(Ticket::UNTRACKED),
-                would_reject: Some(rejected),
-                transition,
+                would_reject: true,
+                half_opened,
             },
             verdict => Admission {
                 verdict,
-                would_reject: None,
-                transition,
+                would_reject: false,
+                half_opened,
             },
         }
     }
 
+    /// The ticket, or the retry hint of an open breaker; and whether this
+    /// call turned an ended open period into half-open.
     #[inline]
-    fn decide(&self, now: Nanos) -> (Result<Ticket, Rejected>, Option<Transition>) {
+    fn decide(&self, now: Nanos) -> (Result<Ticket, Option<Nanos>>, bool) {
         let mut current = self.word.load(Acquire);
         loop {
             let word = Word(current);
@@ -271,16 +285,12 @@ impl BreakerCore {
                         generation: word.generation(),
                         kind: TicketKind::Closed,
                     };
-                    return (Ok(ticket), None);
+                    return (Ok(ticket), false);
                 }
                 TAG_OPEN => {
                     let until = self.open_until.load(Relaxed);
                     if now < until {
-                        let wait = Duration::from_nanos(until - now);
-                        return (
-                            Err(Rejected::new(Reason::Open).with_retry_after(wait)),
-                            None,
-                        );
+                        return (Err(Some(until - now)), false);
                     }
                     // The open period is over: this call is the first probe.
                     Word::new(TAG_HALF_OPEN, word.next_generation()).with_admitted(1)
@@ -289,11 +299,7 @@ impl BreakerCore {
                     if word.admitted() >= self.limits.probes() {
                         // Every probe is out; the breaker closes or reopens
                         // as soon as they answer.
-                        let wait = Duration::from_nanos(self.limits.open_for());
-                        return (
-                            Err(Rejected::new(Reason::Open).with_retry_after(wait)),
-                            None,
-                        );
+                        return (Err(Some(self.limits.open_for())), false);
                     }
                     word.with_admitted(word.admitted() + 1)
                 }
@@ -307,12 +313,7 @@ impl BreakerCore {
                         generation: next.generation(),
                         kind: TicketKind::Probe,
                     };
-                    let transition = (word.tag() == TAG_OPEN).then_some(Transition {
-                        from: BreakerState::Open,
-                        to: BreakerState::HalfOpen,
-                        open_for: None,
-                    });
-                    return (Ok(ticket), transition);
+                    return (Ok(ticket), word.tag() == TAG_OPEN);
                 }
                 Err(seen) => current = seen,
             }
@@ -568,14 +569,6 @@ impl BreakerCore {
         let jittered = capped * (1.0 + l.jitter.load() * cold.spread());
         // Saturating float-to-int conversion.
         (jittered.min(max_open as f64) as Nanos).max(1)
-    }
-}
-
-fn admitted(ticket: Ticket) -> Admission {
-    Admission {
-        verdict: Ok(ticket),
-        would_reject: None,
-        transition: None,
     }
 }
 

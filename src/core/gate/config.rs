@@ -6,6 +6,7 @@ use std::sync::Arc;
 use metrics::SharedString;
 
 use crate::clock::Clock;
+use crate::core::limit::algorithm::CustomAlgorithm;
 use crate::listen::SharedListener;
 use crate::policy::{BreakerPolicy, LimitPolicy, PriorityPolicy, WaitingRoomPolicy};
 use crate::priority::Classes;
@@ -27,6 +28,7 @@ pub(crate) struct GateConfig {
     clock: Option<Clock>,
     seed: Option<u64>,
     listener: Option<SharedListener>,
+    custom_limit: Option<CustomAlgorithm>,
     gate: Arc<std::sync::OnceLock<Arc<Gate>>>,
 }
 
@@ -41,6 +43,7 @@ impl Default for GateConfig {
             clock: None,
             seed: None,
             listener: None,
+            custom_limit: None,
             gate: Arc::default(),
         }
     }
@@ -60,6 +63,7 @@ impl GateConfig {
                 clock: self.clock.clone().unwrap_or_else(Clock::detect),
                 seed: self.seed,
                 listener: self.listener.clone(),
+                custom_limit: self.custom_limit.clone(),
             }))
         })
     }
@@ -102,6 +106,10 @@ impl GateConfig {
 
     pub(crate) fn listener(self, listener: SharedListener) -> Self {
         self.changed(|c| c.listener = Some(listener))
+    }
+
+    pub(crate) fn custom_limit(self, custom: CustomAlgorithm) -> Self {
+        self.changed(|c| c.custom_limit = Some(custom))
     }
 
     pub(crate) fn listener_value(&self) -> Option<SharedListener> {

@@ -41,8 +41,9 @@ use std::time::Duration;
 use metrics::SharedString;
 
 use crate::clock::{Clock, Nanos, saturating_nanos};
-use crate::core::breaker::{BreakerCore, BreakerState, Ticket};
+use crate::core::breaker::{BreakerCore, BreakerState, Ticket, Transition};
 use crate::core::limit::LimitCore;
+use crate::core::limit::algorithm::CustomAlgorithm;
 use crate::core::maintenance::{Check, Maintenance};
 use crate::core::permit::Permit;
 use crate::core::room::Room;
@@ -80,6 +81,8 @@ pub(crate) struct GateSpec<'a> {
     pub(crate) seed: Option<u64>,
     /// Told of every change of state (none: nobody listens).
     pub(crate) listener: Option<SharedListener>,
+    /// The layer's own limit algorithm, for `algorithm = "custom"`.
+    pub(crate) custom_limit: Option<CustomAlgorithm>,
 }
 
 /// A gate with only a breaker.
@@ -100,6 +103,7 @@ pub(crate) fn breaker_gate(
         clock,
         seed,
         listener,
+        custom_limit: None,
     })
 }
 
@@ -117,6 +121,18 @@ impl Taken {
         Self {
             ticket,
             over: false,
+        }
+    }
+
+    /// In one word, as a [`Permit`] keeps it; back with `from_bits`.
+    pub(in crate::core) const fn to_bits(self) -> u64 {
+        self.ticket.to_bits() | (self.over as u64) << 63
+    }
+
+    pub(in crate::core) const fn from_bits(bits: u64) -> Self {
+        Self {
+            ticket: Ticket::from_bits(bits & !(1 << 63)),
+            over: bits >> 63 != 0,
         }
     }
 }
@@ -162,9 +178,9 @@ impl Gate {
             breaker: spec
                 .breaker
                 .map(|policy| BreakerCore::new(policy, spec.seed.unwrap_or_else(fresh_seed))),
-            limit: spec
-                .limit
-                .map(|policy| LimitCore::new(policy, spec.classes.len(), now)),
+            limit: spec.limit.map(|policy| {
+                LimitCore::with_custom(policy, spec.classes.len(), now, spec.custom_limit.clone())
+            }),
             room: room.map(Room::new),
             metrics: RouteMetrics::new(
                 spec.route,
@@ -210,7 +226,7 @@ impl Gate {
     /// ([`too_short`](Self::too_short)) gives the probe back and is
     /// answered `Deadline`, so that the probe's verdict is about the back
     /// end, not about an impatient caller.
-    #[inline]
+    #[inline(always)]
     pub(in crate::core) fn acquire(
         &self,
         priority: Priority,
@@ -296,13 +312,21 @@ impl Gate {
     }
 
     /// Counts a rejection, and returns it.
+    #[inline(always)]
     pub(in crate::core) fn rejected(&self, rejected: Rejected, priority: Priority) -> Rejected {
-        self.metrics.rejected(rejected.reason());
-        if rejected.reason() == Reason::Shed {
+        // The rejection stays where the caller built it: only its reason
+        // goes to the counting (copying a rejection in and out of a call
+        // right after it was written stalls on store forwarding).
+        self.count_rejected(rejected.reason(), priority);
+        rejected
+    }
+
+    fn count_rejected(&self, reason: Reason, priority: Priority) {
+        self.metrics.rejected(reason);
+        if reason == Reason::Shed {
             self.metrics.shed(priority);
         }
-        self.tell_shed(rejected.reason(), priority);
-        rejected
+        self.tell_shed(reason, priority);
     }
 
     #[inline]
@@ -312,13 +336,17 @@ impl Gate {
         now: Nanos,
     ) -> Result<Ticket, Rejected> {
         let admission = breaker.admit(now);
-        if let Some(transition) = admission.transition {
-            self.report(transition);
+        if admission.half_opened {
+            self.report(Transition {
+                from: BreakerState::Open,
+                to: BreakerState::HalfOpen,
+                open_for: None,
+            });
         }
-        if let Some(would) = &admission.would_reject {
-            self.would_reject(would.reason());
+        if admission.would_reject {
+            self.would_reject(Reason::Open);
         }
-        admission.verdict
+        admission.verdict.map_err(open_rejection)
     }
 
     /// The breaker's state now (closed for a gate without a breaker). A
@@ -366,6 +394,17 @@ impl Gate {
     }
 }
 
+/// An open breaker's rejection, with the time to its next probe as the
+/// retry hint when it has one (a forced-open breaker has none).
+fn open_rejection(hint: Option<Nanos>) -> Rejected {
+    let rejected = Rejected::new(Reason::Open);
+    match hint {
+        Some(nanos) => rejected.with_retry_after(Duration::from_nanos(nanos)),
+        None => rejected,
+    }
+}
+
+/// A seed for the jitter of a breaker's open periods, fresh for each
 /// breaker and per process, so that replicas do not probe in step.
 fn fresh_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};

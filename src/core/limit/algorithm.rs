@@ -1,36 +1,57 @@
 //! The learning algorithms, after Netflix's `concurrency-limits`, applied
-//! once per window of samples.
+//! once per window of samples, and the [`LimitAlgorithm`] trait through
+//! which an application brings its own.
 //!
 //! Each takes the current limit and what the last window saw, and returns
 //! the next limit (a float, so that small steps accumulate; the gate
 //! publishes its integer part). They run on the thread that closes a
 //! window, one at a time; nothing here is on the per-call path.
 
+use std::fmt;
+use std::sync::Arc;
+
 use crate::policy::{Algorithm, LimitPolicy};
 
 use super::capacity::Capacity;
 
-/// What one window of completed calls says about the back end.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct WindowSample {
+/// What one learning window of completed calls says about the back end:
+/// everything a [`LimitAlgorithm`] learns from, in one place.
+///
+/// A window lasts about one round trip (for `capacity` and custom
+/// algorithms: the smoothed mean latency, with at least
+/// `clamp(limit / 2, 1, 64)` completions) or two round trips and 64
+/// completions (the latency learners `aimd`, `vegas`, `gradient`).
+/// Cancelled calls (the caller went away before the back end answered,
+/// without a deadline running out) and calls the classifier says are not
+/// evidence (4xx, gRPC `UNIMPLEMENTED`) are not samples at all.
+///
+/// The fields are public to read; build one with [`Default`] and set the
+/// fields (the struct is `#[non_exhaustive]`: fields may be added).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub struct WindowSample {
     // (See `has_failures`: a window with failures says "too much", not how
     // fast the back end is.)
-    /// Calls completed in the window (cancelled calls are not samples).
-    pub(crate) samples: u32,
-    /// Their mean round-trip time, in seconds.
-    pub(crate) rtt: f64,
-    /// Calls that signalled overload (classified as failures).
-    pub(crate) dropped: u32,
+    /// Calls completed in the window, successes and failures alike.
+    pub samples: u32,
+    /// Their mean round-trip time, in seconds (0 when faster than the
+    /// latency sum's resolution of 64 µs).
+    pub rtt: f64,
+    /// Of `samples`, calls that signalled overload: classified as
+    /// failures (inner errors, 5xx, timeouts, gRPC `UNAVAILABLE`,
+    /// `RESOURCE_EXHAUSTED`, as the classifier says).
+    pub dropped: u32,
     /// Most calls in flight at once during the window.
-    pub(crate) max_inflight: u32,
+    pub max_inflight: u32,
     /// How long the window lasted, in seconds.
-    pub(crate) duration: f64,
+    pub duration: f64,
     /// Calls refused a slot during the window (shed, or left waiting)
     /// because the limit was full: demand pressed on the limit.
-    pub(crate) blocked: u32,
+    pub blocked: u32,
     /// Of `samples`, calls abandoned at their caller's deadline: their
-    /// latency is a lower bound and they delivered nothing.
-    pub(crate) censored: u32,
+    /// latency is a lower bound ("took at least this long") and they
+    /// delivered nothing. Never failures.
+    pub censored: u32,
 }
 
 impl WindowSample {
@@ -40,19 +61,114 @@ impl WindowSample {
     /// learned unloaded latency down and leave the limit pinned at its
     /// minimum once the back end recovers: such a window is an overload
     /// signal only, and latency is not learned from it.
-    pub(crate) fn has_failures(&self) -> bool {
+    pub fn has_failures(&self) -> bool {
         u64::from(self.dropped) * 10 > u64::from(self.samples)
+    }
+
+    /// Successful completions a second: the back end's delivery rate in
+    /// this window (failed and deadline-abandoned calls delivered nothing).
+    pub fn throughput(&self) -> f64 {
+        if self.duration <= 0.0 {
+            return 0.0;
+        }
+        let delivered = self
+            .samples
+            .saturating_sub(self.dropped)
+            .saturating_sub(self.censored);
+        f64::from(delivered) / self.duration
+    }
+}
+
+/// A way of learning the limit, for an application that brings its own
+/// (the policy's `algorithm = "custom"`, with the algorithm given to the
+/// layer: [`AdaptiveLimitLayer::algorithm`](crate::AdaptiveLimitLayer::algorithm),
+/// [`BrownoutLayer::limit_algorithm`](crate::BrownoutLayer::limit_algorithm)).
+///
+/// Each route gets its own instance. [`update`](Self::update) runs once
+/// per learning window, on the thread of the call that closed it, under a
+/// lock no admission waits for: it is off the per-call path, so a boxed
+/// algorithm costs nothing there, and it may take its time (but not block).
+///
+/// ```
+/// use brownout::limit::{LimitAlgorithm, WindowSample};
+///
+/// /// Halves on overload, else grows by one while demand presses on it.
+/// #[derive(Debug, Default)]
+/// struct HalveOnFailure;
+///
+/// impl LimitAlgorithm for HalveOnFailure {
+///     fn update(&mut self, limit: f64, window: &WindowSample) -> f64 {
+///         if window.has_failures() {
+///             limit / 2.0
+///         } else if window.blocked > 0 {
+///             limit + 1.0
+///         } else {
+///             limit
+///         }
+///     }
+/// }
+///
+/// let mut window = WindowSample::default();
+/// window.samples = 10;
+/// window.dropped = 5;
+/// assert_eq!(HalveOnFailure.update(40.0, &window), 20.0);
+/// ```
+pub trait LimitAlgorithm: Send + fmt::Debug + 'static {
+    /// The next limit after `window`, given the current one. The gate
+    /// clamps it to the policy's `[min, max]` and publishes its integer
+    /// part; the fraction is kept, so small steps accumulate.
+    fn update(&mut self, limit: f64, window: &WindowSample) -> f64;
+
+    /// Where the limit starts again after an outage: the breaker closed
+    /// again after its probes succeeded (`maintenance` false), or a
+    /// maintenance window ended (`maintenance` true). The default keeps
+    /// `limit`.
+    fn recovered(&mut self, limit: f64, maintenance: bool) -> f64 {
+        let _ = maintenance;
+        limit
+    }
+}
+
+/// Makes each route's instance of a custom [`LimitAlgorithm`]; cheap to
+/// clone (one `Arc`).
+#[derive(Clone)]
+pub struct CustomAlgorithm {
+    make: Arc<dyn Fn() -> Box<dyn LimitAlgorithm> + Send + Sync>,
+}
+
+impl CustomAlgorithm {
+    /// An algorithm `make` builds, once per route (and again when a reload
+    /// switches a route to `algorithm = "custom"`).
+    pub fn new<A, F>(make: F) -> Self
+    where
+        A: LimitAlgorithm,
+        F: Fn() -> A + Send + Sync + 'static,
+    {
+        Self {
+            make: Arc::new(move || Box::new(make())),
+        }
+    }
+
+    fn build(&self) -> Box<dyn LimitAlgorithm> {
+        (self.make)()
+    }
+}
+
+impl fmt::Debug for CustomAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CustomAlgorithm(..)")
     }
 }
 
 /// A learning algorithm's state.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Learner {
     Fixed,
     Aimd,
     Vegas(Vegas, Probe),
     Gradient(Gradient, Probe),
     Capacity(Capacity),
+    Custom(Box<dyn LimitAlgorithm>),
 }
 
 /// Relearning the unloaded latency by draining the queue now and then.
@@ -125,14 +241,33 @@ impl Probe {
 }
 
 impl Learner {
-    pub(crate) fn new(policy: &LimitPolicy) -> Self {
+    /// The learner `policy` names; `custom` is the layer's own algorithm,
+    /// if it was given one.
+    pub(crate) fn new(policy: &LimitPolicy, custom: Option<&CustomAlgorithm>) -> Self {
         match policy.algorithm {
             Algorithm::Fixed => Learner::Fixed,
             Algorithm::Aimd => Learner::Aimd,
             Algorithm::Vegas => Learner::Vegas(Vegas::default(), Probe::default()),
             Algorithm::Gradient => Learner::Gradient(Gradient::default(), Probe::default()),
             Algorithm::Capacity => Learner::Capacity(Capacity::default()),
+            Algorithm::Custom => match custom {
+                Some(custom) => Learner::Custom(custom.build()),
+                None => {
+                    tracing::error!(
+                        "brownout: limit.algorithm is \"custom\" but the layer was given no \
+                         algorithm (AdaptiveLimitLayer::algorithm, \
+                         BrownoutLayer::limit_algorithm); using \"capacity\""
+                    );
+                    Learner::Capacity(Capacity::default())
+                }
+            },
         }
+    }
+
+    /// Whether its windows close every round trip (`capacity`, custom
+    /// algorithms) rather than after two and 64 samples.
+    pub(crate) fn round_trip_windows(&self) -> bool {
+        matches!(self, Learner::Capacity(_) | Learner::Custom(_))
     }
 
     /// The limit to start again from after an outage, given the current
@@ -141,6 +276,7 @@ impl Learner {
     pub(crate) fn recovered(&mut self, limit: f64, min: f64, maintenance: bool) -> f64 {
         match self {
             Learner::Capacity(c) => c.recovered(limit),
+            Learner::Custom(custom) => custom.recovered(limit, maintenance),
             Learner::Fixed => limit,
             // The latency learners restart from the minimum after a
             // maintenance window (their baselines say nothing about the
@@ -174,6 +310,7 @@ impl Learner {
                 .step(&mut g.latency, limit, window, app_limited)
                 .unwrap_or_else(|| g.update(limit, window, app_limited)),
             Learner::Capacity(c) => c.update(limit, window),
+            Learner::Custom(custom) => custom.update(limit, window),
         }
     }
 }

@@ -23,8 +23,9 @@
 //!   sheds, and the unloaded latency is learned.
 //! - **Demand presses on the limit, latency at the unloaded level**: there
 //!   is headroom; the next step tries a fifth more (doubling while the
-//!   limit has never met a queue: TCP slow start). If latency holds there,
-//!   the limit keeps it.
+//!   limit has never met a queue: TCP slow start; in slow start a doubling
+//!   that bought throughput in proportion is headroom whatever latency
+//!   says). If latency holds there, the limit keeps it.
 //! - **Latency above the unloaded level**: a queue, or a slower back end.
 //!   The next step tests which: the limit drops to what the back end
 //!   delivers times the unloaded latency. If latency falls, it was a queue
@@ -49,8 +50,10 @@ enum Step {
     Idle,
     /// Holding the estimate.
     Cruise,
-    /// Trying `to` (above `from`): does latency hold there?
-    Up { from: f64, to: f64 },
+    /// Trying `to` (above `from`, where the back end delivered `rate`
+    /// calls a second): does latency hold there, or does throughput grow
+    /// with it?
+    Up { from: f64, to: f64, rate: f64 },
     /// Trying `to` (below `from`) after latency rose to `rtt` at `from`,
     /// where the back end delivered `rate` calls a second: does it fall?
     Down {
@@ -61,7 +64,20 @@ enum Step {
     },
     /// Trying `to` (below `from`) after a share `share` of the calls
     /// failed at `from`: do failures fall with the load?
-    Unload { from: f64, to: f64, share: f64 },
+    Unload {
+        from: f64,
+        to: f64,
+        share: f64,
+        rate: f64,
+    },
+}
+
+/// What an unload test started from: the share of calls failing and the
+/// calls a second delivered at the higher limit.
+#[derive(Debug, Clone, Copy)]
+struct Before {
+    share: f64,
+    rate: f64,
 }
 
 /// The `capacity` learner's state.
@@ -113,7 +129,10 @@ impl Default for Capacity {
             settled: 0,
             unloaded: 0.0,
             floor: 0.0,
-            noise: 0.05,
+            // Assume noisy rounds until they show otherwise: a queue
+            // mistaken for noise costs a round trip of a little queue, noise
+            // mistaken for a queue costs a step down.
+            noise: Self::FIRST_NOISE,
             last_rtt: 0.0,
             estimate: 0.0,
             utilization: 1.0,
@@ -129,6 +148,8 @@ impl Capacity {
     /// Headroom over the most calls in flight while demand is below the
     /// limit.
     const HEADROOM: f64 = 2.0;
+    /// The rounds' noise assumed before any is measured.
+    const FIRST_NOISE: f64 = 0.2;
     /// A step up, once a queue has been met.
     const PROBE: f64 = 1.2;
     /// Share of failed calls in a round that signals overload.
@@ -185,8 +206,13 @@ impl Capacity {
             from,
             to,
             share: before,
+            rate: delivered,
         } = self.step
         {
+            let before = Before {
+                share: before,
+                rate: delivered,
+            };
             return self.unload_round(window, from, to, before, share, rate);
         }
         if share > Self::OVERLOAD {
@@ -214,7 +240,11 @@ impl Capacity {
         }
         if self.last_rtt > 0.0 && window.samples >= 8 {
             let change = ((rtt - self.last_rtt) / self.last_rtt).abs();
-            // A jump far past the noise is a shift, not noise.
+            // A jump far past the noise may be a shift rather than noise:
+            // it counts only up to four times the noise, so that one shift
+            // moves the estimate a little while a back end whose rounds
+            // keep jumping (heavy-tailed service times, few calls a round)
+            // is learned as noisy within a few rounds.
             if change < 4.0 * self.noise.max(0.02) {
                 self.noise += (change / 2.0_f64.sqrt() - self.noise) * 0.1;
             }
@@ -293,7 +323,12 @@ impl Capacity {
             // no limit to come back to after an outage.
             self.good = self.good.min(to.max(from * 0.5));
         }
-        self.step = Step::Unload { from, to, share };
+        self.step = Step::Unload {
+            from,
+            to,
+            share,
+            rate,
+        };
         self.rounds = 0;
         self.settled = 0;
         to
@@ -305,7 +340,7 @@ impl Capacity {
         window: &WindowSample,
         from: f64,
         to: f64,
-        before: f64,
+        before: Before,
         share: f64,
         rate: f64,
     ) -> f64 {
@@ -322,7 +357,14 @@ impl Capacity {
         self.settled = 0;
         self.step = Step::Cruise;
         self.met_queue = true;
-        if share <= Self::OVERLOAD.max(before * 0.5) {
+        // Overload shows as failures that fall with the load while the
+        // back end still delivers what it did: throughput that fell in
+        // proportion to the limit says the back end had room to spare,
+        // and the failures (a tail of calls slower than the timeout, say)
+        // are its own.
+        let fell = share <= Self::OVERLOAD.max(before.share * 0.5);
+        let spare = rate <= before.rate * (to / from) * 1.25;
+        if fell && !spare {
             // Failures fell with the load: it was overload. What the back
             // end delivers at this latency is what it can serve.
             let serves = if window.rtt > 0.0 {
@@ -404,8 +446,21 @@ impl Capacity {
                 self.step = Step::Cruise;
                 self.estimate
             }
-            Step::Up { from, to } => {
-                if self.queued(rtt) {
+            Step::Up {
+                from,
+                to,
+                rate: before,
+            } => {
+                // A queue raises latency and adds no throughput. Latency
+                // alone can mislead in slow start: while the calls of a
+                // heavy-tailed back end are still coming in after a cold
+                // start, each round sees longer ones than the last. So a
+                // doubling that also delivered at least half again as many
+                // calls a second found no queue, whatever latency says.
+                // (Later steps are too small for a round's throughput to
+                // tell them from noise.)
+                let grew = !self.met_queue && rate >= before * (1.0 + 0.5 * (to / from - 1.0));
+                if self.queued(rtt) && !grew {
                     // More in flight only queued: stay below.
                     self.met_queue = true;
                     self.streak = 0;
@@ -413,13 +468,20 @@ impl Capacity {
                 } else {
                     self.streak += 1;
                     self.estimate = to;
-                    self.unloaded = self.unloaded.min(rtt).max(self.unloaded * 0.9);
+                    self.unloaded = if self.queued(rtt) {
+                        // Throughput grew at this latency: it is no queue,
+                        // and the baseline was learned too low.
+                        rtt
+                    } else {
+                        self.unloaded.min(rtt).max(self.unloaded * 0.9)
+                    };
                     if !self.met_queue {
                         // Slow start: no queue met yet, double again at once.
                         let to = self.estimate * 2.0;
                         self.step = Step::Up {
                             from: self.estimate,
                             to,
+                            rate,
                         };
                         return to;
                     }
@@ -432,7 +494,9 @@ impl Capacity {
                 let from = self.estimate;
                 if self.queued(rtt) {
                     // A queue or a slower back end: test with the limit
-                    // the back end would need if it were a queue.
+                    // the back end would need if it were a queue (at
+                    // least a quarter lower, so that the test shows
+                    // something).
                     self.streak = 0;
                     let to = (rate * self.floor.min(self.unloaded) / self.utilization)
                         .clamp(from * 0.1, from * 0.75)
@@ -454,7 +518,7 @@ impl Capacity {
                         Self::PROBE
                     };
                     let to = from * gain;
-                    self.step = Step::Up { from, to };
+                    self.step = Step::Up { from, to, rate };
                     to
                 }
             }

@@ -22,7 +22,7 @@ use crate::policy::{Algorithm, LimitPolicy};
 use crate::priority::{MAX_CLASSES, Priority};
 use crate::reject::{Reason, Rejected};
 
-use super::algorithm::{Learner, WindowSample};
+use super::algorithm::{CustomAlgorithm, Learner, WindowSample};
 
 /// Shortest window of samples; windows otherwise last one of their mean
 /// RTTs (a round trip: the limit moves once per round trip, as peers'
@@ -77,6 +77,8 @@ pub(crate) struct LimitChange {
 struct Learning {
     learner: Learner,
     algorithm: Algorithm,
+    /// The layer's own algorithm, for `algorithm = "custom"`.
+    custom: Option<CustomAlgorithm>,
     /// The limit as the algorithm holds it (fractional steps accumulate).
     limit: f64,
 }
@@ -117,10 +119,22 @@ pub(crate) struct LimitCore {
 
 impl LimitCore {
     /// A limiter for `classes` priority classes.
+    #[cfg(any(test, brownout_loom))]
     pub(crate) fn new(policy: &LimitPolicy, classes: usize, now: Nanos) -> Self {
+        Self::with_custom(policy, classes, now, None)
+    }
+
+    /// A limiter whose policy may name the layer's own algorithm, `custom`.
+    pub(crate) fn with_custom(
+        policy: &LimitPolicy,
+        classes: usize,
+        now: Nanos,
+        custom: Option<CustomAlgorithm>,
+    ) -> Self {
         let min = policy.min.max(1);
         let max = policy.max.max(min);
         let initial = policy.initial.clamp(min, max);
+        let learner = Learner::new(policy, custom.as_ref());
         Self {
             hot: Hot::default(),
             limit: AtomicU32::new(initial),
@@ -132,12 +146,13 @@ impl LimitCore {
             censored: AtomicU32::new(0),
             max_inflight: AtomicU32::new(0),
             blocked: AtomicU32::new(0),
-            round_trip_windows: AtomicU32::new(u32::from(policy.algorithm == Algorithm::Capacity)),
+            round_trip_windows: AtomicU32::new(u32::from(learner.round_trip_windows())),
             window_start: AtomicU64::new(now),
             rtt: AtomicU64::new(0),
             learning: Mutex::new(Learning {
-                learner: Learner::new(policy),
+                learner,
                 algorithm: policy.algorithm,
+                custom,
                 limit: f64::from(initial),
             }),
         }
@@ -341,10 +356,10 @@ impl LimitCore {
         }
         let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
         if learning.algorithm != policy.algorithm {
-            learning.learner = Learner::new(policy);
+            learning.learner = Learner::new(policy, learning.custom.as_ref());
             learning.algorithm = policy.algorithm;
             self.round_trip_windows
-                .store(u32::from(policy.algorithm == Algorithm::Capacity), Relaxed);
+                .store(u32::from(learning.learner.round_trip_windows()), Relaxed);
         }
         learning.limit = learning.limit.clamp(f64::from(min), f64::from(max));
         let published = learning.limit as u32;

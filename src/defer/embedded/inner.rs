@@ -29,6 +29,9 @@ const OUTCOMES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("outcome
 const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
 /// "seq" and "pending:<rank>" counters.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Settled requests by (settled at, ticket): their idempotency key ("" for
+/// none), to forget both after `keep_finished`.
+const FINISHED: TableDefinition<'_, (u64, &str), &str> = TableDefinition::new("finished");
 
 impl Inner {
     pub(super) fn write(&self) -> Result<WriteTransaction, StoreError> {
@@ -171,18 +174,27 @@ impl Inner {
     /// Settles `ticket` (whose class is `rank`) with `outcome`, wherever it
     /// sits; `false` when it was settled already.
     pub(super) fn settle(
+        &self,
         txn: &WriteTransaction,
         ticket: &str,
-        rank: u8,
+        request: &Deferred,
         seq: u64,
         outcome: &Outcome,
     ) -> Result<bool, StoreError> {
+        let rank = request.priority;
         let mut outcomes = txn.open_table(OUTCOMES).map_err(io)?;
         if outcomes.get(ticket).map_err(io)?.is_some() {
             return Ok(false);
         }
         outcomes
             .insert(ticket, encode_outcome(outcome).as_slice())
+            .map_err(io)?;
+        txn.open_table(FINISHED)
+            .map_err(io)?
+            .insert(
+                (self.config.now_ms(), ticket),
+                request.idempotency_key.as_deref().unwrap_or(""),
+            )
             .map_err(io)?;
         txn.open_table(ENTRIES)
             .map_err(io)?
@@ -265,7 +277,8 @@ impl Inner {
                     });
                 };
                 if self.expired(now, request.arrived) {
-                    Self::settle(&txn, &ticket, rank, seq, &Outcome::Expired)?;
+                    debug_assert_eq!(request.priority, rank);
+                    self.settle(&txn, &ticket, &request, seq, &Outcome::Expired)?;
                     // An outcome is synced before anyone can read it.
                     txn.set_durability(Durability::Immediate);
                     continue;
@@ -346,7 +359,7 @@ impl Inner {
         let Some((seq, request)) = Self::entry(&txn, ticket.as_str())? else {
             return Ok(false);
         };
-        let done = Self::settle(&txn, ticket.as_str(), request.priority, seq, outcome)?;
+        let done = self.settle(&txn, ticket.as_str(), &request, seq, outcome)?;
         txn.commit().map_err(io)?;
         Ok(done)
     }
@@ -372,8 +385,68 @@ impl Inner {
         Ok(false)
     }
 
+    /// Forgets the requests settled more than `keep_finished` before
+    /// `now`: their outcome, and their idempotency key if it still names
+    /// them. How many.
+    pub(super) fn forget_finished(&self, now: u64) -> Result<u64, StoreError> {
+        let keep = self.config.keep_finished.as_millis() as u64;
+        let cutoff = now.saturating_sub(keep);
+        let due = {
+            let txn = self.read()?;
+            match txn.open_table(FINISHED) {
+                Ok(table) => table
+                    .first()
+                    .map_err(io)?
+                    .is_some_and(|(k, _)| k.value().0 < cutoff),
+                Err(redb::TableError::TableDoesNotExist(_)) => false,
+                Err(err) => return Err(io(err)),
+            }
+        };
+        if !due {
+            return Ok(0);
+        }
+        let txn = self.write_unsynced()?;
+        let mut forgotten = 0;
+        loop {
+            let batch: Vec<(u64, String, String)> = {
+                let finished = txn.open_table(FINISHED).map_err(io)?;
+                let rows = finished.range(..(cutoff, "")).map_err(io)?;
+                rows.take(256)
+                    .map(|row| {
+                        let (k, v) = row.map_err(io)?;
+                        let (at, ticket) = k.value();
+                        Ok((at, ticket.to_owned(), v.value().to_owned()))
+                    })
+                    .collect::<Result<_, StoreError>>()?
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let mut finished = txn.open_table(FINISHED).map_err(io)?;
+            let mut outcomes = txn.open_table(OUTCOMES).map_err(io)?;
+            let mut keys = txn.open_table(KEYS).map_err(io)?;
+            for (at, ticket, key) in &batch {
+                finished.remove((*at, ticket.as_str())).map_err(io)?;
+                outcomes.remove(ticket.as_str()).map_err(io)?;
+                if !key.is_empty() {
+                    let names_it = match keys.get(key.as_str()).map_err(io)? {
+                        Some(found) => split_key_record(key, found.value())?.1.as_str() == ticket,
+                        None => false,
+                    };
+                    if names_it {
+                        keys.remove(key.as_str()).map_err(io)?;
+                    }
+                }
+                forgotten += 1;
+            }
+        }
+        txn.commit().map_err(io)?;
+        Ok(forgotten)
+    }
+
     pub(super) fn expire(&self) -> Result<u64, StoreError> {
         let now = self.config.now_ms();
+        self.forget_finished(now)?;
         if !self.any_expired(now)? {
             return Ok(0);
         }
@@ -400,7 +473,7 @@ impl Inner {
                         stopped = true;
                         break;
                     }
-                    if Self::settle(&txn, ticket, rank, *seq, &Outcome::Expired)? {
+                    if self.settle(&txn, ticket, &request, *seq, &Outcome::Expired)? {
                         expired += 1;
                     }
                 }
