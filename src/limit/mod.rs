@@ -81,7 +81,7 @@ use crate::priority::{Classes, DefaultPriority, PriorityOf};
 
 pub use self::future::ResponseFuture;
 pub use self::layer::AdaptiveLimitLayer;
-pub use crate::core::limit::algorithm::{CustomAlgorithm, LimitAlgorithm, WindowSample};
+pub use crate::core::limit::pluggable::{CustomAlgorithm, LimitAlgorithm, WindowSample};
 
 /// An adaptive concurrency limit in front of a service; see the
 /// [module docs](self). Clones share the limit.

@@ -7,11 +7,12 @@ mod control;
 mod state;
 mod thresholds;
 mod window;
+mod word;
 
 pub(crate) use self::control::Manual;
 pub use self::control::Until;
-pub use self::state::MAX_PROBES;
 pub(crate) use self::state::{BreakerCore, Ticket, Transition};
+pub use self::word::MAX_PROBES;
 
 /// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

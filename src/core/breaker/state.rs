@@ -27,62 +27,7 @@ use super::BreakerState;
 use super::thresholds::Thresholds;
 use super::window::{Sample, Window};
 
-// ---- the state word -------------------------------------------------------
-//
-//  63..62  tag: 0 closed, 1 open, 2 half-open
-//  61..40  generation (22 bits, wrapping)
-//  39..30  half-open: probes admitted and not cancelled
-//  29..20  half-open: probes completed
-//  19..10  half-open: probes failed
-//   9..0   half-open: probes slow
-//
-// `half_open_probes` is validated to at most `MAX_PROBES`, so the 10-bit
-// fields never overflow.
-
-/// Most probes a half-open breaker may admit (10 bits in the state word).
-pub const MAX_PROBES: u32 = 1023;
-
-const TAG_CLOSED: u64 = 0;
-const TAG_OPEN: u64 = 1;
-const TAG_HALF_OPEN: u64 = 2;
-const GEN_BITS: u32 = 22;
-const FIELD: u64 = 0x3ff;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Word(u64);
-
-impl Word {
-    const fn new(tag: u64, generation: u32) -> Self {
-        Word(tag << 62 | ((generation as u64) & ((1 << GEN_BITS) - 1)) << 40)
-    }
-    const fn tag(self) -> u64 {
-        self.0 >> 62
-    }
-    const fn generation(self) -> u32 {
-        ((self.0 >> 40) & ((1 << GEN_BITS) - 1)) as u32
-    }
-    const fn next_generation(self) -> u32 {
-        self.generation().wrapping_add(1)
-    }
-    const fn admitted(self) -> u32 {
-        ((self.0 >> 30) & FIELD) as u32
-    }
-    const fn completed(self) -> u32 {
-        ((self.0 >> 20) & FIELD) as u32
-    }
-    const fn failed(self) -> u32 {
-        ((self.0 >> 10) & FIELD) as u32
-    }
-    const fn slow(self) -> u32 {
-        (self.0 & FIELD) as u32
-    }
-    const fn with_admitted(self, n: u32) -> Self {
-        Word(self.0 & !(FIELD << 30) | (n as u64 & FIELD) << 30)
-    }
-    const fn with_probe_done(self, sample: Sample) -> Self {
-        Word(self.0 + (1 << 20) + ((sample.failed as u64) << 10) + sample.slow as u64)
-    }
-}
+use super::word::{TAG_CLOSED, TAG_HALF_OPEN, TAG_OPEN, Word};
 
 /// What an admitted call holds until it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

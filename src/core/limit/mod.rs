@@ -4,6 +4,7 @@
 
 pub(crate) mod algorithm;
 mod capacity;
+pub(crate) mod pluggable;
 pub(crate) mod state;
 
 pub(crate) use self::state::LimitCore;
