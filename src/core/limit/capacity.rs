@@ -119,9 +119,6 @@ pub(crate) struct Capacity {
     /// Rounds left during which failures are left to the breaker: a step
     /// down showed they do not fall with the load.
     load_blind: u32,
-    /// The lowest unloaded latency ever learned (0: none yet): what the
-    /// back end is assumed to be once it is back from an outage.
-    fastest: f64,
 }
 
 impl Default for Capacity {
@@ -143,7 +140,6 @@ impl Default for Capacity {
             streak: 0,
             good: 0.0,
             load_blind: 0,
-            fastest: 0.0,
         }
     }
 }
@@ -179,9 +175,6 @@ impl Capacity {
     /// The next limit after `window`.
     pub(crate) fn update(&mut self, limit: f64, window: &WindowSample) -> f64 {
         let next = self.update_inner(limit, window);
-        if self.unloaded > 0.0 && (self.fastest == 0.0 || self.unloaded < self.fastest) {
-            self.fastest = self.unloaded;
-        }
         tracing::trace!(
             limit,
             next,
@@ -538,17 +531,6 @@ impl Capacity {
     pub(crate) fn recovered(&mut self, limit: f64) -> f64 {
         // (A test under way is abandoned: the outage cut it short.)
         self.step = Step::Idle;
-        // What the back end was like before the outage says little about
-        // the one that came back (restarted, scaled down, upgraded):
-        // assume its best known speed. If it is slower now, the first
-        // round that presses on the limit shows latency above it and a
-        // step down tells a queue from a slower back end, as ever; a
-        // baseline kept from a slow spell before the outage would instead
-        // read a queue as the back end's own latency.
-        if self.fastest > 0.0 {
-            self.unloaded = self.fastest;
-            self.floor = self.fastest;
-        }
         self.rounds = 0;
         self.settled = 0;
         limit.max(self.good)
