@@ -233,7 +233,7 @@ pub fn drill_all(dir: Option<&Path>, policy: Option<&Path>, json: bool) -> Resul
         );
     } else {
         println!(
-            "brownout serves less than the baseline (whole run, points): {}",
+            "brownout serves more than half a point less than the baseline (whole run, points): {}",
             worse.join(", ")
         );
     }
