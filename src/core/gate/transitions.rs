@@ -96,7 +96,7 @@ impl Gate {
     #[cold]
     pub(in crate::core) fn limit_recovered(&self, maintenance: bool) {
         if let Some(limit) = &self.limit {
-            if let Some(change) = limit.recovered(maintenance) {
+            if let Some(change) = limit.recovered(maintenance, self.clock.now()) {
                 self.limit_changed(change.limit, self.inflight());
             }
         }

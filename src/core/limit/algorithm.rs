@@ -125,9 +125,10 @@ impl Learner {
     /// The limit to start again from after an outage, given the current
     /// one: after a maintenance window (`maintenance`) or once the breaker
     /// closed again.
-    pub(crate) fn recovered(&mut self, limit: f64, min: f64, maintenance: bool) -> f64 {
+    /// (`long`: the outage lasted over a minute.)
+    pub(crate) fn recovered(&mut self, limit: f64, min: f64, maintenance: bool, long: bool) -> f64 {
         match self {
-            Learner::Capacity(c) => c.recovered(limit),
+            Learner::Capacity(c) => c.recovered(limit, long),
             Learner::Custom(custom) => custom.recovered(limit, maintenance),
             Learner::Fixed => limit,
             // The latency learners restart from the minimum after a

@@ -119,6 +119,9 @@ pub(crate) struct Capacity {
     /// Rounds left during which failures are left to the breaker: a step
     /// down showed they do not fall with the load.
     load_blind: u32,
+    /// The lowest unloaded latency ever learned (0: none yet): what the
+    /// back end is assumed to be once it is back from a long outage.
+    fastest: f64,
 }
 
 impl Default for Capacity {
@@ -140,6 +143,7 @@ impl Default for Capacity {
             streak: 0,
             good: 0.0,
             load_blind: 0,
+            fastest: 0.0,
         }
     }
 }
@@ -175,6 +179,9 @@ impl Capacity {
     /// The next limit after `window`.
     pub(crate) fn update(&mut self, limit: f64, window: &WindowSample) -> f64 {
         let next = self.update_inner(limit, window);
+        if self.unloaded > 0.0 && (self.fastest == 0.0 || self.unloaded < self.fastest) {
+            self.fastest = self.unloaded;
+        }
         tracing::trace!(
             limit,
             next,
@@ -528,11 +535,59 @@ impl Capacity {
     /// The back end is back after an outage (the breaker closed, a
     /// maintenance window ended): the limit to start again from, the last
     /// one that served well if higher than `limit`.
-    pub(crate) fn recovered(&mut self, limit: f64) -> f64 {
+    ///
+    /// After a `long` outage (over a minute: a restart, a redeploy, a
+    /// resize may have happened) the unloaded latency learned before it
+    /// says little about the back end that came back: it is assumed as
+    /// fast as it has ever been. If it is slower now, the first round that
+    /// presses on the limit shows latency above that and a step down tells
+    /// a queue from a slower back end, as ever; a baseline kept from a slow
+    /// spell before the outage would instead read a queue as the back
+    /// end's own latency. After a short one (a flap, a breaker that opened
+    /// for seconds) the back end is the same and keeps its baseline.
+    pub(crate) fn recovered(&mut self, limit: f64, long: bool) -> f64 {
         // (A test under way is abandoned: the outage cut it short.)
         self.step = Step::Idle;
+        if long && self.fastest > 0.0 {
+            self.unloaded = self.fastest;
+            self.floor = self.fastest;
+        }
         self.rounds = 0;
         self.settled = 0;
         limit.max(self.good)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle_round(rtt: f64) -> WindowSample {
+        let mut window = WindowSample::default();
+        window.samples = 40;
+        window.rtt = rtt;
+        window.duration = rtt;
+        window.max_inflight = 10;
+        window
+    }
+
+    #[test]
+    fn a_long_outage_forgets_a_slow_spells_baseline_and_a_short_one_keeps_it() {
+        let mut capacity = Capacity::default();
+        // Unloaded at 400 ms, then a slow spell teaches 1.6 s.
+        capacity.update(100.0, &idle_round(0.4));
+        assert_eq!(capacity.unloaded, 0.4);
+        for _ in 0..40 {
+            capacity.update(100.0, &idle_round(1.6));
+        }
+        assert!(capacity.unloaded > 1.5, "{}", capacity.unloaded);
+
+        // A breaker that opened for seconds: the same back end.
+        capacity.recovered(100.0, false);
+        assert!(capacity.unloaded > 1.5, "{}", capacity.unloaded);
+        // Back after an hour: as fast as it has ever been.
+        capacity.recovered(100.0, true);
+        assert_eq!(capacity.unloaded, 0.4);
+        assert_eq!(capacity.floor, 0.4);
     }
 }

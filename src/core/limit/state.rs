@@ -66,6 +66,11 @@ const fn samples_of(word: u64) -> u64 {
     (word >> SAMPLES_SHIFT) & SAMPLES_MASK
 }
 
+/// An outage longer than this may have been a restart, a redeploy or a
+/// resize: the back end that comes back is learned afresh (see
+/// `Capacity::recovered`).
+const LONG_OUTAGE: Nanos = 60_000_000_000;
+
 /// A change of the published limit, for metrics and tracing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LimitChange {
@@ -381,14 +386,19 @@ impl LimitCore {
     /// that served well (the breaker's probes have just shown the back end
     /// answers); `fixed` keeps its limit; the latency learners restart from
     /// `min` after a maintenance window.
-    pub(crate) fn recovered(&self, maintenance: bool) -> Option<LimitChange> {
+    ///
+    /// `now` tells how long the outage was: no window has closed since it
+    /// began (nothing completed), so the window under way started about
+    /// when it did.
+    pub(crate) fn recovered(&self, maintenance: bool, now: Nanos) -> Option<LimitChange> {
+        let long = now.saturating_sub(self.window_start.load(Relaxed)) > LONG_OUTAGE;
         let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
         let min = f64::from(self.min.load(Relaxed));
         let max = f64::from(self.max.load(Relaxed));
         let current = learning.limit;
         let next = learning
             .learner
-            .recovered(current, min, maintenance)
+            .recovered(current, min, maintenance, long)
             .clamp(min, max);
         learning.limit = next;
         // The window under way straddles the outage: start a new one.
