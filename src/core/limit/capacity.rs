@@ -563,12 +563,13 @@ mod tests {
     use super::*;
 
     fn idle_round(rtt: f64) -> WindowSample {
-        let mut window = WindowSample::default();
-        window.samples = 40;
-        window.rtt = rtt;
-        window.duration = rtt;
-        window.max_inflight = 10;
-        window
+        WindowSample {
+            samples: 40,
+            rtt,
+            duration: rtt,
+            max_inflight: 10,
+            ..WindowSample::default()
+        }
     }
 
     #[test]
