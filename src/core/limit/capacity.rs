@@ -64,20 +64,7 @@ enum Step {
     },
     /// Trying `to` (below `from`) after a share `share` of the calls
     /// failed at `from`: do failures fall with the load?
-    Unload {
-        from: f64,
-        to: f64,
-        share: f64,
-        rate: f64,
-    },
-}
-
-/// What an unload test started from: the share of calls failing and the
-/// calls a second delivered at the higher limit.
-#[derive(Debug, Clone, Copy)]
-struct Before {
-    share: f64,
-    rate: f64,
+    Unload { from: f64, to: f64, share: f64 },
 }
 
 /// The `capacity` learner's state.
@@ -213,13 +200,8 @@ impl Capacity {
             from,
             to,
             share: before,
-            rate: delivered,
         } = self.step
         {
-            let before = Before {
-                share: before,
-                rate: delivered,
-            };
             return self.unload_round(window, from, to, before, share, rate);
         }
         if share > Self::OVERLOAD {
@@ -330,12 +312,7 @@ impl Capacity {
             // no limit to come back to after an outage.
             self.good = self.good.min(to.max(from * 0.5));
         }
-        self.step = Step::Unload {
-            from,
-            to,
-            share,
-            rate,
-        };
+        self.step = Step::Unload { from, to, share };
         self.rounds = 0;
         self.settled = 0;
         to
@@ -347,7 +324,7 @@ impl Capacity {
         window: &WindowSample,
         from: f64,
         to: f64,
-        before: Before,
+        before: f64,
         share: f64,
         rate: f64,
     ) -> f64 {
@@ -364,14 +341,9 @@ impl Capacity {
         self.settled = 0;
         self.step = Step::Cruise;
         self.met_queue = true;
-        // Overload shows as failures that fall with the load while the
-        // back end still delivers what it did: throughput that fell in
-        // proportion to the limit says the back end had room to spare,
-        // and the failures (a tail of calls slower than the timeout, say)
-        // are its own.
-        let fell = share <= Self::OVERLOAD.max(before.share * 0.5);
-        let spare = rate <= before.rate * (to / from) * 1.25;
-        if fell && !spare {
+        // Overload shows as failures that fall with the load.
+        let fell = share <= Self::OVERLOAD.max(before * 0.5);
+        if fell {
             // Failures fell with the load: it was overload. What the back
             // end delivers at this latency is what it can serve.
             let serves = if window.rtt > 0.0 {
