@@ -55,16 +55,23 @@ enum Step {
     /// with it?
     Up { from: f64, to: f64, rate: f64 },
     /// Trying `to` (below `from`) after latency rose to `rtt` at `from`,
-    /// where the back end delivered `rate` calls a second: does it fall?
+    /// where the back end delivered `rate` calls a second and answered
+    /// `answered` (served, failed or abandoned): does it fall?
     Down {
         from: f64,
         to: f64,
         rtt: f64,
         rate: f64,
+        answered: f64,
     },
-    /// Trying `to` (below `from`) after a share `share` of the calls
-    /// failed at `from`: do failures fall with the load?
-    Unload { from: f64, to: f64, share: f64 },
+    /// Trying `to` (below `from`) after a share `share` of the `calls`
+    /// of a round failed at `from`: do failures fall with the load?
+    Unload {
+        from: f64,
+        to: f64,
+        share: f64,
+        calls: u32,
+    },
 }
 
 /// The `capacity` learner's state.
@@ -82,10 +89,18 @@ pub(crate) struct Capacity {
     /// would need if it were as fast as that, so that it gets below the
     /// knee even when the last unloaded latency came from a slower time.
     floor: f64,
-    /// How noisy a round's mean latency is, relative (smoothed).
-    noise: f64,
-    /// The previous round's mean latency, for the noise estimate.
+    /// How much one call's latency varies, relative (smoothed), as the
+    /// round means show it: the mean of a round of `n` calls is about
+    /// `spread / √n` off. Kept per call rather than per round because a
+    /// round's size follows the limit (about one round trip of calls): a
+    /// round of 15 calls after the limit fell is twice as noisy as one of
+    /// 64 from the same back end.
+    spread: f64,
+    /// The last round's mean latency, for the spread estimate.
     last_rtt: f64,
+    /// The last round's calls: the spread estimate's and the queue
+    /// tolerance's `n`.
+    last_samples: u32,
     /// The limit the steps turn around.
     estimate: f64,
     /// Calls in flight on average as a share of the limit while demand
@@ -122,8 +137,9 @@ impl Default for Capacity {
             // Assume noisy rounds until they show otherwise: a queue
             // mistaken for noise costs a round trip of a little queue, noise
             // mistaken for a queue costs a step down.
-            noise: Self::FIRST_NOISE,
+            spread: Self::FIRST_SPREAD,
             last_rtt: 0.0,
+            last_samples: 0,
             estimate: 0.0,
             utilization: 1.0,
             met_queue: false,
@@ -139,8 +155,9 @@ impl Capacity {
     /// Headroom over the most calls in flight while demand is below the
     /// limit.
     const HEADROOM: f64 = 2.0;
-    /// The rounds' noise assumed before any is measured.
-    const FIRST_NOISE: f64 = 0.2;
+    /// The calls' spread assumed before any is measured: a round of 64
+    /// calls is taken to be a fifth off.
+    const FIRST_SPREAD: f64 = 1.6;
     /// A step up, once a queue has been met.
     const PROBE: f64 = 1.2;
     /// Share of failed calls in a round that signals overload.
@@ -154,9 +171,10 @@ impl Capacity {
     const MAX_STEP_ROUNDS: u32 = 6;
 
     /// Latency within this share above the unloaded latency is no queue:
-    /// three times the rounds' noise, at least a tenth.
+    /// three times the noise of the last round's mean, at least a tenth.
     fn tolerance(&self) -> f64 {
-        (3.0 * self.noise).clamp(0.1, 0.6)
+        let n = f64::from(self.last_samples.max(1));
+        (3.0 * self.spread / n.sqrt()).clamp(0.1, 0.6)
     }
 
     fn queued(&self, rtt: f64) -> bool {
@@ -181,6 +199,8 @@ impl Capacity {
             step = ?self.step,
             estimate = self.estimate,
             unloaded = self.unloaded,
+            spread = self.spread,
+            tolerance = self.tolerance(),
             "brownout: capacity round"
         );
         next
@@ -200,11 +220,17 @@ impl Capacity {
             from,
             to,
             share: before,
+            calls,
         } = self.step
         {
-            return self.unload_round(window, from, to, before, share, rate);
+            return self.unload_round(window, from, to, (before, calls), share, rate);
         }
-        if share > Self::OVERLOAD {
+        // Over a tenth failing, by more than a round's chance: a back end
+        // that fails a twentieth of its calls whatever the load (a tail of
+        // service times past a timeout) shows a tenth in some small rounds,
+        // and each false alarm halves the limit for a test.
+        let chance = (Self::OVERLOAD * (1.0 - Self::OVERLOAD) / completed).sqrt();
+        if share > Self::OVERLOAD + chance {
             if self.load_blind > 0 {
                 // Failures that do not depend on the load: the breaker's
                 // business; latencies they cut short teach nothing.
@@ -227,18 +253,22 @@ impl Capacity {
                 limit.max(f64::from(window.max_inflight) * Self::HEADROOM)
             };
         }
-        if self.last_rtt > 0.0 && window.samples >= 8 {
+        if self.last_rtt > 0.0 && window.samples >= 8 && self.last_samples >= 8 {
             let change = ((rtt - self.last_rtt) / self.last_rtt).abs();
-            // A jump far past the noise may be a shift rather than noise:
-            // it counts only up to four times the noise, so that one shift
-            // moves the estimate a little while a back end whose rounds
-            // keep jumping (heavy-tailed service times, few calls a round)
-            // is learned as noisy within a few rounds.
-            if change < 4.0 * self.noise.max(0.02) {
-                self.noise += (change / 2.0_f64.sqrt() - self.noise) * 0.1;
-            }
+            // The difference of two round means of n1 and n2 calls varies
+            // by spread × √(1/n1 + 1/n2).
+            let scale =
+                (1.0 / f64::from(self.last_samples) + 1.0 / f64::from(window.samples)).sqrt();
+            // A jump far past the spread may be a shift (a step, a slower
+            // back end) rather than noise: it counts only up to twice the
+            // spread, so that one shift moves the estimate a little while a
+            // back end whose rounds keep jumping (heavy-tailed service
+            // times) is learned as noisy within a few rounds.
+            let seen = (change / scale).min(2.0 * self.spread.max(0.15));
+            self.spread += (seen - self.spread) * 0.1;
         }
         self.last_rtt = rtt;
+        self.last_samples = window.samples;
         let binds = window.blocked > 0 || f64::from(window.max_inflight) >= limit.floor();
         if !binds && !self.queued(rtt) {
             return self.idle(limit, window);
@@ -274,7 +304,7 @@ impl Capacity {
         }
         self.rounds = 0;
         self.settled = 0;
-        let next = self.judge(rtt, rate);
+        let next = self.judge(rtt, rate, completed / window.duration);
         if window.dropped == 0 && !matches!(self.step, Step::Down { .. }) {
             self.good = self.estimate;
         }
@@ -312,7 +342,12 @@ impl Capacity {
             // no limit to come back to after an outage.
             self.good = self.good.min(to.max(from * 0.5));
         }
-        self.step = Step::Unload { from, to, share };
+        self.step = Step::Unload {
+            from,
+            to,
+            share,
+            calls: window.samples,
+        };
         self.rounds = 0;
         self.settled = 0;
         to
@@ -324,7 +359,7 @@ impl Capacity {
         window: &WindowSample,
         from: f64,
         to: f64,
-        before: f64,
+        (before, calls): (f64, u32),
         share: f64,
         rate: f64,
     ) -> f64 {
@@ -341,8 +376,17 @@ impl Capacity {
         self.settled = 0;
         self.step = Step::Cruise;
         self.met_queue = true;
-        // Overload shows as failures that fall with the load.
-        let fell = share <= Self::OVERLOAD.max(before * 0.5);
+        // Overload shows as failures that fall with the load: to at most
+        // half (or a tenth), and by more than two rounds' chance (the
+        // standard error of the difference of two shares), so that a share
+        // that is the same at both loads is not read as falling because
+        // the rounds were small.
+        let pooled = (before * f64::from(calls) + share * f64::from(window.samples))
+            / f64::from(calls + window.samples);
+        let chance =
+            (pooled * (1.0 - pooled) * (1.0 / f64::from(calls) + 1.0 / f64::from(window.samples)))
+                .sqrt();
+        let fell = share <= Self::OVERLOAD.max(before * 0.5) && before - share > 2.0 * chance;
         if fell {
             // Failures fell with the load: it was overload. What the back
             // end delivers at this latency is what it can serve.
@@ -388,7 +432,7 @@ impl Capacity {
     }
 
     /// The end of a step: what it showed, and the next step.
-    fn judge(&mut self, rtt: f64, rate: f64) -> f64 {
+    fn judge(&mut self, rtt: f64, rate: f64, answered: f64) -> f64 {
         if self.unloaded == 0.0 {
             self.unloaded = rtt;
         }
@@ -401,6 +445,7 @@ impl Capacity {
                 to,
                 rtt: before,
                 rate: delivered,
+                answered: calls,
             } => {
                 // What the back end delivered at the higher limit, at the
                 // latency it shows now, is the concurrency it can serve
@@ -408,6 +453,24 @@ impl Capacity {
                 // at a quarter of the speed. (The latency measured at the
                 // higher limit is not used for it: its calls were admitted
                 // a round trip before, at another limit.)
+                let n = f64::from(self.last_samples.max(1));
+                if answered > calls * (1.0 + 3.0 / n.sqrt()).max(1.3) {
+                    // More calls answered at the lower limit than at the
+                    // higher, by more than a round's chance: the higher
+                    // limit was not what held the back end back. Demand
+                    // was below it (a round that spanned a lull), or the
+                    // back end changed in between (back from a slow spell).
+                    // No queue of ours shows in that: go back, and take the
+                    // back end as it is now. (Calls answered, not served: a
+                    // queue whose calls time out at their deadlines also
+                    // serves more at the lower limit, but it answers no
+                    // more.)
+                    self.unloaded = rtt;
+                    self.floor = self.floor.min(rtt);
+                    self.estimate = from;
+                    self.step = Step::Cruise;
+                    return self.estimate;
+                }
                 let serves = (delivered * rtt / self.utilization).clamp(to, from);
                 if rtt < before / (1.0 + self.tolerance()) {
                     // Latency fell with the limit: there was a queue. The
@@ -485,6 +548,7 @@ impl Capacity {
                         to,
                         rtt,
                         rate,
+                        answered,
                     };
                     to
                 } else {
