@@ -33,9 +33,19 @@
 //!   learned in one step). If it does not, the back end itself is slower:
 //!   the unloaded latency is relearned and the limit goes back to where it
 //!   was (a slowdown costs one step at a lower limit, and the limit holds).
-//! - **Overload** (over a tenth of a round's calls failing: errors, 5xx,
-//!   timeouts, as the classifier says): the limit drops by a fifth per
-//!   round, and latency is not learned from calls that failure cut short.
+//! - **Overload** (over a tenth of a round's calls failing, by more than
+//!   the round's chance: errors, 5xx, timeouts, as the classifier says):
+//!   the next step tests a lower limit; if failures fall with the load
+//!   (by more than two rounds' chance) the back end was overloaded and
+//!   the lower limit stays, otherwise they are left to the breaker.
+//!   Latency is not learned from calls that failure cut short.
+//!
+//! "Above the unloaded level" means by more than three times the noise of
+//! a round's mean latency, which the learner estimates per call (a round
+//! of 16 calls is twice as noisy as one of 64 from the same back end), and
+//! a step down that answers more calls a second than the limit above it
+//! did shows that limit held nothing back (a lull, or a back end that got
+//! faster in between): the limit goes back.
 //!
 //! After an outage the gate asks for [`recovered`](Capacity::recovered):
 //! the limit goes back to the last one that served well, rather than
@@ -626,5 +636,120 @@ mod tests {
         capacity.recovered(100.0, true);
         assert_eq!(capacity.unloaded, 0.4);
         assert_eq!(capacity.floor, 0.4);
+    }
+
+    /// A round that presses on `limit`: `samples` calls of mean `rtt`
+    /// over `duration`, `failed` of them failed.
+    fn pressed(limit: f64, samples: u32, rtt: f64, duration: f64, failed: u32) -> WindowSample {
+        WindowSample {
+            samples,
+            rtt,
+            duration,
+            dropped: failed,
+            max_inflight: limit.ceil() as u32,
+            blocked: 20,
+            ..WindowSample::default()
+        }
+    }
+
+    /// Runs rounds from `make(limit)` until the limit has moved `steps`
+    /// times or 50 rounds have passed; the last limit.
+    fn run(
+        capacity: &mut Capacity,
+        mut limit: f64,
+        rounds: usize,
+        make: impl Fn(f64) -> WindowSample,
+    ) -> f64 {
+        for _ in 0..rounds {
+            limit = capacity.update(limit, &make(limit));
+        }
+        limit
+    }
+
+    #[test]
+    fn a_step_down_that_answers_more_than_the_limit_above_goes_back() {
+        let mut capacity = Capacity::default();
+        // A healthy back end at 200 ms, demand below the limit of 100.
+        for _ in 0..5 {
+            capacity.update(100.0, &idle_round(0.2));
+        }
+        // A round that spans a lull: few calls answered, slow ones, and
+        // some that found the limit full.
+        let mut limit = 100.0;
+        let mut lowest = limit;
+        for _ in 0..3 {
+            limit = capacity.update(limit, &pressed(limit, 20, 0.6, 2.0, 0));
+            lowest = f64::min(lowest, limit);
+        }
+        assert!(lowest < 50.0, "a step down to test for a queue: {lowest}");
+        // The back end is fast again and the lower limit answers several
+        // times the calls a second: the higher limit held nothing back.
+        for _ in 0..3 {
+            limit = capacity.update(limit, &pressed(limit, limit as u32, 0.2, 0.2, 0));
+        }
+        assert!(limit >= 100.0, "back to the limit above: {limit}");
+    }
+
+    /// Rounds of 30 calls at 2 s pressing on the limit, with failures in
+    /// `pattern` whatever the limit (a tail of service times past a
+    /// timeout); the limits.
+    fn failing_rounds(pattern: &[u32]) -> Vec<f64> {
+        let mut capacity = Capacity::default();
+        capacity.update(60.0, &idle_round(2.0));
+        let mut limit = 60.0;
+        (0..60)
+            .map(|round| {
+                let failed = pattern[round % pattern.len()];
+                limit = capacity.update(limit, &pressed(limit, 30, 2.0, 2.0, failed));
+                limit
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failure_share_within_a_rounds_chance_of_a_tenth_is_no_overload() {
+        // 4 of 30 is over a tenth, but not by a round's chance.
+        let limits = failing_rounds(&[4, 1, 1]);
+        let lowest = limits.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(lowest >= 60.0, "{limits:?}");
+    }
+
+    #[test]
+    fn failures_that_do_not_fall_with_the_load_by_more_than_chance_leave_the_limit() {
+        // 5 of 30 is overload by a round's chance; the step down sees 1 of
+        // 30, a fall within the chance of two rounds of 30, and goes back.
+        let limits = failing_rounds(&[5, 1, 1]);
+        let last = limits[limits.len() - 1];
+        assert!(last >= 60.0, "{limits:?}");
+    }
+
+    #[test]
+    fn small_rounds_are_judged_with_their_own_noise() {
+        let mut capacity = Capacity::default();
+        // Rounds of 64 calls whose means wander by 5% learn a spread of
+        // about 0.4 a call...
+        let mut limit = 100.0;
+        for i in 0..80 {
+            let rtt = if i % 2 == 0 { 0.2 } else { 0.21 };
+            limit = capacity.update(
+                limit,
+                &WindowSample {
+                    max_inflight: 40,
+                    ..pressed(100.0, 64, rtt, rtt, 0)
+                },
+            );
+        }
+        let at_64 = capacity.tolerance();
+        // ...and a round of 16 calls from the same back end is twice as
+        // noisy: its tolerance is twice as wide.
+        capacity.update(
+            limit,
+            &WindowSample {
+                max_inflight: 8,
+                ..pressed(100.0, 16, 0.2, 0.2, 0)
+            },
+        );
+        let at_16 = capacity.tolerance();
+        assert!(at_16 > at_64 * 1.8, "{at_64} at 64 calls, {at_16} at 16");
     }
 }
