@@ -652,20 +652,6 @@ mod tests {
         }
     }
 
-    /// Runs rounds from `make(limit)` until the limit has moved `steps`
-    /// times or 50 rounds have passed; the last limit.
-    fn run(
-        capacity: &mut Capacity,
-        mut limit: f64,
-        rounds: usize,
-        make: impl Fn(f64) -> WindowSample,
-    ) -> f64 {
-        for _ in 0..rounds {
-            limit = capacity.update(limit, &make(limit));
-        }
-        limit
-    }
-
     #[test]
     fn a_step_down_that_answers_more_than_the_limit_above_goes_back() {
         let mut capacity = Capacity::default();
