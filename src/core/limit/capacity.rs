@@ -162,6 +162,9 @@ impl Default for Capacity {
 }
 
 impl Capacity {
+    /// The latency sum's unit, seconds: a round's mean below it says the
+    /// calls were faster than can be measured.
+    const RESOLUTION: f64 = super::state::RTT_UNIT as f64 / 1e9;
     /// Headroom over the most calls in flight while demand is below the
     /// limit.
     const HEADROOM: f64 = 2.0;
@@ -251,11 +254,15 @@ impl Capacity {
         }
         self.load_blind = self.load_blind.saturating_sub(1);
         let rtt = window.rtt;
-        if rtt <= 0.0 {
-            // Faster than the latency sum's unit (64 µs): no queue shows,
-            // and no latency is learned from it (an unloaded latency of
-            // "nothing" would make every later round look queued). Keep the
-            // limit ahead of demand: double while demand presses on it.
+        if rtt < Self::RESOLUTION {
+            // Faster than the latency sum's unit (64 µs): most calls
+            // rounded to nothing, and the mean is the few that did not (a
+            // thread descheduled mid-call, in an in-process service that
+            // answers in a microsecond): no queue shows, and no latency is
+            // learned from it (an unloaded latency of "nothing" would make
+            // every later round look queued; one of a few stray calls would
+            // read every other stray call as a queue). Keep the limit ahead
+            // of demand: double while demand presses on it.
             let binds = window.blocked > 0 || f64::from(window.max_inflight) >= limit.floor();
             return if binds {
                 limit * 2.0
@@ -737,5 +744,28 @@ mod tests {
         );
         let at_16 = capacity.tolerance();
         assert!(at_16 > at_64 * 1.8, "{at_64} at 64 calls, {at_16} at 16");
+    }
+
+    #[test]
+    fn rounds_of_calls_too_fast_to_measure_keep_the_limit() {
+        // An in-process service that answers in a microsecond, called from
+        // two threads: rounds of 16,384 calls whose latencies round to
+        // nothing but for one to four descheduled ones, so that the mean is
+        // a few units of the latency sum over all of them.
+        let unit = super::super::state::RTT_UNIT as f64 / 1e9;
+        let mut capacity = Capacity::default();
+        let mut limit = 1000.0;
+        for round in 0..200 {
+            let stray = f64::from(1 + round % 4);
+            let window = WindowSample {
+                samples: 16_384,
+                rtt: stray * unit / 16_384.0,
+                duration: 0.003,
+                max_inflight: 2,
+                ..WindowSample::default()
+            };
+            limit = capacity.update(limit, &window);
+            assert!(limit >= 1000.0, "round {round}: {limit}");
+        }
     }
 }

@@ -40,7 +40,7 @@ const ONE_SAMPLE: u64 = 1 << SAMPLES_SHIFT;
 const SAMPLES_MASK: u64 = 0xffff;
 const RTT_MASK: u64 = ONE_SAMPLE - 1;
 /// Nanoseconds per unit of the latency sum.
-const RTT_UNIT: Nanos = 64_000;
+pub(super) const RTT_UNIT: Nanos = 64_000;
 /// One sample's latency is capped at this many units (67 s), so that the
 /// sum can take 2^7 of them past the point where its window must close.
 const MAX_SAMPLE_UNITS: u64 = 1 << 20;
