@@ -193,6 +193,59 @@ async fn a_calendar_day_starts_full_and_releases_the_reserve_at_its_end() {
     let _ = SystemTime::now();
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_calendar_day_in_a_named_zone_follows_its_clock_change() {
+    // 2026-03-08 00:00 in New York (EST, -05:00) is 05:00 UTC; the clocks
+    // go forward at 02:00, so the next midnight (EDT, -04:00) comes 23
+    // hours later, at 04:00 UTC on the 9th. A fixed offset would put it
+    // at 05:00.
+    let midnight = UNIX_EPOCH + Duration::from_secs(1_772_946_000);
+    let next_midnight = UNIX_EPOCH + Duration::from_secs(1_773_028_800);
+    let clock = Clock::tokio_at(midnight + Duration::from_secs(3600)); // 01:00 EST
+    let policy = BudgetPolicy {
+        window: BudgetWindow::Calendar,
+        tz: "America/New_York".to_owned(),
+        release: Some(Duration::from_secs(3600)),
+        shares: Default::default(),
+        ..policy(3, Duration::from_secs(24 * 3600), 0.3)
+    };
+    policy.validate().unwrap();
+    let budget = Budget::with_clock(&policy, &PriorityPolicy::default(), clock.clone()).unwrap();
+    for _ in 0..3 {
+        budget.try_admit(NORMAL).await.unwrap();
+    }
+    let err = budget.try_admit(NORMAL).await.unwrap_err();
+    // 22 hours to the next local midnight, not 23.
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(22 * 3600)));
+    tokio::time::advance(Duration::from_secs(22 * 3600) - Duration::from_secs(1)).await;
+    assert!(budget.try_admit(NORMAL).await.is_err());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(clock.system_time(), next_midnight);
+    for _ in 0..3 {
+        budget.try_admit(NORMAL).await.unwrap();
+    }
+    assert!(budget.try_admit(NORMAL).await.is_err(), "a new day of 3");
+}
+
+#[test]
+fn a_zone_name_is_checked_against_the_time_zone_database() {
+    let named = |tz: &str| BudgetPolicy {
+        window: BudgetWindow::Calendar,
+        tz: tz.to_owned(),
+        ..BudgetPolicy::default()
+    };
+    named("Asia/Kolkata").validate().unwrap();
+    let err = named("Asia/Kolcata").validate().unwrap_err().to_string();
+    assert!(
+        err.starts_with("budget.tz: \"Asia/Kolcata\" is neither a UTC offset"),
+        "{err}"
+    );
+    let toml =
+        "[budget]\ncapacity = 600\nper = \"1d\"\nwindow = \"calendar\"\ntz = \"Asia/Kolkata\"\n";
+    let loaded = Policy::from_toml(toml).unwrap();
+    assert_eq!(loaded.budget.unwrap().tz, "Asia/Kolkata");
+}
+
 fn by_rank() -> impl Fn(&u8, &brownout::priority::Classes) -> Priority + Clone {
     |rank: &u8, _: &brownout::priority::Classes| Priority::new(*rank)
 }

@@ -2,10 +2,12 @@
 //! fallback: which pools a class may draw from, in which order, and when
 //! the next unit frees.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::local::{Pool, Slots};
 use crate::clock::Clock;
+use crate::policy::Zone;
 use crate::policy::{BudgetPolicy, BudgetWindow};
 use crate::priority::{Classes, MAX_CLASSES, Priority};
 
@@ -34,9 +36,11 @@ impl Order {
 pub(crate) struct Plan {
     pub(crate) slots: Slots,
     pub(crate) window: BudgetWindow,
-    /// Nanoseconds since the Unix epoch, shifted by `tz`, at the clock's
-    /// reading 0.
+    /// Nanoseconds since the Unix epoch, shifted by a fixed `tz`, at the
+    /// clock's reading 0.
     origin: i128,
+    /// A `tz` whose offset changes: its offset is added at each reading.
+    zone: Option<ZoneOffsets>,
     /// How long before a calendar period's end reserves are released.
     release: u64,
     /// Pool sizes: `[0]` unreserved, then one per class with a share.
@@ -71,7 +75,11 @@ impl Plan {
             Ok(d) => d.as_nanos() as i128,
             Err(e) => -(e.duration().as_nanos() as i128),
         };
-        let origin = since_epoch + i128::from(policy.offset_secs()) * 1_000_000_000;
+        let (fixed, zone) = match policy.zone() {
+            Zone::Fixed(seconds) => (seconds, None),
+            Zone::Named(zone) => (0, Some(ZoneOffsets::new(zone))),
+        };
+        let origin = since_epoch + i128::from(fixed) * 1_000_000_000;
         let mut sizes = vec![0];
         let mut reserve_of = [None; MAX_CLASSES];
         let mut reserved = 0;
@@ -89,6 +97,7 @@ impl Plan {
             slots,
             window: policy.window,
             origin,
+            zone,
             release: crate::clock::saturating_nanos(policy.release_or_default()),
             sizes,
             reserve_of,
@@ -96,9 +105,15 @@ impl Plan {
         }
     }
 
-    /// Nanoseconds since the (shifted) epoch at clock reading `now`.
+    /// Nanoseconds since the (shifted) epoch at clock reading `now`: the
+    /// zone's local time.
     fn since_origin(&self, now: u64) -> u64 {
-        (self.origin + i128::from(now)).max(0) as u64
+        let utc = self.origin + i128::from(now);
+        let local = match &self.zone {
+            Some(zone) => utc + zone.offset_nanos(utc),
+            None => utc,
+        };
+        local.max(0) as u64
     }
 
     /// The slot of clock reading `now`.
@@ -147,9 +162,18 @@ impl Plan {
 
     /// How long from `now` until slot `slot` starts.
     pub(crate) fn until_slot(&self, slot: u64, now: u64) -> Duration {
-        let at = u128::from(slot) * u128::from(self.slots.width);
-        let now = u128::from(self.since_origin(now));
-        Duration::from_nanos(at.saturating_sub(now).min(u128::from(u64::MAX)) as u64)
+        let at = i128::from(slot) * i128::from(self.slots.width);
+        let wait = match &self.zone {
+            None => at - i128::from(self.since_origin(now)),
+            // The slot starts at a local time; the wait is in real time,
+            // which differs from the local clock's by a clock change in
+            // between.
+            Some(zone) => {
+                let utc = self.origin + i128::from(now);
+                zone.utc_of_local(at, utc) - utc
+            }
+        };
+        Duration::from_nanos(wait.clamp(0, i128::from(u64::MAX)) as u64)
     }
 
     /// The retry hint of a rejection at `now` after trying `order`: the
@@ -225,5 +249,82 @@ impl LocalPools {
 
     pub(crate) fn give_back(&self, taken: Taken) {
         self.pools[usize::from(taken.pool)].give_back(taken.slot);
+    }
+}
+
+/// The offsets of a zone whose offset changes, with the current one cached
+/// until the zone's next transition, so that an admission reads one atomic
+/// word rather than searching the zone's rules. (Readings go forward: the
+/// budget's clock is monotonic.)
+#[derive(Debug)]
+struct ZoneOffsets {
+    zone: jiff::tz::TimeZone,
+    /// The cached offset and until when it holds: seconds since the epoch
+    /// of the next transition in the high 40 bits, the offset plus
+    /// `OFFSET_BIAS` seconds in the low 24 (0: nothing cached yet).
+    cached: AtomicU64,
+}
+
+impl ZoneOffsets {
+    /// Offsets are within a day of UTC; biased to fit 24 unsigned bits.
+    const OFFSET_BIAS: i64 = 1 << 23;
+    const OFFSET_BITS: u32 = 24;
+    /// Transitions after 2^40 s (year 36812) are taken as never.
+    const MAX_UNTIL: i64 = (1 << 40) - 1;
+
+    fn new(zone: jiff::tz::TimeZone) -> Self {
+        Self {
+            zone,
+            cached: AtomicU64::new(0),
+        }
+    }
+
+    /// The zone's offset at `utc` (nanoseconds since the epoch), in
+    /// nanoseconds.
+    fn offset_nanos(&self, utc: i128) -> i128 {
+        let second = (utc.div_euclid(1_000_000_000)).clamp(0, i128::from(Self::MAX_UNTIL)) as i64;
+        let word = self.cached.load(Relaxed);
+        let until = (word >> Self::OFFSET_BITS) as i64;
+        let offset = if second < until {
+            (word & ((1 << Self::OFFSET_BITS) - 1)) as i64 - Self::OFFSET_BIAS
+        } else {
+            self.lookup(second)
+        };
+        i128::from(offset) * 1_000_000_000
+    }
+
+    /// The instant (nanoseconds since the epoch) at which the local clock
+    /// reads `local`, searched from `utc`, without touching the cache (it
+    /// is for a retry hint: a later instant).
+    fn utc_of_local(&self, local: i128, utc: i128) -> i128 {
+        let offset_at = |utc: i128| {
+            jiff::Timestamp::from_nanosecond(utc).map_or(0, |at| {
+                i128::from(self.zone.to_offset(at).seconds()) * 1_000_000_000
+            })
+        };
+        // The offset there is the offset now, unless a change comes in
+        // between: one correction finds it (changes are hours apart).
+        let guess = local - offset_at(utc);
+        local - offset_at(guess)
+    }
+
+    /// The offset at `second`, cached until the next transition.
+    #[cold]
+    fn lookup(&self, second: i64) -> i64 {
+        let Ok(at) = jiff::Timestamp::from_second(second) else {
+            return 0;
+        };
+        let offset = i64::from(self.zone.to_offset(at).seconds());
+        let until = self
+            .zone
+            .following(at)
+            .next()
+            .map_or(Self::MAX_UNTIL, |transition| {
+                transition.timestamp().as_second()
+            })
+            .clamp(second + 1, Self::MAX_UNTIL);
+        let word = ((until as u64) << Self::OFFSET_BITS) | (offset + Self::OFFSET_BIAS) as u64;
+        self.cached.store(word, Relaxed);
+        offset
     }
 }

@@ -57,7 +57,8 @@
 //!   most `per / 60` later than an exact log of timestamps would free it).
 //!   Reserves are kept for their class all the time.
 //! - `window = "calendar"`: periods `per` long aligned on midnight
-//!   1970-01-01 at the UTC offset `tz` (calendar days with `per = "1d"`);
+//!   1970-01-01 in the zone `tz`, a zone name or a UTC offset (calendar
+//!   days with `per = "1d"`, 23 or 25 hours long when the clocks change);
 //!   each starts with the full capacity. In the period's last `release`
 //!   (a tenth of `per` unless set), what is left of every reserve is
 //!   released to every class.

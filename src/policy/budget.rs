@@ -24,8 +24,12 @@ pub enum BudgetWindow {
     /// sliding window has no end.
     #[default]
     Sliding,
-    /// Calendar periods: `per` long, aligned on midnight 1970-01-01 at the
-    /// offset `tz` (with `per = "1d"`, calendar days in that zone). Each
+    /// Calendar periods: `per` long, aligned on midnight 1970-01-01 in the
+    /// zone `tz` (with `per = "1d"`, calendar days in that zone; in a zone
+    /// with summer time the periods follow its local clock, so that a
+    /// period shorter than a day repeats or skips the hour the clocks
+    /// change).
+    /// Each
     /// period starts with the full capacity; unused reserves are released
     /// to every class `release` before the period ends.
     Calendar,
@@ -63,7 +67,7 @@ pub enum BudgetStore {
 /// capacity = 600                 # admissions per period
 /// per = "1d"
 /// window = "sliding"             # sliding | calendar
-/// # tz = "+05:30"                # calendar: the periods' UTC offset
+/// # tz = "Asia/Kolkata"          # calendar: the periods' time zone (or "+05:30")
 /// # release = "2h"               # calendar: unused reserves released this long before the end
 /// shares = { urgent = 0.3 }      # reserved for a class (names from [priority].classes)
 /// store = "local"                # local | redis
@@ -94,8 +98,10 @@ pub struct BudgetPolicy {
     pub per: Duration,
     /// Sliding or calendar periods.
     pub window: BudgetWindow,
-    /// The UTC offset of calendar periods: `"UTC"`, `"+05:30"`, `"-08:00"`
-    /// (fixed offsets; zone names such as `Asia/Kolkata` are not read).
+    /// The time zone of calendar periods: a fixed UTC offset (`"UTC"`,
+    /// `"+05:30"`, `"-08:00"`) or a zone of the time zone database
+    /// (`"Asia/Kolkata"`, `"Europe/Berlin"`: read from the system's
+    /// `/usr/share/zoneinfo`, Debian's `tzdata`; bundled on Windows).
     pub tz: String,
     /// In a calendar window, how long before a period's end unused reserves
     /// are released to every class; by default a tenth of `per`. Less than
@@ -181,7 +187,7 @@ impl BudgetPolicy {
                 format!("is shorter than {}", duration::display(Self::MIN_PER)),
             ));
         }
-        if let Err(why) = parse_offset(&self.tz) {
+        if let Err(why) = parse_zone(&self.tz) {
             return Err(PolicyError::invalid(
                 field("tz"),
                 format!("{:?}", self.tz),
@@ -283,14 +289,38 @@ impl BudgetPolicy {
         Ok(())
     }
 
-    /// The UTC offset of `tz`, in seconds east of UTC.
-    pub(crate) fn offset_secs(&self) -> i64 {
-        parse_offset(&self.tz).unwrap_or(0)
+    /// The zone of `tz` (UTC if it does not parse: `validate` says so).
+    pub(crate) fn zone(&self) -> Zone {
+        parse_zone(&self.tz).unwrap_or(Zone::Fixed(0))
     }
 
     /// How long before a calendar period's end reserves are released.
     pub(crate) fn release_or_default(&self) -> Duration {
         self.release.unwrap_or(self.per / 10)
+    }
+}
+
+/// The time zone of a calendar budget.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Zone {
+    /// A fixed offset, seconds east of UTC.
+    Fixed(i64),
+    /// A zone of the time zone database: its offset changes (summer time).
+    Named(jiff::tz::TimeZone),
+}
+
+/// A UTC offset, or else a zone name of the time zone database.
+fn parse_zone(tz: &str) -> Result<Zone, String> {
+    match parse_offset(tz) {
+        Ok(seconds) => Ok(Zone::Fixed(seconds)),
+        Err(_) => jiff::tz::TimeZone::get(tz.trim())
+            .map(Zone::Named)
+            .map_err(|why| {
+                format!(
+                    "is neither a UTC offset such as \"UTC\", \"+05:30\" or \"-08:00\" nor a \
+                     zone of the time zone database such as \"Asia/Kolkata\" ({why})"
+                )
+            }),
     }
 }
 
@@ -300,10 +330,7 @@ fn parse_offset(tz: &str) -> Result<i64, String> {
     if tz.eq_ignore_ascii_case("utc") || tz == "Z" || tz.is_empty() {
         return Ok(0);
     }
-    let bad = || {
-        "is not a UTC offset such as \"UTC\", \"+05:30\" or \"-08:00\" (zone names are not read)"
-            .to_owned()
-    };
+    let bad = || "is not a UTC offset such as \"UTC\", \"+05:30\" or \"-08:00\"".to_owned();
     let (sign, rest) = match tz.as_bytes()[0] {
         b'+' => (1, &tz[1..]),
         b'-' => (-1, &tz[1..]),
@@ -376,10 +403,15 @@ mod tests {
         );
         assert!(
             bad(BudgetPolicy {
-                tz: "Asia/Kolkata".to_owned(),
+                tz: "Asia/Kolcata".to_owned(),
                 ..BudgetPolicy::default()
             })
-            .starts_with("budget.tz: \"Asia/Kolkata\" is not a UTC offset")
+            .starts_with("budget.tz: \"Asia/Kolcata\" is neither a UTC offset"),
+            "{}",
+            bad(BudgetPolicy {
+                tz: "Asia/Kolcata".to_owned(),
+                ..BudgetPolicy::default()
+            })
         );
         assert_eq!(
             bad(BudgetPolicy {

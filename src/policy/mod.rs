@@ -15,6 +15,7 @@ mod route;
 mod waiting_room;
 
 pub use breaker::{BackoffPolicy, BreakerPolicy, Mode, WindowPolicy};
+pub(crate) use budget::Zone;
 pub use budget::{BudgetPolicy, BudgetStore, BudgetWindow};
 pub use defer::{ByteSize, DEFERRABLE_REASONS, DeferPolicy, DeferStoreKind};
 pub use error::PolicyError;
