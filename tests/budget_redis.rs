@@ -381,3 +381,46 @@ async fn four_stacks_from_one_policy_share_the_budget_through_redis() {
     }
     assert_eq!(urgent, [10, 10], "urgent requests take their reserve");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_the_inner_stack_turns_away_goes_back_to_redis() {
+    use brownout::Rejected;
+    use brownout::budget::BudgetLayer;
+    use brownout::priority::priority_fn;
+    use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+
+    let server = RedisServer::start();
+    let budget = Budget::new(
+        &policy(&server.url(), "refunds", 2),
+        &PriorityPolicy::default(),
+    )
+    .expect("a budget");
+    let layer = BudgetLayer::new(budget.clone()).priority(priority_fn(
+        |rank: &u8, _: &brownout::priority::Classes| Priority::new(*rank),
+    ));
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|rank: u8| async move {
+            if rank == 2 {
+                // Turned away further in (a shed): the unit was not used.
+                Err::<&str, BoxError>(Rejected::new(Reason::Shed).into())
+            } else {
+                Ok("served")
+            }
+        });
+    let err = svc.ready().await.unwrap().call(2).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Rejected>().unwrap().reason(),
+        Reason::Shed
+    );
+    // Two units: the one given back and the other. (Kept by Redis, the
+    // second of these would be over budget.)
+    for _ in 0..2 {
+        assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), "served");
+    }
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Rejected>().unwrap().reason(),
+        Reason::Budget
+    );
+}

@@ -66,8 +66,11 @@
 //! [`BrownoutLayer::from_policy`](crate::BrownoutLayer::from_policy)
 //! counts the policy's `[budget]` itself, in front of admission: a unit
 //! taken by a request admission then turns away before the back end sees
-//! it (shed, breaker open, a wait run out) is given back by the local
-//! store, whichever fallback answers it. [`BudgetLayer`] puts a budget in
+//! it (shed, breaker open, a wait run out) is given back, whichever
+//! fallback answers it: at once to the local store; to Redis with the
+//! replica's next admission (only the latest slot's units per pool wait
+//! there, and a unit the local fallback admitted while Redis was away is
+//! not given back: the fleet then admits fewer, never more). [`BudgetLayer`] puts a budget in
 //! front of any other service; there, a unit is given back when the inner
 //! service answers with a [`Rejected`] error (an inner stack that answers
 //! its rejections itself keeps the unit). Do not put a `BudgetLayer` over
@@ -279,12 +282,14 @@ impl Budget {
         }
     }
 
-    /// Gives back a unit a request took and did not use (local store; the
-    /// Redis store keeps it).
+    /// Gives back a unit a request took and did not use: at once to the
+    /// local pools; to Redis with the replica's next admission (a unit the
+    /// local fallback admitted while Redis was away is not given back).
     pub(crate) fn give_back(&self, taken: Taken) {
-        #[allow(irrefutable_let_patterns)]
-        if let Store::Local(pools) = &self.inner.store {
-            pools.give_back(taken);
+        match &self.inner.store {
+            Store::Local(pools) => pools.give_back(taken),
+            #[cfg(feature = "fleet")]
+            Store::Redis(shared) => shared.give_back(taken),
         }
     }
 }
@@ -310,7 +315,7 @@ pub(crate) enum Check {
 /// Each request's class comes from [`priority`](Self::priority) (the
 /// default class without one). Place it outside the rest of brownout's
 /// stack (`ServiceBuilder::new().layer(budget).layer(brownout)`): a unit
-/// taken by a request the inner stack rejects is given back (local store).
+/// taken by a request the inner stack rejects is given back.
 #[derive(Debug, Clone)]
 pub struct BudgetLayer<P = DefaultPriority> {
     budget: Budget,
@@ -390,6 +395,7 @@ where
                     state: State::Checking {
                         check,
                         call: Some((ready, req)),
+                        budget: self.budget.clone(),
                     },
                 }
             }
@@ -412,6 +418,8 @@ pin_project! {
         Checking {
             check: Pin<Box<dyn Future<Output = Verdict> + Send>>,
             call: Option<(S, Req)>,
+            // Where a unit the inner service does not use goes back.
+            budget: Budget,
         },
         Calling {
             #[pin]
@@ -457,18 +465,23 @@ where
                         .with_retry_after(*after)
                         .into()));
                 }
-                StateProj::Checking { check, call } => {
+                StateProj::Checking {
+                    check,
+                    call,
+                    budget,
+                } => {
                     let verdict = ready!(check.as_mut().poll(cx));
                     match verdict {
                         Verdict::Reject(after) => {
                             this.state.set(State::Rejected { after });
                         }
-                        Verdict::Admit(_) => {
+                        Verdict::Admit(taken) => {
                             let Some((mut svc, req)) = call.take() else {
                                 return Poll::Ready(Err(Rejected::new(Reason::Budget).into()));
                             };
                             let fut = svc.call(req);
-                            this.state.set(State::Calling { fut, taken: None });
+                            let taken = taken.map(|taken| (taken, budget.clone()));
+                            this.state.set(State::Calling { fut, taken });
                         }
                     }
                 }

@@ -12,7 +12,7 @@ use metrics::Counter;
 use redis::aio::MultiplexedConnection;
 use redis::{Client, Script};
 
-use super::engine::{LocalPools, Plan};
+use super::engine::{LocalPools, Plan, Taken};
 use super::{BudgetError, Inner, Store, Verdict};
 use crate::metrics::SHARED_STATE_ERRORS_TOTAL;
 use crate::policy::BudgetPolicy;
@@ -28,7 +28,10 @@ const REPLICA_TTL_MS: u64 = 10 * 60 * 1000;
 /// One admission, atomically. KEYS[1]: the budget's key prefix.
 /// ARGV: slot, ring, ttl_ms, replica id, now_ms, npools, then npools sizes,
 /// npools credits (units admitted locally while Redis was away, counted
-/// now), the number of pools to try, and the pools in order.
+/// now), the number of pools to try, the replicas' TTL, the pools in order,
+/// then per pool the slot and count of units given back (taken by an
+/// earlier admission that did not use them: taken off that slot's count,
+/// never below zero).
 /// Returns {1, pool, replicas, used per pool…} or
 /// {0, slot at which the next unit of a tried pool frees (-1: none),
 /// replicas, used per pool…}.
@@ -69,6 +72,16 @@ for s = slot - ring + 1, slot do
   end
 end
 local norder = tonumber(ARGV[7 + 2 * npools])
+local refunds = 7 + 2 * npools + 1 + norder
+for p = 0, npools - 1 do
+  local count = tonumber(ARGV[refunds + 2 * p + 2])
+  if count > 0 then
+    local key = prefix .. ':' .. ARGV[refunds + 2 * p + 1]
+    local have = tonumber(redis.call('HGET', key, 'p' .. p)) or 0
+    local back = math.min(have, count)
+    if back > 0 then redis.call('HINCRBY', key, 'p' .. p, -back) end
+  end
+end
 local earliest = -1
 local reply = {0, -1, replicas}
 for i = 1, norder do
@@ -108,6 +121,9 @@ pub(crate) struct Shared {
     last_used: Box<[AtomicU64]>,
     /// Units admitted by the fallback, to add to Redis's count on rejoining.
     credits: Box<[AtomicU64]>,
+    /// Units Redis admitted that went unused, per pool, to take off its
+    /// count with the next admission: see [`Refunds`].
+    refunds: Box<[Refunds]>,
     fallback: LocalPools,
     errors: Counter,
     url: String,
@@ -136,6 +152,7 @@ impl Shared {
             replicas_seen: AtomicU64::new(0),
             last_used: (0..pools).map(|_| AtomicU64::new(0)).collect(),
             credits: (0..pools).map(|_| AtomicU64::new(0)).collect(),
+            refunds: (0..pools).map(|_| Refunds::default()).collect(),
             fallback: LocalPools::new(plan),
             errors: metrics::counter!(SHARED_STATE_ERRORS_TOTAL, "state" => "budget"),
             url: policy.url.clone(),
@@ -159,6 +176,14 @@ impl Shared {
                 Verdict::Admit(None)
             }
             Err(after) => Verdict::Reject(after),
+        }
+    }
+
+    /// A unit Redis admitted went unused: it is taken off Redis's count
+    /// with the next admission this replica sends.
+    pub(crate) fn give_back(&self, taken: Taken) {
+        if let Some(refunds) = self.refunds.get(usize::from(taken.pool)) {
+            refunds.add(taken.slot);
         }
     }
 
@@ -242,6 +267,10 @@ impl Shared {
         for pool in order.as_slice() {
             invocation.arg(*pool);
         }
+        for refunds in &self.refunds[..] {
+            let (at, count) = refunds.take(slot);
+            invocation.arg(at).arg(count);
+        }
         let reply: Result<Vec<i64>, _> = invocation.invoke_async(&mut conn).await;
         let reply = match reply {
             Ok(reply) => reply,
@@ -264,7 +293,12 @@ impl Shared {
             last.store((*used).max(0) as u64, Ordering::Relaxed);
         }
         Ok(if reply[0] == 1 {
-            Verdict::Admit(None)
+            // (A pool the script did not name cannot be given back.)
+            let taken = u8::try_from(reply[1])
+                .ok()
+                .filter(|&pool| usize::from(pool) < pools)
+                .map(|pool| Taken { pool, slot });
+            Verdict::Admit(taken)
         } else {
             let frees = u64::try_from(reply[1]).ok().map(|s| s + plan.slots.ring);
             Verdict::Reject(plan.retry_after(frees, false, now))
@@ -308,4 +342,80 @@ pub(crate) fn replica_id() -> String {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(std::process::id().into());
     format!("{}-{:016x}", std::process::id(), hasher.finish())
+}
+
+/// Units of one pool given back and not yet sent to Redis: the slot they
+/// were taken in and how many, in one word (the slot's low 40 bits, the
+/// count in the low 24). Only the latest slot's are kept: a give-back for an
+/// older slot than the pending one, or one that finds a later slot's
+/// pending, drops the older ones, and so do a failed call and a count past
+/// 2^24. Dropped refunds leave the fleet admitting fewer, never more.
+#[derive(Debug, Default)]
+pub(crate) struct Refunds(AtomicU64);
+
+impl Refunds {
+    const COUNT_BITS: u32 = 24;
+    const COUNT_MASK: u64 = (1 << Self::COUNT_BITS) - 1;
+    const SLOT_MASK: u64 = (1 << 40) - 1;
+
+    fn add(&self, slot: u64) {
+        let slot = slot & Self::SLOT_MASK;
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                let (pending, count) = (word >> Self::COUNT_BITS, word & Self::COUNT_MASK);
+                if count == 0 || pending != slot {
+                    // Nothing pending, or another slot's: this slot's if it is
+                    // the later one (slot numbers wrap at 2^40: compared by
+                    // their difference).
+                    let later =
+                        count == 0 || slot.wrapping_sub(pending) & Self::SLOT_MASK < 1 << 39;
+                    later.then_some((slot << Self::COUNT_BITS) | 1)
+                } else if count < Self::COUNT_MASK {
+                    Some(word + 1)
+                } else {
+                    None
+                }
+            });
+    }
+
+    /// The pending slot (in full, from `now`, the current slot) and count,
+    /// emptied.
+    fn take(&self, now: u64) -> (u64, u64) {
+        let word = self.0.swap(0, Ordering::AcqRel);
+        let (pending, count) = (word >> Self::COUNT_BITS, word & Self::COUNT_MASK);
+        if count == 0 {
+            return (now, 0);
+        }
+        let behind = (now & Self::SLOT_MASK).wrapping_sub(pending) & Self::SLOT_MASK;
+        (now.saturating_sub(behind), count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refunds;
+
+    #[test]
+    fn refunds_keep_the_latest_slots_count() {
+        let refunds = Refunds::default();
+        assert_eq!(refunds.take(7), (7, 0), "nothing pending");
+        for _ in 0..3 {
+            refunds.add(5);
+        }
+        assert_eq!(refunds.take(7), (5, 3));
+        assert_eq!(refunds.take(7), (7, 0), "taken once");
+        // A later slot's give-back drops an earlier slot's pending ones
+        // (the fleet then admits fewer, never more); an earlier one is
+        // dropped itself.
+        refunds.add(5);
+        refunds.add(6);
+        refunds.add(5);
+        assert_eq!(refunds.take(6), (6, 1));
+        // Slot numbers past 2^40 come back whole from the current slot.
+        let slot = (1 << 41) + 9;
+        refunds.add(slot);
+        refunds.add(slot);
+        assert_eq!(refunds.take(slot + 2), (slot, 2));
+    }
 }

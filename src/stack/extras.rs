@@ -109,9 +109,9 @@ where
 /// with [`Reason::Budget`] (HTTP `429` with `Retry-After`: when the next
 /// unit frees) and counted as `rejected` with reason `budget` on its
 /// route. A unit taken by a request admission then rejects is given back
-/// by the local store (the Redis store keeps it: the fleet's count never
-/// runs under what it admitted); a request dropped while it waits in the
-/// room keeps its unit.
+/// (to Redis with the replica's next admission, never below what the
+/// fleet admitted); a request dropped while it waits in the room keeps
+/// its unit.
 #[derive(Debug, Clone)]
 pub struct Budgeted<S, F, R, P, D, C> {
     pub(super) inner: Brownout<S, BudgetFallback<F>, R, P, D, C>,
@@ -319,10 +319,16 @@ where
                         return Poll::Pending;
                     };
                     match verdict {
-                        // The shared store keeps its units: nothing to give back.
-                        Verdict::Admit(_) => State::Admission {
-                            future: inner.call(req),
-                        },
+                        Verdict::Admit(taken) => {
+                            // As on the local path: a unit admission does
+                            // not use goes back (to Redis, with the next
+                            // admission).
+                            inner.fallback.taken =
+                                taken.and_then(|taken| Some((taken, inner.shared.budget.clone()?)));
+                            let future = inner.call(req);
+                            inner.fallback.taken = None;
+                            State::Admission { future }
+                        }
                         Verdict::Reject(after) => State::Answer {
                             future: Budgeted::reject(&inner, after, req),
                         },
