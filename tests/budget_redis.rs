@@ -11,6 +11,8 @@
 //! speed; the waits are bounded by generous deadlines.
 #![cfg(feature = "fleet")]
 
+#[path = "support/budget.rs"]
+mod budget_support;
 #[path = "support/redis.rs"]
 mod redis_server;
 
@@ -385,9 +387,7 @@ async fn four_stacks_from_one_policy_share_the_budget_through_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unit_the_inner_stack_turns_away_goes_back_to_redis() {
     use brownout::Rejected;
-    use brownout::budget::BudgetLayer;
-    use brownout::priority::priority_fn;
-    use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+    use tower::{Service, ServiceExt};
 
     let server = RedisServer::start();
     let budget = Budget::new(
@@ -395,19 +395,8 @@ async fn a_unit_the_inner_stack_turns_away_goes_back_to_redis() {
         &PriorityPolicy::default(),
     )
     .expect("a budget");
-    let layer = BudgetLayer::new(budget.clone()).priority(priority_fn(
-        |rank: &u8, _: &brownout::priority::Classes| Priority::new(*rank),
-    ));
-    let mut svc = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(|rank: u8| async move {
-            if rank == 2 {
-                // Turned away further in (a shed): the unit was not used.
-                Err::<&str, BoxError>(Rejected::new(Reason::Shed).into())
-            } else {
-                Ok("served")
-            }
-        });
+    // Rank 2 is turned away further in (a shed): its unit was not used.
+    let mut svc = budget_support::sheds_rank_two(&budget);
     let err = svc.ready().await.unwrap().call(2).await.unwrap_err();
     assert_eq!(
         err.downcast_ref::<Rejected>().unwrap().reason(),

@@ -255,7 +255,9 @@ impl LocalPools {
 /// The offsets of a zone whose offset changes, with the current one cached
 /// until the zone's next transition, so that an admission reads one atomic
 /// word rather than searching the zone's rules. (Readings go forward: the
-/// budget's clock is monotonic.)
+/// budget's clock is monotonic. A reading that races another thread's
+/// lookup across a transition may take the new offset a moment early: an
+/// admission at the boundary counted in the period next to it.)
 #[derive(Debug)]
 struct ZoneOffsets {
     zone: jiff::tz::TimeZone,
@@ -298,14 +300,18 @@ impl ZoneOffsets {
     /// is for a retry hint: a later instant).
     fn utc_of_local(&self, local: i128, utc: i128) -> i128 {
         let offset_at = |utc: i128| {
-            jiff::Timestamp::from_nanosecond(utc).map_or(0, |at| {
-                i128::from(self.zone.to_offset(at).seconds()) * 1_000_000_000
-            })
+            jiff::Timestamp::from_nanosecond(utc)
+                .map_or(0, |at| i128::from(self.offset_at(at)) * 1_000_000_000)
         };
         // The offset there is the offset now, unless a change comes in
         // between: one correction finds it (changes are hours apart).
         let guess = local - offset_at(utc);
         local - offset_at(guess)
+    }
+
+    /// The zone's offset at `at`, seconds east of UTC.
+    fn offset_at(&self, at: jiff::Timestamp) -> i64 {
+        i64::from(self.zone.to_offset(at).seconds())
     }
 
     /// The offset at `second`, cached until the next transition.
@@ -314,7 +320,7 @@ impl ZoneOffsets {
         let Ok(at) = jiff::Timestamp::from_second(second) else {
             return 0;
         };
-        let offset = i64::from(self.zone.to_offset(at).seconds());
+        let offset = self.offset_at(at);
         let until = self
             .zone
             .following(at)

@@ -70,8 +70,8 @@
 //! fallback answers it: at once to the local store; to Redis with the
 //! replica's next admission (only the latest slot's units per pool wait
 //! there, and a unit the local fallback admitted while Redis was away is
-//! not given back: the fleet then admits fewer, never more). [`BudgetLayer`] puts a budget in
-//! front of any other service; there, a unit is given back when the inner
+//! not given back: the fleet then admits fewer, never more).
+//! [`BudgetLayer`] puts a budget in front of any other service; there, a unit is given back when the inner
 //! service answers with a [`Rejected`] error (an inner stack that answers
 //! its rejections itself keeps the unit). Do not put a `BudgetLayer` over
 //! a stack built from the same `[budget]`: each request would take two

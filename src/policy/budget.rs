@@ -28,10 +28,8 @@ pub enum BudgetWindow {
     /// zone `tz` (with `per = "1d"`, calendar days in that zone; in a zone
     /// with summer time the periods follow its local clock, so that a
     /// period shorter than a day repeats or skips the hour the clocks
-    /// change).
-    /// Each
-    /// period starts with the full capacity; unused reserves are released
-    /// to every class `release` before the period ends.
+    /// change). Each period starts with the full capacity; unused reserves
+    /// are released to every class `release` before the period ends.
     Calendar,
 }
 
@@ -301,7 +299,7 @@ impl BudgetPolicy {
 }
 
 /// The time zone of a calendar budget.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum Zone {
     /// A fixed offset, seconds east of UTC.
     Fixed(i64),
@@ -401,17 +399,13 @@ mod tests {
             }),
             "budget.shared_timeout: 0s must be more than zero"
         );
+        let misspelt = bad(BudgetPolicy {
+            tz: "Asia/Kolcata".to_owned(),
+            ..BudgetPolicy::default()
+        });
         assert!(
-            bad(BudgetPolicy {
-                tz: "Asia/Kolcata".to_owned(),
-                ..BudgetPolicy::default()
-            })
-            .starts_with("budget.tz: \"Asia/Kolcata\" is neither a UTC offset"),
-            "{}",
-            bad(BudgetPolicy {
-                tz: "Asia/Kolcata".to_owned(),
-                ..BudgetPolicy::default()
-            })
+            misspelt.starts_with("budget.tz: \"Asia/Kolcata\" is neither a UTC offset"),
+            "{misspelt}"
         );
         assert_eq!(
             bad(BudgetPolicy {

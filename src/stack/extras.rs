@@ -177,6 +177,28 @@ impl<S, F, R, P, D, C> Budgeted<S, F, R, P, D, C> {
         let rejected = Rejected::new(Reason::Budget).with_retry_after(after);
         inner.fallback.inner.fallback(rejected, Some(req))
     }
+
+    /// `req` into admission, holding the budget unit it took (if the store
+    /// gave one) in the stack's fallback, which gives it back if admission
+    /// turns the request away before the inner service sees it.
+    fn admit<Req>(
+        inner: &mut Brownout<S, BudgetFallback<F>, R, P, D, C>,
+        taken: Option<Taken>,
+        req: Req,
+    ) -> ResponseFuture<S, Req, C, BudgetFallback<F>, D>
+    where
+        S: Service<Req> + Clone,
+        C: Classify<S::Response, S::Error> + Clone,
+        F: Fallback<Req, C::Response, S::Error> + Clone,
+        R: RouteOf<Req>,
+        P: PriorityOf<Req>,
+        D: DeadlineOf<Req> + Clone,
+    {
+        inner.fallback.taken = taken.and_then(|taken| Some((taken, inner.shared.budget.clone()?)));
+        let future = inner.call(req);
+        inner.fallback.taken = None;
+        future
+    }
 }
 
 impl<S, F, R, P, D, C, Req> Service<Req> for Budgeted<S, F, R, P, D, C>
@@ -209,13 +231,9 @@ where
             .priority
             .priority_of(&req, &self.inner.shared.classes);
         match budget.check(priority) {
-            Check::Done(Verdict::Admit(taken)) => {
-                let budget = budget.clone();
-                self.inner.fallback.taken = taken.map(|taken| (taken, budget));
-                let future = self.inner.call(req);
-                self.inner.fallback.taken = None;
-                BudgetedFuture::of(State::Admission { future })
-            }
+            Check::Done(Verdict::Admit(taken)) => BudgetedFuture::of(State::Admission {
+                future: Self::admit(&mut self.inner, taken, req),
+            }),
             Check::Done(Verdict::Reject(after)) => BudgetedFuture::of(State::Answer {
                 future: Self::reject(&self.inner, after, req),
             }),
@@ -319,16 +337,9 @@ where
                         return Poll::Pending;
                     };
                     match verdict {
-                        Verdict::Admit(taken) => {
-                            // As on the local path: a unit admission does
-                            // not use goes back (to Redis, with the next
-                            // admission).
-                            inner.fallback.taken =
-                                taken.and_then(|taken| Some((taken, inner.shared.budget.clone()?)));
-                            let future = inner.call(req);
-                            inner.fallback.taken = None;
-                            State::Admission { future }
-                        }
+                        Verdict::Admit(taken) => State::Admission {
+                            future: Budgeted::admit(&mut inner, taken, req),
+                        },
                         Verdict::Reject(after) => State::Answer {
                             future: Budgeted::reject(&inner, after, req),
                         },

@@ -464,12 +464,6 @@ impl Capacity {
                 rate: delivered,
                 answered: calls,
             } => {
-                // What the back end delivered at the higher limit, at the
-                // latency it shows now, is the concurrency it can serve
-                // (Little's law): a quarter of the slots, or the same slots
-                // at a quarter of the speed. (The latency measured at the
-                // higher limit is not used for it: its calls were admitted
-                // a round trip before, at another limit.)
                 let n = f64::from(self.last_samples.max(1));
                 if answered > calls * (1.0 + 3.0 / n.sqrt()).max(1.3) {
                     // More calls answered at the lower limit than at the
@@ -488,6 +482,12 @@ impl Capacity {
                     self.step = Step::Cruise;
                     return self.estimate;
                 }
+                // What the back end delivered at the higher limit, at the
+                // latency it shows now, is the concurrency it can serve
+                // (Little's law): a quarter of the slots, or the same slots
+                // at a quarter of the speed. (The latency measured at the
+                // higher limit is not used for it: its calls were admitted
+                // a round trip before, at another limit.)
                 let serves = (delivered * rtt / self.utilization).clamp(to, from);
                 if rtt < before / (1.0 + self.tolerance()) {
                     // Latency fell with the limit: there was a queue. The
@@ -720,7 +720,7 @@ mod tests {
     fn small_rounds_are_judged_with_their_own_noise() {
         let mut capacity = Capacity::default();
         // Rounds of 64 calls whose means wander by 5% learn a spread of
-        // about 0.4 a call...
+        // about 0.3 a call...
         let mut limit = 100.0;
         for i in 0..80 {
             let rtt = if i % 2 == 0 { 0.2 } else { 0.21 };
