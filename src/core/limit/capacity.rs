@@ -38,7 +38,11 @@
 //!   the next step tests a lower limit; if failures fall with the load
 //!   (by more than two rounds' chance) the back end was overloaded and
 //!   the lower limit stays, otherwise they are left to the breaker.
-//!   Latency is not learned from calls that failure cut short.
+//!   Latency is not learned from calls that failure cut short. Failures
+//!   that a step up brought send the limit back to where it was before
+//!   it (which served without them), not to a test below it; and as each
+//!   such step cost calls, the next one waits longer (twice as long for
+//!   each in a row, up to 16 rounds).
 //!
 //! "Above the unloaded level" means by more than three times the noise of
 //! a round's mean latency, which the learner estimates per call (a round
@@ -75,12 +79,14 @@ enum Step {
         answered: f64,
     },
     /// Trying `to` (below `from`) after a share `share` of the `calls`
-    /// of a round failed at `from`: do failures fall with the load?
+    /// of a round failed at `from`, where the back end delivered `rate`
+    /// calls a second: do failures fall with the load?
     Unload {
         from: f64,
         to: f64,
         share: f64,
         calls: u32,
+        rate: f64,
     },
 }
 
@@ -125,6 +131,16 @@ pub(crate) struct Capacity {
     /// are of half the limit (a back end that came back bigger is found
     /// fast).
     streak: u32,
+    /// Steps up in a row that met failures and went back.
+    missed: u32,
+    /// Judgements left to hold the estimate before the next step up. A
+    /// step up that only met a queue cost a little latency, and the next
+    /// may follow at once; one that met failures (a back end with a
+    /// timeout near its latency fails calls that queue) cost calls, and
+    /// probing again at once, step after step, would cost them all the
+    /// time: each such miss in a row doubles the wait (TCP and BBR probe
+    /// for more only now and then, too).
+    hold: u32,
     /// The last limit that served without overload: where the limit goes
     /// back to after an outage.
     good: f64,
@@ -154,6 +170,8 @@ impl Default for Capacity {
             utilization: 1.0,
             met_queue: false,
             streak: 0,
+            missed: 0,
+            hold: 0,
             good: 0.0,
             load_blind: 0,
             fastest: 0.0,
@@ -234,9 +252,10 @@ impl Capacity {
             to,
             share: before,
             calls,
+            rate: delivered,
         } = self.step
         {
-            return self.unload_round(window, from, to, (before, calls), share, rate);
+            return self.unload_round(window, (from, to, delivered), (before, calls), share, rate);
         }
         // Over a tenth failing, by more than a round's chance: a back end
         // that fails a twentieth of its calls whatever the load (a tail of
@@ -244,6 +263,23 @@ impl Capacity {
         // and each false alarm halves the limit for a test.
         let chance = (Self::OVERLOAD * (1.0 - Self::OVERLOAD) / completed).sqrt();
         if share > Self::OVERLOAD + chance {
+            if let Step::Up { from, .. } = self.step {
+                // The step up brought the failures (whether or not they
+                // have been seen to depend on the load): the limit below
+                // it was judged to serve without them, so it is where to
+                // go back to. A test at half of it would cost half the
+                // back end for a round trip to learn what the step already
+                // showed. (If the back end changed meanwhile, failures at
+                // that limit start a test of their own a round later.)
+                self.step = Step::Cruise;
+                self.estimate = from;
+                self.met_queue = true;
+                self.streak = 0;
+                self.missed_up();
+                self.rounds = 0;
+                self.settled = 0;
+                return from;
+            }
             if self.load_blind > 0 {
                 // Failures that do not depend on the load: the breaker's
                 // business; latencies they cut short teach nothing.
@@ -328,6 +364,13 @@ impl Capacity {
         next
     }
 
+    /// A step up met failures: wait before the next, the longer the more
+    /// steps in a row have (1, 2, 4, then 8 judgements: up to 16 rounds).
+    fn missed_up(&mut self) {
+        self.missed = (self.missed + 1).min(4);
+        self.hold = 1 << (self.missed - 1);
+    }
+
     /// The limit the current step runs at.
     fn current(&self) -> f64 {
         match self.step {
@@ -364,6 +407,7 @@ impl Capacity {
             to,
             share,
             calls: window.samples,
+            rate,
         };
         self.rounds = 0;
         self.settled = 0;
@@ -374,8 +418,7 @@ impl Capacity {
     fn unload_round(
         &mut self,
         window: &WindowSample,
-        from: f64,
-        to: f64,
+        (from, to, delivered): (f64, f64, f64),
         (before, calls): (f64, u32),
         share: f64,
         rate: f64,
@@ -406,9 +449,14 @@ impl Capacity {
         let fell = share <= Self::OVERLOAD.max(before * 0.5) && before - share > 2.0 * chance;
         if fell {
             // Failures fell with the load: it was overload. What the back
-            // end delivers at this latency is what it can serve.
+            // end delivered at the higher limit, at the latency it shows
+            // at the lower (Little's law, as a step down reads it), is what
+            // it can serve: the lower limit's own delivery is capped by
+            // that limit, and would keep a test that went too far too low
+            // (a back end that slowed down times out the calls it had
+            // already started, which looks like overload for a round).
             let serves = if window.rtt > 0.0 {
-                rate * window.rtt / self.utilization
+                delivered.max(rate) * window.rtt / self.utilization
             } else {
                 to
             };
@@ -526,6 +574,7 @@ impl Capacity {
                     self.estimate = from;
                 } else {
                     self.streak += 1;
+                    self.missed = 0;
                     self.estimate = to;
                     self.unloaded = if self.queued(rtt) {
                         // Throughput grew at this latency: it is no queue,
@@ -568,6 +617,11 @@ impl Capacity {
                         answered,
                     };
                     to
+                } else if self.hold > 0 {
+                    // Headroom, but the last steps up found none: wait.
+                    self.hold -= 1;
+                    self.step = Step::Cruise;
+                    from
                 } else {
                     // Headroom: try more.
                     let gain = if !self.met_queue {
@@ -601,6 +655,9 @@ impl Capacity {
     pub(crate) fn recovered(&mut self, limit: f64, long: bool) -> f64 {
         // (A test under way is abandoned: the outage cut it short.)
         self.step = Step::Idle;
+        // What the last steps up found says little of the back end now.
+        self.missed = 0;
+        self.hold = 0;
         if long && self.fastest > 0.0 {
             self.unloaded = self.fastest;
             self.floor = self.fastest;
@@ -767,5 +824,78 @@ mod tests {
             limit = capacity.update(limit, &window);
             assert!(limit >= 1000.0, "round {round}: {limit}");
         }
+    }
+
+    /// A back end of 100 slots at 2 s whose timeout is near its latency:
+    /// past its slots, calls queue and a fifth of them time out; within
+    /// them, a few in a hundred do (the tail). `rounds` rounds pressing on
+    /// the limit from 100; the limits.
+    fn timeout_near_latency(rounds: usize) -> Vec<f64> {
+        let mut capacity = Capacity::default();
+        capacity.update(100.0, &idle_round(2.0));
+        let mut limit: f64 = 100.0;
+        (0..rounds)
+            .map(|_| {
+                let busy = limit.min(130.0);
+                let rtt = 2.0 * (busy / 100.0).max(1.0);
+                let samples = (busy.min(100.0) * rtt / 2.0) as u32;
+                let failed = if busy > 105.0 {
+                    samples / 5
+                } else {
+                    samples / 50
+                };
+                let round = WindowSample {
+                    max_inflight: busy.ceil() as u32,
+                    ..pressed(limit, samples, rtt, rtt, failed)
+                };
+                limit = capacity.update(limit, &round);
+                limit
+            })
+            .collect()
+    }
+
+    #[test]
+    fn failures_a_step_up_brought_send_the_limit_back_where_it_was_not_below() {
+        let limits = timeout_near_latency(150);
+        let lowest = limits[20..].iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(lowest >= 90.0, "a test at half the limit: {limits:?}");
+    }
+
+    #[test]
+    fn steps_up_that_meet_failures_come_less_and_less_often() {
+        let limits = timeout_near_latency(150);
+        let over = limits[20..].iter().filter(|&&limit| limit > 105.0).count();
+        assert!(
+            over * 5 < limits.len() - 20,
+            "{over} rounds past the slots: {limits:?}"
+        );
+    }
+
+    #[test]
+    fn an_unload_test_that_went_too_far_is_read_with_the_rate_above_it() {
+        // Cruising at 134 over a back end of 100 slots at 1.2 s, which
+        // slows to 2 s: the calls it had started time out for a round
+        // (30 of 115), and the test at a lower limit sees them stop.
+        let mut capacity = Capacity {
+            step: Step::Cruise,
+            estimate: 134.0,
+            unloaded: 1.2,
+            floor: 1.2,
+            met_queue: true,
+            good: 134.0,
+            ..Capacity::default()
+        };
+        let mut limit = capacity.update(134.0, &pressed(134.0, 115, 2.33, 2.19, 30));
+        assert!(limit < 67.0, "a test at a lower limit: {limit}");
+        for _ in 0..3 {
+            let busy = limit.min(100.0);
+            limit = capacity.update(
+                limit,
+                &pressed(limit, (busy / 2.0 * 1.9) as u32, 2.0, 1.9, 1),
+            );
+        }
+        // The lower limit delivers only what it lets through; at the limit
+        // above, the back end delivered 39 calls a second, at 2 s: 78.
+        assert!(limit >= 70.0, "{limit}");
     }
 }
