@@ -945,9 +945,12 @@ fn lifo_room() -> WaitingRoomPolicy {
 
 /// One call at a time, 10 ms each: a normal call runs from t = 0 and 19
 /// wait behind it; two urgent ones arrive at 95 and 96 ms, and one more
-/// normal one at 153 ms. Returns the starts and the late one's answer and
-/// wait.
-async fn standing_queue(order: Order) -> (Vec<(u32, Duration)>, Option<Reason>, Duration) {
+/// of class `late_class` at 153 ms. Returns the starts and the late one's
+/// answer and wait.
+async fn standing_queue(
+    order: Order,
+    late_class: u8,
+) -> (Vec<(u32, Duration)>, Option<Reason>, Duration) {
     let origin = Instant::now();
     let started = Started::default();
     let layer = WaitingRoomLayer::new(WaitingRoomPolicy {
@@ -971,7 +974,7 @@ async fn standing_queue(order: Order) -> (Vec<(u32, Duration)>, Option<Reason>, 
     tokio::time::sleep_until(origin + ms(153)).await;
     let late = tokio::spawn(async move {
         let t0 = Instant::now();
-        let result = svc.oneshot(job(100, 1, ms(10))).await;
+        let result = svc.oneshot(job(100, late_class, ms(10))).await;
         (result.err().as_ref().and_then(reason_of), t0.elapsed())
     });
     for task in tasks {
@@ -986,7 +989,7 @@ async fn standing_queue(order: Order) -> (Vec<(u32, Duration)>, Option<Reason>, 
 
 #[tokio::test(start_paused = true)]
 async fn adaptive_lifo_lets_the_newest_out_first_once_a_queue_stands_and_cuts_new_waits() {
-    let (started, reason, waited) = standing_queue(Order::AdaptiveLifo).await;
+    let (started, reason, waited) = standing_queue(Order::AdaptiveLifo, 1).await;
     // The room has not been empty since t = 0. Until 100 ms (the CoDel
     // interval) it is first come, first served; from then on the newest
     // of the most important class leaves first.
@@ -1005,8 +1008,23 @@ async fn adaptive_lifo_lets_the_newest_out_first_once_a_queue_stands_and_cuts_ne
 }
 
 #[tokio::test(start_paused = true)]
+async fn adaptive_lifo_does_not_cut_the_wait_of_a_caller_with_nobody_of_its_class_ahead() {
+    // The same standing queue of normal callers, but the late one is
+    // urgent and no urgent caller waits: it is not in the queue that
+    // stands, it has the next slot, and it keeps its wait to take it.
+    let (started, reason, waited) = standing_queue(Order::AdaptiveLifo, 0).await;
+    assert_eq!(reason, None, "served");
+    assert_eq!(
+        waited,
+        ms(7 + 10),
+        "waited 7 ms for the next slot, then served in 10 ms"
+    );
+    assert_eq!(started[16], (100, ms(160)), "{started:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn priority_fifo_serves_the_same_standing_queue_in_arrival_order() {
-    let (started, reason, waited) = standing_queue(Order::PriorityFifo).await;
+    let (started, reason, waited) = standing_queue(Order::PriorityFifo, 1).await;
     let mut expected: Vec<(u32, Duration)> =
         (0..10).map(|id| (id, ms(10 * u64::from(id)))).collect();
     expected.push((50, ms(100)));

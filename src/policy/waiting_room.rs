@@ -157,6 +157,9 @@ pub enum Order {
     /// while the room empties regularly, and newest first, with waits cut
     /// to `codel_target`, while a standing queue persists (CoDel with
     /// adaptive LIFO, as Facebook describes it): under sustained overload
-    /// the requests served are the ones whose callers are still there.
+    /// the requests served are the ones whose callers are still there. A
+    /// caller seated with nobody of its class or a more important one
+    /// waiting is not in the standing queue (it has the next slot) and
+    /// keeps its whole wait.
     AdaptiveLifo,
 }

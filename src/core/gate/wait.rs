@@ -87,7 +87,7 @@ impl Gate {
                 // its deadline would be left for the back end to answer.
                 return Err(self.with_hint(Reason::Deadline, now));
             }
-            let (until, timeout) = self.wait_budget(room, queues, now, deadline);
+            let (until, timeout) = self.wait_budget(room, queues, priority, now, deadline);
             if let Some((reopen_at, rejected)) = self.reopens_at(now) {
                 if reopen_at > until {
                     // The maintenance window or the open breaker lasts past
@@ -241,18 +241,25 @@ impl Gate {
         }
     }
 
-    /// When a waiter seated now must leave, and what it is told then.
+    /// When a waiter of class `priority` seated now must leave, and what
+    /// it is told then.
     pub(in crate::core) fn wait_budget(
         &self,
         room: &Room,
         queues: &Queues,
+        priority: Priority,
         now: Nanos,
         deadline: Option<Nanos>,
     ) -> (Nanos, Reason) {
         let settings = queues.settings();
         let mut max_wait = settings.max_wait;
-        if room.newest_first(queues, now) {
-            // A standing queue: cut waits short (CoDel).
+        if room.newest_first(queues, now) && queues.has_waiters_at_or_above(priority) {
+            // A standing queue of this class or a more important one:
+            // cut waits short (CoDel). A waiter with nobody ahead of it
+            // (the first urgent caller behind a queue of bulk ones) is not
+            // in that queue: it has the next slot the limit lets go, and
+            // waits only for that (a step down of the limit drains for a
+            // few completions, longer than the cut), so it keeps its wait.
             max_wait = max_wait.min(settings.codel_target);
         }
         let room_until = now.saturating_add(max_wait);
