@@ -2,7 +2,9 @@
 //! gets exactly one outcome in both stacks, the JSON report carries every
 //! field scripts rely on, a seed always gives the same figures, and
 //! brownout keeps the contracts the drill checks (answers within the
-//! deadline while the back end hangs, maintenance answered as such).
+//! deadline while the back end hangs, maintenance answered as such); and a
+//! long outage with durable deferral loses no deferred request and replays
+//! the backlog in priority order within the limit.
 #![cfg(feature = "sim")]
 
 // The drill's modules, compiled here as they are in the example; `main`
@@ -274,6 +276,7 @@ fn every_scenario_file_parses_and_plans() {
         "healthy-60",
         "healthy-95",
         "long-outage",
+        "long-outage-defer",
     ] {
         assert!(names.contains(&name), "no scenario {name:?} in {names:?}");
     }
@@ -317,4 +320,118 @@ fn a_bad_scenario_in_the_directory_names_its_file_and_field() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(err.contains("bad.toml"), "{err}");
     assert!(err.contains("backend.service_time.alpha"), "{err}");
+}
+
+/// `examples/scenarios/long-outage-defer.toml` with its trickle cut from
+/// two days to two hours and `max_age` from 36 h to one hour, so that the
+/// test stays quick and still sees requests expire.
+fn short_long_outage_defer() -> drill::scenario::Plan {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/scenarios/long-outage-defer.toml"
+    );
+    let text = std::fs::read_to_string(file).expect("the scenario file reads");
+    let shortened = text
+        .replace("duration = \"47h 59m\"", "duration = \"2h\"")
+        .replace("max_age = \"36h\"", "max_age = \"1h\"");
+    assert_ne!(
+        shortened, text,
+        "the trickle and max_age are where the test expects them"
+    );
+    assert!(shortened.contains("duration = \"2h\"") && shortened.contains("max_age = \"1h\""));
+    let (policy, _) = drill::load_policy(None).expect("the booking policy loads");
+    let classes = brownout::priority::Classes::from_policy(&policy.priority);
+    Scenario::from_toml(&shortened)
+        .expect("the scenario parses")
+        .plan(&classes)
+        .expect("the scenario plans")
+}
+
+#[test]
+fn a_long_outage_with_deferral_loses_nothing_and_replays_in_priority_order_within_the_limit() {
+    let plan = short_long_outage_defer();
+    let (policy, policy_file) = drill::load_policy(None).expect("the booking policy loads");
+    let outcome = drill::run_both(&plan, &policy).expect("the drill runs");
+    assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+    assert!(
+        outcome.baseline_report.deferral.is_none(),
+        "the baseline does not defer"
+    );
+    let deferral = outcome
+        .brownout_report
+        .deferral
+        .as_ref()
+        .expect("brownout deferred on a [defer] scenario");
+
+    // Conservation, each request looked up in the store by its ticket.
+    assert!(deferral.deferred > 0, "{deferral:?}");
+    assert_eq!(deferral.lost, 0, "{deferral:?}");
+    assert_eq!(
+        deferral.deferred,
+        deferral.replayed + deferral.failed + deferral.expired + deferral.pending,
+        "{deferral:?}"
+    );
+    assert_eq!(
+        deferral.deferred,
+        deferral.deferred_by_class.values().sum::<u64>()
+    );
+    assert_eq!(
+        deferral.replayed,
+        deferral.replayed_by_class.values().sum::<u64>()
+    );
+    assert_eq!(
+        deferral.expired,
+        deferral.expired_by_class.values().sum::<u64>()
+    );
+    // The back end is back long enough: everything not expired is served.
+    assert_eq!(deferral.pending, 0, "{deferral:?}");
+    assert_eq!(deferral.pending_in_store, 0, "{deferral:?}");
+    assert!(
+        deferral.replayed > 0 && deferral.expired > 0,
+        "{deferral:?}"
+    );
+    assert_eq!(deferral.replay_served_seen, deferral.replayed);
+    // Only the classes the scenario names are deferred.
+    assert_eq!(deferral.deferred_classes, ["urgent", "normal"]);
+    assert!(!deferral.deferred_by_class.contains_key("bulk"));
+
+    // Most important class first, oldest first within it.
+    assert!(deferral.backlog_first_sends > 0, "{deferral:?}");
+    assert_eq!(deferral.order_violations, 0, "{deferral:?}");
+
+    // Drained, never over the limit while draining.
+    let drained = deferral.drained_after_s.expect("the backlog drained");
+    assert!(drained > 0.0, "{deferral:?}");
+    assert!(deferral.drain.replay_admissions > 0, "{deferral:?}");
+    assert_eq!(deferral.drain.over_limit_admissions, 0, "{deferral:?}");
+    let live = deferral.live.as_ref().expect("live traffic while draining");
+    assert!(live.brownout.offered > 0 && live.brownout.offered == live.baseline.offered);
+
+    // brownout's own counters: every live request and every replay once.
+    assert_eq!(
+        outcome.brownout.library.total(),
+        outcome.brownout_report.totals.offered + deferral.replay_attempts
+    );
+
+    // The JSON carries the figures.
+    let json = drill::to_json(&outcome, "long-outage-defer", &policy_file);
+    for field in [
+        "deferred",
+        "deferred_by_class",
+        "replayed",
+        "replayed_by_class",
+        "expired",
+        "pending",
+        "lost",
+        "order_violations",
+        "drained_after_s",
+        "drain",
+        "live",
+    ] {
+        assert!(
+            json["deferral"].get(field).is_some(),
+            "no deferral.{field} in the JSON"
+        );
+    }
+    assert_eq!(json["deferral"], json["stacks"]["brownout"]["deferral"]);
 }

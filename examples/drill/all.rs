@@ -140,6 +140,11 @@ pub fn scenario_rows(out: &mut String, outcome: &Outcome) {
             format!("; {} ACCOUNTING PROBLEMS", outcome.problems.len())
         }
     );
+    if let Some(deferral) = &outcome.brownout_report.deferral {
+        for line in super::defer::summary(deferral).lines().skip(1) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
 }
 
 /// One line per scenario: what it replays.

@@ -36,6 +36,14 @@
 //! - **baseline**: tower's `LoadShed` + `ConcurrencyLimit` (sized for the
 //!   back end's full capacity) + `Timeout`.
 //!
+//! A scenario with a `[defer]` section (`examples/scenarios/long-outage-defer.toml`)
+//! also gives brownout durable deferral: the rejections it names are
+//! written to a real embedded store and answered "deferred", and the
+//! crate's replayer drains the store through the same stack once the back
+//! end is back. The report then shows every deferred request's end
+//! (replayed, expired, pending, lost), the replay order, the drain's length
+//! and the stack against its limit meanwhile (see `defer.rs`).
+//!
 //! Everything runs in paused tokio time on current-thread runtimes (one
 //! thread per stack), so hours of scenario take seconds and a seed always
 //! gives the same numbers. Every request's outcome is counted: `served`
@@ -46,6 +54,7 @@
 
 pub mod all;
 pub mod chart;
+pub mod defer;
 pub mod report;
 pub mod run;
 pub mod scenario;
@@ -201,9 +210,13 @@ pub fn run_both(plan: &Plan, policy: &Policy) -> Result<Outcome, String> {
         (brownout, baseline)
     });
     let (brownout, baseline) = (brownout?, baseline?);
-    let brownout_report = StackReport::new(plan, &brownout, &classes);
+    let mut brownout_report = StackReport::new(plan, &brownout, &classes);
     let baseline_report = StackReport::new(plan, &baseline, &classes);
     let mut problems = Vec::new();
+    if let Some(deferral) = &mut brownout_report.deferral {
+        deferral.live = defer::live_during_drain(deferral, &brownout, &baseline);
+        problems.extend(deferral.problems());
+    }
     for (run, report) in [(&brownout, &brownout_report), (&baseline, &baseline_report)] {
         let name = run.stack.name();
         for f in report.phases.iter().chain([&report.totals]) {
@@ -226,11 +239,17 @@ pub fn run_both(plan: &Plan, policy: &Policy) -> Result<Outcome, String> {
             ));
         }
     }
-    // brownout counts every request it saw once, by its own outcome.
+    // brownout counts every request it saw once, by its own outcome: the
+    // drill's, and each replay the replayer sent through it.
     let counted = brownout.library.total();
-    if counted != brownout_report.totals.offered {
+    let replays = brownout
+        .deferral
+        .as_ref()
+        .map_or(0, |deferral| deferral.replay_attempts);
+    if counted != brownout_report.totals.offered + replays {
         problems.push(format!(
-            "brownout's brownout_requests_total counts {counted} requests, the drill offered {}",
+            "brownout's brownout_requests_total counts {counted} requests, the drill offered {} \
+             and replayed {replays}",
             brownout_report.totals.offered
         ));
     }
@@ -282,6 +301,8 @@ pub fn to_json(outcome: &Outcome, scenario_file: &str, policy_file: &str) -> ser
         },
         "targets": targets,
         "problems": outcome.problems,
+        // Durable deferral's figures (scenarios with `[defer]`; null otherwise).
+        "deferral": outcome.brownout_report.deferral,
     })
 }
 
@@ -377,6 +398,15 @@ fn drill(args: &Args) -> Result<bool, String> {
         );
     }
 
+    if let Some(defer) = &plan.defer {
+        println!(
+            "  note: brownout defers what it rejects ({}) into an embedded store; the replayer \
+             drains it from phase {:?} on; the baseline has no deferral",
+            defer.policy.when.join(", "),
+            plan.phases[defer.recovery].name
+        );
+    }
+
     let started = Instant::now();
     let outcome = run_both(&plan, &policy)?;
     let wall = started.elapsed();
@@ -395,6 +425,9 @@ fn drill(args: &Args) -> Result<bool, String> {
          answer the requests not served; urgent = served share of class {:?}",
         outcome.classes.name(brownout::Priority::HIGHEST)
     );
+    if let Some(deferral) = &outcome.brownout_report.deferral {
+        print!("{}", defer::summary(deferral));
+    }
     let targets = targets(&plan, &outcome.brownout_report, &outcome.baseline_report);
     if !targets.is_empty() {
         println!("\nTargets");

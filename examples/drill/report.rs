@@ -8,6 +8,7 @@ use brownout::Priority;
 use brownout::priority::Classes;
 use serde::Serialize;
 
+use super::defer::DeferFigures;
 use super::run::{StackRun, Tally};
 use super::scenario::{Plan, State};
 
@@ -90,6 +91,9 @@ pub struct StackReport {
     /// (brownout only).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub library_counts: BTreeMap<String, u64>,
+    /// Durable deferral's figures (brownout on a scenario with `[defer]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferral: Option<DeferFigures>,
 }
 
 impl StackReport {
@@ -119,6 +123,7 @@ impl StackReport {
             totals,
             phases,
             library_counts: run.library.requests.clone(),
+            deferral: run.deferral.clone(),
         }
     }
 }

@@ -26,6 +26,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio::time::Instant;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
+use super::defer::{DeferFigures, DeferRun, DrainWatch};
 use super::scenario::{PhasePlan, Plan};
 
 /// The two stacks the drill compares.
@@ -48,11 +49,13 @@ impl Stack {
     }
 }
 
-/// A request: its class and when its client gives up.
+/// A request: its class, when its client gives up, and whether it is a
+/// deferred request's replay (which no fallback defers again).
 #[derive(Debug, Clone, Copy)]
 pub struct Call {
-    class: u8,
-    deadline: Instant,
+    pub class: u8,
+    pub deadline: Instant,
+    pub replay: bool,
 }
 
 /// What a stack answers: the back end's answer, or the fallback's.
@@ -60,6 +63,8 @@ pub struct Call {
 pub enum Reply {
     Served(#[allow(dead_code)] SimResponse),
     Fallback(Rejected),
+    /// Written to the deferral store: answered 202, replayed later.
+    Deferred,
 }
 
 /// How one request ended.
@@ -69,6 +74,9 @@ pub enum Outcome {
     Served,
     /// The fallback answered, for this reason.
     Fallback(Reason),
+    /// The fallback deferred it (202 with a ticket): the client is done,
+    /// the replayer serves it later.
+    Deferred,
     /// An error answer, or none before the deadline.
     Rejected(Why),
 }
@@ -210,6 +218,12 @@ pub struct StackRun {
     /// Attempts whose task was still running when the drill stopped
     /// waiting for them (also counted in the phases' `pending`).
     pub unfinished: u64,
+    /// Deferral's figures (brownout on a scenario with `[defer]`).
+    pub deferral: Option<DeferFigures>,
+    /// Live requests offered and served, by the second they were sent in,
+    /// from the back end's return (scenarios with `[defer]`): the drain
+    /// window's live traffic, for both stacks.
+    pub after_recovery: Vec<[u64; 2]>,
 }
 
 /// What the driver can read of a stack at any moment.
@@ -231,6 +245,13 @@ struct Live {
     outstanding: Cell<u64>,
     samples: RefCell<Vec<Sample>>,
     probe: ProbeFn,
+    /// Replays among the calls in flight.
+    replays_inflight: Cell<u64>,
+    /// The drain window's view of admissions (deferring runs).
+    drain: RefCell<Option<DrainWatch>>,
+    /// When the back end is back after its outage (scenarios with `[defer]`).
+    recovery: Option<Instant>,
+    after_recovery: RefCell<Vec<[u64; 2]>>,
 }
 
 impl Live {
@@ -275,6 +296,13 @@ impl Live {
                     .or_default() += 1;
                 tally.unserved.push(micros);
             }
+            Outcome::Deferred => {
+                *tally.fallback.entry("deferred").or_default() += 1;
+                *tally.unserved_by_class[usize::from(class)]
+                    .entry("deferred")
+                    .or_default() += 1;
+                tally.unserved.push(micros);
+            }
             Outcome::Rejected(why) => {
                 *tally.rejected.entry(why.as_str()).or_default() += 1;
                 *tally.unserved_by_class[usize::from(class)]
@@ -285,12 +313,38 @@ impl Live {
         }
     }
 
+    /// A live request sent at `sent` ended: counted by the second after
+    /// the back end's return it was sent in.
+    fn note_after_recovery(&self, sent: Instant, served: bool) {
+        let Some(recovery) = self.recovery else {
+            return;
+        };
+        if sent < recovery {
+            return;
+        }
+        let second = sent.duration_since(recovery).as_secs() as usize;
+        let mut counts = self.after_recovery.borrow_mut();
+        if counts.len() <= second {
+            counts.resize(second + 1, [0, 0]);
+        }
+        counts[second][0] += 1;
+        if served {
+            counts[second][1] += 1;
+        }
+    }
+
     /// A call was admitted to the back end: count it in flight and check
     /// it against the stack's limit.
-    fn admitted(&self) {
+    fn admitted(&self, replay: bool) {
         let inflight = self.inflight.get() + 1;
         self.inflight.set(inflight);
+        if replay {
+            self.replays_inflight.set(self.replays_inflight.get() + 1);
+        }
         let limit = (self.probe)().limit;
+        if let Some(watch) = &*self.drain.borrow() {
+            watch.admitted(replay, inflight, self.replays_inflight.get(), limit);
+        }
         let phase = self.phase_at(Instant::now());
         let mut tallies = self.tallies.borrow_mut();
         let tally = &mut tallies[phase];
@@ -312,11 +366,16 @@ struct Track<S> {
     live: Rc<Live>,
 }
 
-struct InFlight(Rc<Live>);
+struct InFlight(Rc<Live>, bool);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.inflight.set(self.0.inflight.get() - 1);
+        if self.1 {
+            self.0
+                .replays_inflight
+                .set(self.0.replays_inflight.get() - 1);
+        }
     }
 }
 
@@ -334,8 +393,8 @@ where
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        self.live.admitted();
-        let guard = InFlight(self.live.clone());
+        self.live.admitted(call.replay);
+        let guard = InFlight(self.live.clone(), call.replay);
         let future = self.inner.call(call);
         Box::pin(async move {
             let _guard = guard;
@@ -460,6 +519,13 @@ async fn run_in_paused_time(
         outstanding: Cell::new(0),
         samples: RefCell::new(Vec::new()),
         probe,
+        replays_inflight: Cell::new(0),
+        drain: RefCell::new(None),
+        recovery: plan
+            .defer
+            .as_ref()
+            .map(|defer| Instant::now() + defer.recovery_start(plan)),
+        after_recovery: RefCell::new(Vec::new()),
     });
     let track = {
         let live = live.clone();
@@ -471,8 +537,22 @@ async fn run_in_paused_time(
 
     match stack {
         Stack::Brownout => {
-            let layer = BrownoutLayer::from_policy(&drill_policy(policy, plan))
-                .clock(Clock::tokio_at(wall_start()))
+            let policy = drill_policy(policy, plan);
+            let clock = Clock::tokio_at(wall_start());
+            // A deferring scenario's store, opened before the stack: the
+            // fallback writes to it.
+            let opened = match &plan.defer {
+                Some(defer) => Some(super::defer::open(
+                    plan,
+                    defer,
+                    clock.clone(),
+                    wall_start(),
+                )?),
+                None => None,
+            };
+            let deferring = opened.as_ref().map(|(deferring, ..)| deferring.clone());
+            let layer = BrownoutLayer::from_policy(&policy)
+                .clock(clock)
                 .priority(priority_fn(|call: &Call, classes: &Classes| {
                     classes.clamp(Priority::new(call.class))
                 }))
@@ -481,8 +561,21 @@ async fn run_in_paused_time(
                 .deadline(deadline_fn(|call: &Call| {
                     Some(call.deadline.saturating_duration_since(Instant::now()))
                 }))
+                // Every rejection answered at once with its reason; on a
+                // deferring scenario, those the `[defer]` section names are
+                // written to the store first and answered "deferred".
                 .fallback(fallback_fn(
-                    |rejected: Rejected, _: Option<Call>| async move { Reply::Fallback(rejected) },
+                    move |rejected: Rejected, call: Option<Call>| {
+                        let deferring = deferring.clone();
+                        async move {
+                            if let (Some(deferring), Some(call)) = (deferring, call) {
+                                if let Some(reply) = deferring.defer(&rejected, &call).await {
+                                    return reply;
+                                }
+                            }
+                            Reply::Fallback(rejected)
+                        }
+                    },
                 ));
             let view = layer.clone();
             *probe_slot.borrow_mut() = Some(Rc::new(move || Probe {
@@ -491,11 +584,40 @@ async fn run_in_paused_time(
                 breaker: view.state(DEFAULT_ROUTE),
             }));
             let svc = ServiceBuilder::new()
-                .layer(layer)
+                .layer(layer.clone())
                 .layer_fn(track)
                 .timeout(timeout)
                 .service(served);
-            drive(stack, svc, live, sim, &classes, Some(snapshotter)).await
+            let deferral = match (opened, &plan.defer) {
+                (Some(opened), Some(defer)) => {
+                    let phases = plan.phases.clone();
+                    let start = live.start;
+                    // A replay's deadline: that of a live request sent then.
+                    let deadline_of: Rc<dyn Fn(Instant) -> Duration> = Rc::new(move |now| {
+                        let t = now.saturating_duration_since(start);
+                        phases
+                            .iter()
+                            .rev()
+                            .find(|p| p.start <= t)
+                            .or(phases.first())
+                            .map_or(Duration::from_secs(5), |p| p.deadline)
+                    });
+                    let run = DeferRun::start(
+                        plan,
+                        defer,
+                        &policy,
+                        opened,
+                        svc.clone(),
+                        brownout::defer::Load::of(&layer, DEFAULT_ROUTE),
+                        live.start,
+                        deadline_of,
+                    );
+                    *live.drain.borrow_mut() = Some(run.watch.clone());
+                    Some(run)
+                }
+                _ => None,
+            };
+            drive(stack, svc, live, sim, &classes, Some(snapshotter), deferral).await
         }
         Stack::Baseline => {
             let concurrency = plan.baseline_concurrency;
@@ -511,7 +633,7 @@ async fn run_in_paused_time(
                 .layer_fn(track)
                 .timeout(timeout)
                 .service(served);
-            drive(stack, svc, live, sim, &classes, None).await
+            drive(stack, svc, live, sim, &classes, None, None).await
         }
     }
 }
@@ -525,6 +647,7 @@ async fn drive<S>(
     sim: SimHandle,
     classes: &Classes,
     snapshotter: Option<Snapshotter>,
+    deferral: Option<DeferRun>,
 ) -> Result<StackRun, String>
 where
     S: Service<Call, Response = Reply, Error = BoxError> + Clone + 'static,
@@ -581,6 +704,12 @@ where
     }
     sampler.abort();
     let _ = sampler.await;
+    // The replayer stops, and the store says how each deferred request
+    // ended, before the last snapshot.
+    let deferral = match deferral {
+        Some(run) => Some(run.finish().await?),
+        None => None,
+    };
     take_snapshot(
         &snapshotter,
         &live,
@@ -596,6 +725,8 @@ where
         samples,
         library,
         unfinished: live.outstanding.get(),
+        deferral,
+        after_recovery: live.after_recovery.take(),
     })
 }
 
@@ -652,12 +783,17 @@ where
         let phase = live.phase_at(sent);
         let deadline = sent + plan.phases[phase].deadline;
         live.offer(phase, class, retry);
-        let call = Call { class, deadline };
+        let call = Call {
+            class,
+            deadline,
+            replay: false,
+        };
         let answer = tokio::time::timeout_at(deadline, svc.clone().oneshot(call)).await;
         let took = sent.elapsed();
         let (outcome, retry_after) = match answer {
             Err(_) => (Outcome::Rejected(Why::Late), None),
             Ok(Ok(Reply::Served(_))) => (Outcome::Served, None),
+            Ok(Ok(Reply::Deferred)) => (Outcome::Deferred, None),
             Ok(Ok(Reply::Fallback(rejected))) => {
                 (Outcome::Fallback(rejected.reason()), rejected.retry_after())
             }
@@ -670,7 +806,9 @@ where
             },
         };
         live.record(phase, class, outcome, took);
-        if outcome == Outcome::Served || retries_left == 0 {
+        live.note_after_recovery(sent, outcome == Outcome::Served);
+        // A deferred request is answered for good: its replay serves it.
+        if matches!(outcome, Outcome::Served | Outcome::Deferred) || retries_left == 0 {
             break;
         }
         let wait = retry_after
@@ -686,7 +824,7 @@ where
     live.outstanding.set(live.outstanding.get() - 1);
 }
 
-fn why(err: &BoxError) -> Why {
+pub fn why(err: &BoxError) -> Why {
     if err.is::<tower::timeout::error::Elapsed>() {
         Why::Timeout
     } else if err.is::<tower::load_shed::error::Overloaded>() {

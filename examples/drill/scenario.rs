@@ -58,6 +58,59 @@ pub struct Scenario {
     pub baseline: Baseline,
     /// The phases, in order.
     pub phases: Vec<Phase>,
+    /// Durable deferral in the brownout stack: what its rejections during
+    /// the outage become (none without the section).
+    #[serde(default)]
+    pub defer: Option<DeferSection>,
+}
+
+/// The `[defer]` section: brownout's stack defers what it rejects for the
+/// `when` reasons into a real embedded store, and the crate's replayer
+/// drains it through the same stack once the back end is back. The
+/// baseline has no deferral: its rejections stay rejections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeferSection {
+    /// The classes whose requests are deferred, by the policy's names
+    /// (every class when absent): a status poll is not worth replaying
+    /// two days later, a booking is.
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+    /// The rejection reasons that defer (the policy's `when`; `open`,
+    /// `maintenance` and `shed` when absent).
+    #[serde(default)]
+    pub when: Option<Vec<String>>,
+    /// A deferred request older than this expires unreplayed (7 days when
+    /// absent).
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Most requests pending at once; the next is answered as a plain
+    /// rejection (100,000 when absent).
+    #[serde(default)]
+    pub max_pending: Option<u64>,
+    /// The share of the limit replays may always use, in (0, 1] (0.5 when
+    /// absent).
+    #[serde(default)]
+    pub replay_share: Option<f64>,
+}
+
+/// A `[defer]` section, checked and resolved.
+#[derive(Debug, Clone)]
+pub struct DeferPlan {
+    /// The route's defer policy (the store's path is chosen at run time).
+    pub policy: brownout::policy::DeferPolicy,
+    /// Whether each class (by rank) is deferred.
+    pub classes: Vec<bool>,
+    /// The phase in which the back end is back after its outage: the
+    /// backlog's drain is timed from its start.
+    pub recovery: usize,
+}
+
+impl DeferPlan {
+    /// When the drain starts, from the start of the run.
+    pub fn recovery_start(&self, plan: &Plan) -> Duration {
+        plan.phases[self.recovery].start
+    }
 }
 
 fn default_seed() -> u64 {
@@ -500,6 +553,10 @@ impl Scenario {
                 ));
             }
         }
+        let defer = match &self.defer {
+            Some(section) => Some(defer_plan(section, &phases, classes)?),
+            None => None,
+        };
         if requests > MAX_REQUESTS {
             return Err(ScenarioError::new(
                 "phases",
@@ -524,8 +581,70 @@ impl Scenario {
             total: start,
             phases,
             sample_every: None,
+            defer,
         })
     }
+}
+
+/// Checks a `[defer]` section against the policy's classes and the
+/// phases; errors name the field.
+fn defer_plan(
+    section: &DeferSection,
+    phases: &[PhasePlan],
+    classes: &Classes,
+) -> Result<DeferPlan, ScenarioError> {
+    let defaults = brownout::policy::DeferPolicy::default();
+    let policy = brownout::policy::DeferPolicy {
+        when: section.when.clone().unwrap_or(defaults.when.clone()),
+        max_age: section.max_age.unwrap_or(defaults.max_age),
+        max_pending: section.max_pending.unwrap_or(defaults.max_pending),
+        replay_share: section.replay_share.unwrap_or(defaults.replay_share),
+        ..defaults
+    };
+    policy.validate_at("defer").map_err(|err| {
+        let text = err.to_string();
+        // "defer.when: ..." -> field "defer.when".
+        match text.split_once(": ") {
+            Some((field, message)) if field.starts_with("defer") => {
+                ScenarioError::new(field, message)
+            }
+            _ => ScenarioError::new("defer", text),
+        }
+    })?;
+    let mut deferred = vec![section.classes.is_none(); classes.len()];
+    for name in section.classes.iter().flatten() {
+        let Some(priority) = classes.by_name(name) else {
+            return Err(ScenarioError::new(
+                "defer.classes",
+                format!("{name:?} is not one of the policy's priority classes"),
+            ));
+        };
+        deferred[usize::from(priority.rank())] = true;
+    }
+    if !deferred.contains(&true) {
+        return Err(ScenarioError::new(
+            "defer.classes",
+            "[]: name at least one class, or remove the section",
+        ));
+    }
+    let outage = phases
+        .iter()
+        .position(|p| matches!(p.state, State::Down | State::Hang));
+    let recovery = outage.and_then(|first_down| {
+        (first_down + 1..phases.len()).find(|&i| phases[i].state == State::Up)
+    });
+    let Some(recovery) = recovery else {
+        return Err(ScenarioError::new(
+            "defer",
+            "no phase where the back end is up again after being down or hanging: \
+             there is no backlog to drain",
+        ));
+    };
+    Ok(DeferPlan {
+        policy,
+        classes: deferred,
+        recovery,
+    })
 }
 
 fn condition(at: &str, backend: &BackendState) -> Result<Condition, ScenarioError> {
@@ -678,6 +797,8 @@ pub struct Plan {
     pub phases: Vec<PhasePlan>,
     /// How often the chart's time series is sampled (`--sample-every`).
     pub sample_every: Option<Duration>,
+    /// The `[defer]` section, if the scenario has one.
+    pub defer: Option<DeferPlan>,
 }
 
 /// One phase, resolved.
