@@ -33,6 +33,9 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// none), to forget both after `keep_finished`.
 const FINISHED: TableDefinition<'_, (u64, &str), &str> = TableDefinition::new("finished");
 
+/// One unsynced commit in this many is synced (see [`Inner::write_unsynced`]).
+pub(super) const SYNC_EVERY: u64 = 32;
+
 impl Inner {
     pub(super) fn write(&self) -> Result<WriteTransaction, StoreError> {
         let mut txn = self.db.begin_write().map_err(io)?;
@@ -45,9 +48,21 @@ impl Inner {
     /// leaves the request waiting: what opening the store does with every
     /// claim anyway. The next synced commit (an append or an outcome)
     /// makes them durable too.
+    ///
+    /// One in [`SYNC_EVERY`] is synced all the same: redb frees the pages
+    /// that commits replaced only at a synced commit, so claims and
+    /// releases alone (a replayer probing a dead back end for days) would
+    /// grow the file without end.
     pub(super) fn write_unsynced(&self) -> Result<WriteTransaction, StoreError> {
         let mut txn = self.db.begin_write().map_err(io)?;
-        txn.set_durability(Durability::None);
+        let commits = self
+            .unsynced_commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        txn.set_durability(if commits % SYNC_EVERY == SYNC_EVERY - 1 {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
         Ok(txn)
     }
 

@@ -7,7 +7,11 @@
 //! leaves, and an outcome before the status endpoint shows it. Claims and
 //! releases are committed without a sync: a crash can only undo them,
 //! which puts the request back to wait, as opening the store does with
-//! every claim left by a dead process. A crash between two commits loses nothing committed; redb
+//! every claim left by a dead process. One in 32 of them is synced all
+//! the same: redb frees the pages a commit replaced only at a synced
+//! commit, and a replayer probing a dead back end claims and releases for
+//! days with no append or outcome between (unsynced only, 60,000 claims
+//! and releases of 100 requests grew the file to 8 GiB). A crash between two commits loses nothing committed; redb
 //! repairs its free-space bookkeeping on the next open. One process opens
 //! a store at a time (redb locks the file); replicas that share a backlog
 //! use the Redis store.
@@ -47,6 +51,9 @@ struct Inner {
     db: Database,
     config: StoreConfig,
     path: PathBuf,
+    /// Unsynced commits so far: every [`SYNC_EVERY`](inner::SYNC_EVERY)th
+    /// is synced (see [`Inner::write_unsynced`]).
+    unsynced_commits: std::sync::atomic::AtomicU64,
 }
 
 fn io(err: impl std::fmt::Display) -> StoreError {
@@ -114,6 +121,7 @@ impl EmbeddedStore {
             db,
             config,
             path: file.clone(),
+            unsynced_commits: std::sync::atomic::AtomicU64::new(0),
         };
         store
             .recover()
