@@ -163,16 +163,32 @@ async fn drain(reserve: f64, ideal: Duration) {
 
 #[test]
 fn replay_budget_keeps_to_the_share_under_live_traffic() {
-    let load = |limit, inflight| Load { limit, inflight };
+    let load = |limit, inflight| Load {
+        limit,
+        inflight,
+        waiting: 0,
+    };
     // No live traffic: the whole limit.
     assert_eq!(load(10, 0).replay_budget(0.5, 0), 10);
     assert_eq!(load(10, 10).replay_budget(0.5, 10), 10);
     // Live traffic takes 8: replays keep their half.
     assert_eq!(load(10, 12).replay_budget(0.5, 4), 5);
-    // Live takes 3: replays get the 7 left.
-    assert_eq!(load(10, 3).replay_budget(0.5, 0), 7);
+    // Live takes 1: replays get the 9 left but 1, room for live to double.
+    assert_eq!(load(10, 1).replay_budget(0.5, 0), 8);
+    // Live takes 3: that would leave replays 4, less than their half.
+    assert_eq!(load(10, 3).replay_budget(0.5, 0), 5);
     // Always at least one.
     assert_eq!(load(1, 1).replay_budget(0.5, 0), 1);
+    // Callers wait for a slot: replays keep their half, no more, however
+    // much of the limit looked free when they were sent.
+    let waited = |limit, inflight, waiting| Load {
+        limit,
+        inflight,
+        waiting,
+    };
+    assert_eq!(waited(10, 10, 3).replay_budget(0.5, 9), 5);
+    assert_eq!(waited(10, 10, 3).replay_budget(0.5, 2), 5);
+    assert_eq!(waited(1, 1, 1).replay_budget(0.5, 1), 1);
 }
 
 trait CollectBytes {

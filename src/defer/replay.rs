@@ -52,13 +52,16 @@ impl ReplayHandle {
 }
 
 /// What the replayer reads of its route's admission before it claims:
-/// the learned limit and the calls in flight (live and replayed).
+/// the learned limit, the calls in flight (live and replayed) and the
+/// callers waiting for a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Load {
     /// The route's limit now.
     pub limit: u32,
     /// Calls in flight on the route now, replays included.
     pub inflight: u32,
+    /// Callers waiting in the route's waiting room now (replays included).
+    pub waiting: u32,
 }
 
 impl Load {
@@ -77,17 +80,35 @@ impl Load {
             Some(Load {
                 limit: layer.limit(&route)?,
                 inflight: layer.inflight(&route).unwrap_or(0),
+                waiting: u32::try_from(layer.waiting(&route)).unwrap_or(u32::MAX),
             })
         }
     }
 
-    /// How many replays may be in flight, `replays` of them already: all of
-    /// the limit live traffic leaves free, but never less than `share` of
-    /// it (live traffic cannot starve the backlog), and at least one.
+    /// How many replays may be in flight, `replays` of them already.
+    ///
+    /// A replay holds its slot for a round trip, and live callers who
+    /// arrive meanwhile would queue behind replays sent because the limit
+    /// looked free a moment before (the waiting room serves the newest
+    /// first once a queue stands, and a replay is always the newest). So
+    /// while nobody waits for a slot, replays take what live traffic
+    /// leaves of the limit less as much again as live traffic uses (room
+    /// for it to double): with no live traffic, the whole limit, and a
+    /// backlog drains at the back end's capacity. Once callers wait,
+    /// `share` of the limit. Never less than `share` (the backlog is not
+    /// starved by any live load), so live traffic loses at most that
+    /// share to it; at least one.
     pub fn replay_budget(self, share: f64, replays: usize) -> usize {
         let live = (self.inflight as usize).saturating_sub(replays);
         let floor = (f64::from(self.limit) * share).floor() as usize;
-        floor.max((self.limit as usize).saturating_sub(live)).max(1)
+        let spare = (self.limit as usize)
+            .saturating_sub(live)
+            .saturating_sub(live);
+        if self.waiting > 0 {
+            floor.max(1)
+        } else {
+            floor.max(spare).max(1)
+        }
     }
 }
 
@@ -105,8 +126,9 @@ where
     /// so the stack's fallback never defers it again: a replay the stack
     /// rejects comes back as its ordinary answer (a `503` or `429`, or a
     /// [`Rejected`] error) and is put back in its store for later. The
-    /// replays of a route use at most what live traffic leaves of its
-    /// limit, and never less than its `replay_share`.
+    /// replays of a route use what live traffic leaves of its limit while
+    /// nobody waits for a slot, and its `replay_share` once callers wait
+    /// ([`Load::replay_budget`]).
     ///
     /// `B` is the request body type to rebuild requests with; a service
     /// that takes several (an axum `Router`) needs it named:
@@ -129,6 +151,7 @@ where
             Some(Load {
                 limit: layer.limit(route)?,
                 inflight: layer.inflight(route).unwrap_or(0),
+                waiting: u32::try_from(layer.waiting(route)).unwrap_or(u32::MAX),
             })
         })
     }
@@ -177,8 +200,9 @@ impl Deferral {
     ///
     /// The replayer claims requests most important class first, oldest
     /// first, and keeps as many in flight as [`Load::replay_budget`] allows:
-    /// whatever live traffic leaves of the limit, and never less than
-    /// `replay_share` of it (at least one). It sends each with its method, URI, kept headers,
+    /// while nobody waits, what live traffic leaves of the limit (less room
+    /// for live traffic to double), and `replay_share` of it once callers
+    /// wait (at least one). It sends each with its method, URI, kept headers,
     /// body, priority class (as a [`Priority`] extension) and an
     /// `Idempotency-Key` (the client's, or else the ticket), so that a
     /// back end can recognise a request replayed twice after a crash.
@@ -252,6 +276,7 @@ async fn run<S, B, RB>(
             let load = load().unwrap_or(Load {
                 limit: 1,
                 inflight: 0,
+                waiting: 0,
             });
             let allowed = load.replay_budget(share, replays.len());
             while replays.len() < allowed {

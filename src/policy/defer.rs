@@ -41,7 +41,7 @@ pub enum DeferStoreKind {
 /// keep_headers = ["content-type", "accept"]
 /// require_idempotency_key = false    # true: 400 without one
 /// status_path = "/deferred"          # GET /deferred/{ticket}
-/// replay_share = 0.5                 # at most this share of the limit replays
+/// replay_share = 0.5                 # replays' share of the limit once callers wait
 /// claim_after = "30s"                # a replay not settled by then is retried
 /// keep_finished = "7d"               # a settled ticket's status (and key) kept this long
 /// ```
@@ -77,7 +77,10 @@ pub struct DeferPolicy {
     pub keep_headers: Vec<String>,
     /// Where the status endpoint answers: `GET <status_path>/{ticket}`.
     pub status_path: String,
-    /// The share of the route's limit that replays may use, in (0, 1].
+    /// The share of the route's limit replays keep while live callers wait
+    /// for a slot, in (0, 1]: no more (live traffic loses at most this
+    /// share to the backlog) and no less (the backlog is not starved).
+    /// While nobody waits, replays use whatever live traffic leaves.
     pub replay_share: f64,
     /// How long a claimed replay may stay unsettled before it is claimed
     /// again (by this replica after a restart, or by another); more than zero.
