@@ -43,16 +43,19 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, UNIX_EPOCH};
 
-use metrics::Counter;
 use pin_project_lite::pin_project;
 use redis::Client;
 use redis::aio::MultiplexedConnection;
 use tower::{BoxError, Layer, Service};
 
 use crate::clock::{Clock, Nanos, saturating_nanos};
-use crate::metrics::SHARED_STATE_ERRORS_TOTAL;
 use crate::policy::{BreakerPolicy, FleetPolicy, FleetShare, Policy};
 use crate::reject::{Reason, Rejected};
+
+use self::protocol::{Keys, Link, Read};
+
+mod protocol;
+pub(crate) mod stack;
 
 /// When a replica follows the fleet's verdicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +116,7 @@ impl fmt::Debug for FleetBreakerLayer {
 struct State {
     clock: Clock,
     key: String,
+    keys: Keys,
     id: String,
     share: Share,
     open_for: Duration,
@@ -128,8 +132,6 @@ struct State {
     publish_open: AtomicU64,
     /// A successful probe: close the route for the fleet.
     publish_closed: AtomicBool,
-    down: AtomicBool,
-    errors: Counter,
 }
 
 impl FleetBreakerLayer {
@@ -149,10 +151,10 @@ impl FleetBreakerLayer {
             why: err.to_string(),
         })?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| FleetError::NoRuntime)?;
-        crate::metrics::describe();
+        let key = format!("brownout:fleet:{route}");
         let state = Arc::new(State {
             clock: Clock::detect(),
-            key: format!("brownout:fleet:{route}"),
+            keys: Keys::of(route),
             id: crate::budget::replica_id(),
             share,
             open_for: breaker.open_for,
@@ -163,37 +165,30 @@ impl FleetBreakerLayer {
             locally_open: AtomicBool::new(false),
             publish_open: AtomicU64::new(0),
             publish_closed: AtomicBool::new(false),
-            down: AtomicBool::new(false),
-            errors: metrics::counter!(SHARED_STATE_ERRORS_TOTAL, "state" => "breaker"),
+            key,
         });
+        let mut link = Link::new(client, shared_timeout, state.key.clone());
         let tick =
             (breaker.open_for / 10).clamp(Duration::from_millis(5), Duration::from_millis(100));
         let task = Arc::downgrade(&state);
         runtime.spawn(async move {
-            let mut conn: Option<MultiplexedConnection> = None;
             let mut interval = tokio::time::interval(tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
                 let Some(state) = task.upgrade() else { return };
-                let result = tokio::time::timeout(shared_timeout, state.sync(&client, &mut conn)).await;
-                let why = match result {
-                    Ok(Ok(())) => {
-                        if state.down.swap(false, Ordering::AcqRel) {
-                            tracing::info!(key = %state.key, "brownout: the fleet's Redis answers again; sharing breaker verdicts");
-                        }
-                        continue;
-                    }
-                    Ok(Err(err)) => err.to_string(),
-                    Err(_) => "no answer within shared_timeout".to_owned(),
+                let result = match link.conn().await {
+                    Ok(mut conn) => link.within(state.sync(&mut conn)).await,
+                    Err(why) => Err(why),
                 };
-                conn = None;
-                state.errors.increment(1);
-                // Local state in charge: forget the fleet's verdict.
-                state.open_until.store(0, Ordering::Release);
-                state.lease_until.store(0, Ordering::Release);
-                if !state.down.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(key = %state.key, error = %why, "brownout: the fleet's Redis does not answer; each replica's breaker decides alone until it does");
+                match result {
+                    Ok(()) => link.answered(),
+                    Err(why) => {
+                        link.failed(&why);
+                        // Local state in charge: forget the fleet's verdict.
+                        state.open_until.store(0, Ordering::Release);
+                        state.lease_until.store(0, Ordering::Release);
+                    }
                 }
             }
         });
@@ -250,11 +245,7 @@ impl FleetBreakerLayer {
 
 impl State {
     fn wall_ms(&self, at: Nanos) -> u64 {
-        self.clock
-            .wall_at(at)
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        protocol::wall_ms(self.clock.wall_at(at))
     }
 
     fn at_ms(&self, ms: u64) -> Nanos {
@@ -265,87 +256,47 @@ impl State {
 
     /// One tick: publish what this replica learned, read the fleet's
     /// verdicts, take the probe lease when the verdict ran out.
-    async fn sync(
-        &self,
-        client: &Client,
-        conn: &mut Option<MultiplexedConnection>,
-    ) -> redis::RedisResult<()> {
-        if conn.is_none() {
-            *conn = Some(client.get_multiplexed_async_connection().await?);
-        }
-        let Some(conn) = conn.as_mut() else {
-            return Ok(());
-        };
-        let verdicts = format!("{}:open", self.key);
-        let lease = format!("{}:lease", self.key);
-        let epoch_key = format!("{}:closed", self.key);
+    async fn sync(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let keys = &self.keys;
         let now = self.clock.now();
         let now_ms = self.wall_ms(now);
         if self.publish_closed.swap(false, Ordering::AcqRel) {
-            redis::pipe()
-                .del(&verdicts)
-                .del(&lease)
-                .incr(&epoch_key, 1)
-                .query_async::<()>(conn)
-                .await?;
+            protocol::publish_closed(conn, keys).await?;
         }
         let until_ms = self.publish_open.swap(0, Ordering::AcqRel);
         if until_ms > 0 {
-            redis::pipe()
-                .zadd(&verdicts, &self.id, until_ms)
-                .pexpire(&verdicts, (until_ms.saturating_sub(now_ms) + 60_000) as i64)
-                .query_async::<()>(conn)
-                .await?;
+            protocol::publish_open(conn, keys, &self.id, until_ms, now_ms).await?;
         }
-        let (_, held): ((), Vec<(String, u64)>) = redis::pipe()
-            .zrembyscore(&verdicts, "-inf", now_ms.saturating_sub(1))
-            .zrange_withscores(&verdicts, 0, -1)
-            .query_async(conn)
-            .await?;
-        let need = match self.share {
-            Share::Follow => 1,
-            Share::Quorum(n) => n.max(1) as usize,
-        };
-        if held.len() >= need {
-            let latest = held.iter().map(|(_, until)| *until).max().unwrap_or(now_ms);
-            self.open_until.store(self.at_ms(latest), Ordering::Release);
+        let read = Read::one(conn, keys, now_ms).await?;
+        if let Some(end) = read.verdict_end(self.share) {
+            self.open_until.store(self.at_ms(end), Ordering::Release);
             return Ok(());
         }
         let open_until = self.open_until.load(Ordering::Acquire);
         if open_until == 0 {
             return Ok(());
         }
-        if !held.is_empty() {
+        if !read.held.is_empty() {
             // Verdicts, but fewer than the quorum: each breaker decides.
             self.open_until.store(0, Ordering::Release);
             return Ok(());
         }
         // The verdict ran out: half-open for the fleet.
-        {
-            let probing = self.lease_until.load(Ordering::Acquire) > now;
-            if !probing {
-                let leased: Option<String> = redis::cmd("SET")
-                    .arg(&lease)
-                    .arg(&self.id)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(self.open_for.as_millis().max(1) as u64)
-                    .query_async(conn)
-                    .await?;
-                if leased.is_some() {
-                    self.probes_left.store(self.probes, Ordering::Release);
-                    self.lease_until.store(
-                        now.saturating_add(saturating_nanos(self.open_for)),
-                        Ordering::Release,
-                    );
-                } else {
-                    // Someone probes; closed once the lease is gone and
-                    // no verdict came back.
-                    let exists: bool = redis::cmd("EXISTS").arg(&lease).query_async(conn).await?;
-                    let waited = now.saturating_sub(open_until) > saturating_nanos(self.open_for);
-                    if !exists && waited {
-                        self.open_until.store(0, Ordering::Release);
-                    }
+        let probing = self.lease_until.load(Ordering::Acquire) > now;
+        if !probing {
+            if protocol::take_lease(conn, keys, &self.id, self.open_for).await? {
+                self.probes_left.store(self.probes, Ordering::Release);
+                self.lease_until.store(
+                    now.saturating_add(saturating_nanos(self.open_for)),
+                    Ordering::Release,
+                );
+            } else {
+                // Someone probes; closed once the lease is gone and
+                // no verdict came back.
+                let held = protocol::lease_held(conn, keys).await?;
+                let waited = now.saturating_sub(open_until) > saturating_nanos(self.open_for);
+                if !held && waited {
+                    self.open_until.store(0, Ordering::Release);
                 }
             }
         }

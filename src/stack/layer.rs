@@ -233,12 +233,16 @@ impl Settings {
                 }
             }
         };
+        #[cfg(feature = "fleet")]
+        let fleet = start_fleet(policy, &clock, strict)?;
         let in_force = Arc::new(ArcSwap::from_pointee(policy.clone()));
         let built = Arc::new(Mutex::new(Vec::new()));
         let gates = {
             let in_force = in_force.clone();
             let classes = classes.clone();
             let built = built.clone();
+            #[cfg(feature = "fleet")]
+            let fleet = fleet.clone();
             GateMap::new(max_routes, move |route: Option<&Arc<str>>| {
                 let (label, effective) = match route {
                     Some(route) => {
@@ -256,6 +260,16 @@ impl Settings {
                         in_force.load().route(""),
                     ),
                 };
+                // A route of its own shares its breaker with the fleet;
+                // the overflow gate does not: the routes it stands for
+                // differ from one replica to the next.
+                #[cfg(feature = "fleet")]
+                let listener = match (&fleet, route) {
+                    (Some(fleet), Some(route)) => {
+                        Some(fleet.listener_for(route, &effective, listener.clone()))
+                    }
+                    _ => listener.clone(),
+                };
                 Gate::new(GateSpec {
                     listener: listener.clone(),
                     custom_limit: custom_limit.clone(),
@@ -263,14 +277,49 @@ impl Settings {
                 })
             })
         };
-        Ok(Arc::new(Shared {
+        let shared = Arc::new(Shared {
             policy: in_force,
             gates,
             classes,
             applying: Mutex::new(()),
             built,
             budget,
-        }))
+        });
+        #[cfg(feature = "fleet")]
+        if let Some(fleet) = &fleet {
+            let stack = Arc::downgrade(&shared);
+            fleet.start(move |route: &str| stack.upgrade().map(|shared| shared.gates.get(route)));
+        }
+        Ok(shared)
+    }
+}
+
+/// The fleet that shares the stack's breakers, if `policy` has a
+/// `[fleet]` section: an error when `strict`; else logged, and each
+/// breaker decides alone (the stack still serves: a fleet that cannot be
+/// joined is no reason to refuse traffic).
+#[cfg(feature = "fleet")]
+fn start_fleet(
+    policy: &Policy,
+    clock: &Clock,
+    strict: bool,
+) -> Result<Option<Arc<crate::fleet::stack::StackFleet>>, BuildError> {
+    use crate::fleet::stack::{StackFleet, StartError};
+    match StackFleet::new(policy, clock.clone()) {
+        Ok(fleet) => Ok(fleet),
+        Err(StartError::Policy(err)) if strict => Err(err.into()),
+        Err(StartError::NoRuntime) if strict => Err(BuildError::FleetNeedsRuntime),
+        Err(StartError::Policy(err)) => {
+            tracing::error!(%err, "brownout: the [fleet] section cannot be used; each breaker decides alone");
+            Ok(None)
+        }
+        Err(StartError::NoRuntime) => {
+            tracing::error!(
+                "brownout: the stack was built outside a tokio runtime; its [fleet] section needs one, \
+                 so each breaker decides alone (build it inside the runtime to share them)"
+            );
+            Ok(None)
+        }
     }
 }
 

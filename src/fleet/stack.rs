@@ -1,0 +1,447 @@
+//! The fleet breaker inside the composed stack: a
+//! [`BrownoutLayer`](crate::BrownoutLayer) built from a policy with a
+//! `[fleet]` section shares every route's breaker verdicts through Redis,
+//! with the keys of [`FleetBreakerLayer`](super::FleetBreakerLayer) (see
+//! [`protocol`](super::protocol)).
+//!
+//! Nothing here is on the request path. Each route's breaker tells its
+//! transitions to a [`FleetListener`] (two atomics written, nothing
+//! allocated, no lock), and one background task per stack, every tick,
+//! publishes them, reads every route's verdicts in one round trip, and acts
+//! on the local breakers through the same controls an operator uses
+//! (`open_until`, `half_open_now`, `reset`), reported with
+//! [`Cause::Fleet`]:
+//!
+//! - a verdict in force (any replica's, or a quorum's) holds the breaker
+//!   open until one `open_for` past its end: the replicas must not each
+//!   go half-open when it ends;
+//! - when it ends, the replica that takes the probe lease goes half-open
+//!   and probes; the others stay open (held again while the lease runs);
+//! - a probe that fails publishes a new verdict (the breaker's own
+//!   reopening); one that succeeds closes the route for the fleet, and the
+//!   others reset when they read it;
+//! - Redis down: the holds are let go (to the verdict's end, half-open at
+//!   once if it has passed) and each breaker decides alone; the task tries
+//!   Redis every tick and shares again when it answers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use redis::Client;
+use redis::aio::MultiplexedConnection;
+
+use super::Share;
+use super::protocol::{self, Keys, Link, Read, px, wall_ms};
+use crate::breaker::{BreakerState, Until};
+use crate::clock::Clock;
+use crate::core::breaker::Manual;
+use crate::core::gate::Gate;
+use crate::listen::{
+    BreakerTransition, Cause, LimitChanged, Listener, MaintenanceEnded, MaintenanceStarted,
+    SharedListener, Shed,
+};
+use crate::policy::{Mode, Policy, PolicyError};
+
+/// Why a stack cannot share its breakers as its `[fleet]` says.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// The section does not validate, or its URL cannot be used (the
+    /// error names `fleet.url`).
+    Policy(PolicyError),
+    /// Built outside a tokio runtime: the background task needs one.
+    NoRuntime,
+}
+
+/// The fleet of one stack: its settings, and the routes whose breakers it
+/// shares, registered as the stack first sees them.
+pub(crate) struct StackFleet {
+    client: Client,
+    runtime: tokio::runtime::Handle,
+    share: Share,
+    shared_timeout: Duration,
+    /// This replica in the verdicts' set and the lease.
+    id: String,
+    clock: Clock,
+    /// How often the task reads Redis: a tenth of the shortest `open_for`
+    /// of the policy's routes, 5 to 100 ms.
+    tick: Duration,
+    routes: Mutex<Vec<Arc<RouteCell>>>,
+}
+
+impl std::fmt::Debug for StackFleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackFleet")
+            .field("share", &self.share)
+            .field("tick", &self.tick)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One route's line between its breaker and the task.
+struct RouteCell {
+    route: Arc<str>,
+    keys: Keys,
+    /// The route's `open_for` when its gate was built: the lease's length
+    /// and how far past a verdict's end the others are held.
+    open_for: Duration,
+    /// The breaker opened by its own verdict until this time (wall ms),
+    /// to publish; 0: nothing to publish.
+    publish_open: AtomicU64,
+    /// The breaker closed after probing, to publish.
+    publish_closed: AtomicBool,
+}
+
+/// A route's breaker listener when the stack shares breakers: notes the
+/// breaker's own verdicts for the task, and passes every event on to the
+/// application's listener, if it set one.
+struct FleetListener {
+    cell: Arc<RouteCell>,
+    user: Option<SharedListener>,
+}
+
+impl Listener for FleetListener {
+    fn on_breaker(&self, event: &BreakerTransition<'_>) {
+        // Only the breaker's own verdicts are the fleet's news: the
+        // fleet's own actions, an operator's, a policy's or a maintenance
+        // window's stay on this replica.
+        if event.cause == Cause::Verdict {
+            match (event.from, event.to) {
+                (_, BreakerState::Open) => {
+                    if let Some(at) = event.next_probe_at {
+                        self.cell
+                            .publish_open
+                            .fetch_max(wall_ms(at), Ordering::AcqRel);
+                    }
+                }
+                (BreakerState::HalfOpen, BreakerState::Closed) => {
+                    self.cell.publish_closed.store(true, Ordering::Release);
+                }
+                _ => {}
+            }
+        }
+        if let Some(user) = &self.user {
+            user.0.on_breaker(event);
+        }
+    }
+
+    fn on_limit(&self, event: &LimitChanged<'_>) {
+        if let Some(user) = &self.user {
+            user.0.on_limit(event);
+        }
+    }
+
+    fn on_shed(&self, event: &Shed<'_>) {
+        if let Some(user) = &self.user {
+            user.0.on_shed(event);
+        }
+    }
+
+    fn on_maintenance_start(&self, event: &MaintenanceStarted<'_>) {
+        if let Some(user) = &self.user {
+            user.0.on_maintenance_start(event);
+        }
+    }
+
+    fn on_maintenance_end(&self, event: &MaintenanceEnded<'_>) {
+        if let Some(user) = &self.user {
+            user.0.on_maintenance_end(event);
+        }
+    }
+}
+
+/// The task's memory of one route.
+#[derive(Debug, Default)]
+struct RouteState {
+    /// The close counter last read; `None` before the first read.
+    closes: Option<u64>,
+    /// The fleet holds or probes this route; `None`: the breaker decides.
+    episode: Option<Episode>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Episode {
+    /// The end of the last verdict in force (wall ms).
+    verdict_end: u64,
+    /// This replica holds the probe lease until then (wall ms); 0: not.
+    lease_until: u64,
+}
+
+impl StackFleet {
+    /// The fleet of a stack built from `policy`; `Ok(None)` without a
+    /// `[fleet]` section. Redis is not contacted here.
+    pub(crate) fn new(policy: &Policy, clock: Clock) -> Result<Option<Arc<Self>>, StartError> {
+        let Some(fleet) = &policy.fleet else {
+            return Ok(None);
+        };
+        fleet.validate().map_err(StartError::Policy)?;
+        let client = Client::open(fleet.url.as_str()).map_err(|err| {
+            StartError::Policy(PolicyError::invalid(
+                "fleet.url",
+                format!("{:?}", fleet.url),
+                format!("cannot be used: {err}"),
+            ))
+        })?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        let shortest = policy
+            .routes
+            .keys()
+            .map(|route| policy.route(route).breaker.open_for)
+            .fold(policy.breaker.open_for, Duration::min);
+        Ok(Some(Arc::new(Self {
+            client,
+            runtime,
+            share: Share::from(fleet),
+            shared_timeout: fleet.shared_timeout,
+            id: crate::budget::replica_id(),
+            clock,
+            tick: (shortest / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
+            routes: Mutex::new(Vec::new()),
+        })))
+    }
+
+    /// Shares the breaker of `route` (first seen now, its effective policy
+    /// `effective`): the listener its gate is built with, which passes
+    /// every event on to `user`. Called once per route, when its gate is
+    /// built: never on the request path of a route already seen.
+    pub(crate) fn listener_for(
+        &self,
+        route: &Arc<str>,
+        effective: &Policy,
+        user: Option<SharedListener>,
+    ) -> SharedListener {
+        let cell = Arc::new(RouteCell {
+            route: route.clone(),
+            keys: Keys::of(route),
+            open_for: effective.breaker.open_for,
+            publish_open: AtomicU64::new(0),
+            publish_closed: AtomicBool::new(false),
+        });
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cell.clone());
+        SharedListener::new(FleetListener { cell, user })
+    }
+
+    /// Starts the task. `gate_of` finds a route's gate: `None` once the
+    /// stack is gone, which ends the task.
+    pub(crate) fn start<G>(self: &Arc<Self>, gate_of: G)
+    where
+        G: Fn(&str) -> Option<Option<Arc<Gate>>> + Send + Sync + 'static,
+    {
+        let fleet = self.clone();
+        let link = Link::new(
+            self.client.clone(),
+            self.shared_timeout,
+            "the stack's routes".to_owned(),
+        );
+        self.runtime.spawn(fleet.run(link, gate_of));
+    }
+
+    async fn run<G>(self: Arc<Self>, mut link: Link, gate_of: G)
+    where
+        G: Fn(&str) -> Option<Option<Arc<Gate>>>,
+    {
+        let mut interval = tokio::time::interval(self.tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut states: Vec<RouteState> = Vec::new();
+        loop {
+            interval.tick().await;
+            let cells: Vec<Arc<RouteCell>> = self
+                .routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let mut routes = Vec::with_capacity(cells.len());
+            for cell in cells {
+                match gate_of(&cell.route) {
+                    None => return,
+                    Some(Some(gate)) => routes.push((cell, gate)),
+                    // Registered while its gate is being built: next tick.
+                    Some(None) => break,
+                }
+            }
+            if routes.is_empty() {
+                continue;
+            }
+            states.resize_with(states.len().max(routes.len()), RouteState::default);
+            let round = match link.conn().await {
+                Ok(conn) => self.round(&link, conn, &routes, &mut states).await,
+                Err(why) => Err(why),
+            };
+            match round {
+                Ok(()) => link.answered(),
+                Err(why) => {
+                    link.failed(&why);
+                    release(&routes, &mut states);
+                }
+            }
+        }
+    }
+
+    /// One tick: publish, read, act.
+    async fn round(
+        &self,
+        link: &Link,
+        mut conn: MultiplexedConnection,
+        routes: &[(Arc<RouteCell>, Arc<Gate>)],
+        states: &mut [RouteState],
+    ) -> Result<(), String> {
+        let now_ms = wall_ms(self.clock.system_time());
+        for ((cell, gate), state) in routes.iter().zip(states.iter_mut()) {
+            let closed = cell.publish_closed.swap(false, Ordering::AcqRel);
+            let open_until = cell.publish_open.swap(0, Ordering::AcqRel);
+            // A breaker that does not enforce (shadow, forced) has no
+            // verdict for the others.
+            if gate.mode() != Mode::Enforce {
+                continue;
+            }
+            if closed {
+                let closes = link
+                    .within(protocol::publish_closed(&mut conn, &cell.keys))
+                    .await?;
+                state.closes = Some(closes);
+                state.episode = None;
+            }
+            if open_until > now_ms {
+                link.within(protocol::publish_open(
+                    &mut conn, &cell.keys, &self.id, open_until, now_ms,
+                ))
+                .await?;
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (cell, _) in routes {
+            protocol::read_into(&mut pipe, &cell.keys, now_ms);
+        }
+        let replies: Vec<redis::Value> = link.within(pipe.query_async(&mut conn)).await?;
+        if replies.len() != 2 * routes.len() {
+            return Err(format!(
+                "{} replies to the read of {} routes",
+                replies.len(),
+                routes.len()
+            ));
+        }
+        for (((cell, gate), state), replies) in routes
+            .iter()
+            .zip(states.iter_mut())
+            .zip(replies.chunks_exact(2))
+        {
+            let read = Read {
+                held: redis::from_redis_value(&replies[0]).map_err(|e| e.to_string())?,
+                closes: redis::from_redis_value::<Option<u64>>(&replies[1])
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or(0),
+            };
+            self.follow(link, &mut conn, cell, gate, state, &read, now_ms)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Acts on one route's breaker as the fleet's `read` says.
+    #[allow(clippy::too_many_arguments)]
+    async fn follow(
+        &self,
+        link: &Link,
+        conn: &mut MultiplexedConnection,
+        cell: &RouteCell,
+        gate: &Gate,
+        state: &mut RouteState,
+        read: &Read,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        if gate.mode() != Mode::Enforce {
+            // Forced or in shadow by the policy or an operator: left alone.
+            state.episode = None;
+            return Ok(());
+        }
+        let end = read.verdict_end(self.share);
+        let closed_since = state.closes.is_some_and(|seen| seen != read.closes);
+        state.closes = Some(read.closes);
+        let open_for_ms = px(cell.open_for);
+        let tick_ms = px(self.tick);
+        match end {
+            None if closed_since => {
+                // Another replica's probe closed the route for the fleet.
+                if state.episode.take().is_some()
+                    && matches!(gate.state(), BreakerState::Open | BreakerState::HalfOpen)
+                {
+                    gate.follow_fleet(|_| Manual::Reset);
+                }
+            }
+            Some(end) => {
+                // A verdict in force: open until one lease past its end,
+                // so that only the lease's holder probes when it ends.
+                state.episode = Some(Episode {
+                    verdict_end: end,
+                    lease_until: 0,
+                });
+                let hold = end.saturating_add(open_for_ms);
+                let held_until = open_until_ms(gate);
+                if held_until.is_none_or(|until| until.saturating_add(tick_ms) < hold) {
+                    open_until(gate, hold);
+                }
+            }
+            None => {
+                let Some(episode) = state.episode.as_mut() else {
+                    return Ok(());
+                };
+                if episode.lease_until > now_ms {
+                    return Ok(()); // this replica probes
+                }
+                if link
+                    .within(protocol::take_lease(
+                        conn,
+                        &cell.keys,
+                        &self.id,
+                        cell.open_for,
+                    ))
+                    .await?
+                {
+                    episode.lease_until = now_ms.saturating_add(open_for_ms);
+                    if gate.state() == BreakerState::Open {
+                        gate.follow_fleet(|_| Manual::HalfOpenNow);
+                    }
+                } else {
+                    // Another replica probes: stay open while it does.
+                    episode.lease_until = 0;
+                    let ends_soon = open_until_ms(gate)
+                        .is_none_or(|until| until < now_ms.saturating_add(2 * tick_ms));
+                    match gate.state() {
+                        BreakerState::HalfOpen => open_until(gate, now_ms + open_for_ms),
+                        BreakerState::Open if ends_soon => open_until(gate, now_ms + open_for_ms),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Redis does not answer: every breaker the fleet holds open past its
+/// verdict is let go at the verdict's end (half-open at once if it has
+/// passed), so that each replica decides alone.
+fn release(routes: &[(Arc<RouteCell>, Arc<Gate>)], states: &mut [RouteState]) {
+    for ((_, gate), state) in routes.iter().zip(states.iter_mut()) {
+        let Some(episode) = state.episode.take() else {
+            continue;
+        };
+        if gate.mode() == Mode::Enforce && gate.state() == BreakerState::Open {
+            open_until(gate, episode.verdict_end);
+        }
+    }
+}
+
+/// Until when (wall ms) the breaker is open, if it is.
+fn open_until_ms(gate: &Gate) -> Option<u64> {
+    gate.next_probe().map(|(at, _)| wall_ms(at))
+}
+
+/// Opens the breaker until `until_ms` (wall ms) for the fleet.
+fn open_until(gate: &Gate, until_ms: u64) {
+    let until = Until::At(UNIX_EPOCH + Duration::from_millis(until_ms));
+    gate.follow_fleet(|clock| Manual::OpenUntil(until.on(clock)));
+}
