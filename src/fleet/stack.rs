@@ -25,7 +25,7 @@
 //!   Redis every tick and shares again when it answers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 use redis::Client;
@@ -42,6 +42,7 @@ use crate::listen::{
     SharedListener, Shed,
 };
 use crate::policy::{Mode, Policy, PolicyError};
+use crate::reject::Reason;
 
 /// Why a stack cannot share its breakers as its `[fleet]` says.
 #[derive(Debug)]
@@ -78,18 +79,29 @@ impl std::fmt::Debug for StackFleet {
     }
 }
 
+/// What the task needs of the stack it serves.
+pub(crate) trait Routes: Send + Sync + 'static {
+    /// The gate of `route`, once it is in the stack's map.
+    fn gate(&self, route: &str) -> Option<Arc<Gate>>;
+    /// The `open_for` of `route` in the policy in force (a reload may
+    /// change it): the lease's length, and how far past a verdict's end
+    /// the others are held. Read only when the fleet acts on the route.
+    fn open_for(&self, route: &str) -> Duration;
+}
+
 /// One route's line between its breaker and the task.
 struct RouteCell {
     route: Arc<str>,
     keys: Keys,
-    /// The route's `open_for` when its gate was built: the lease's length
-    /// and how far past a verdict's end the others are held.
-    open_for: Duration,
     /// The breaker opened by its own verdict until this time (wall ms),
     /// to publish; 0: nothing to publish.
     publish_open: AtomicU64,
     /// The breaker closed after probing, to publish.
     publish_closed: AtomicBool,
+    /// The open breaker turned a caller away since the task last took or
+    /// passed on the lease: this replica has callers to probe with. A
+    /// replica without takes no lease (its probes would never come).
+    wanted: AtomicBool,
 }
 
 /// A route's breaker listener when the stack shares breakers: notes the
@@ -132,6 +144,10 @@ impl Listener for FleetListener {
     }
 
     fn on_shed(&self, event: &Shed<'_>) {
+        // On the rejection path: a load, and a store only when it changes.
+        if event.reason == Reason::Open && !self.cell.wanted.load(Ordering::Relaxed) {
+            self.cell.wanted.store(true, Ordering::Relaxed);
+        }
         if let Some(user) = &self.user {
             user.0.on_shed(event);
         }
@@ -148,6 +164,12 @@ impl Listener for FleetListener {
             user.0.on_maintenance_end(event);
         }
     }
+}
+
+/// A route the task serves, with its gate.
+struct Route {
+    cell: Arc<RouteCell>,
+    gate: Arc<Gate>,
 }
 
 /// The task's memory of one route.
@@ -200,22 +222,21 @@ impl StackFleet {
         })))
     }
 
-    /// Shares the breaker of `route` (first seen now, its effective policy
-    /// `effective`): the listener its gate is built with, which passes
-    /// every event on to `user`. Called once per route, when its gate is
-    /// built: never on the request path of a route already seen.
+    /// Shares the breaker of `route`, first seen now: the listener its
+    /// gate is built with, which passes every event on to `user`. Called
+    /// once per route, when its gate is built: never on the request path
+    /// of a route already seen.
     pub(crate) fn listener_for(
         &self,
         route: &Arc<str>,
-        effective: &Policy,
         user: Option<SharedListener>,
     ) -> SharedListener {
         let cell = Arc::new(RouteCell {
             route: route.clone(),
             keys: Keys::of(route),
-            open_for: effective.breaker.open_for,
             publish_open: AtomicU64::new(0),
             publish_closed: AtomicBool::new(false),
+            wanted: AtomicBool::new(false),
         });
         self.routes
             .lock()
@@ -224,30 +245,26 @@ impl StackFleet {
         SharedListener::new(FleetListener { cell, user })
     }
 
-    /// Starts the task. `gate_of` finds a route's gate: `None` once the
-    /// stack is gone, which ends the task.
-    pub(crate) fn start<G>(self: &Arc<Self>, gate_of: G)
-    where
-        G: Fn(&str) -> Option<Option<Arc<Gate>>> + Send + Sync + 'static,
-    {
+    /// Starts the task for `stack`; it ends once the stack is gone.
+    pub(crate) fn start<R: Routes>(self: &Arc<Self>, stack: Weak<R>) {
         let fleet = self.clone();
         let link = Link::new(
             self.client.clone(),
             self.shared_timeout,
             "the stack's routes".to_owned(),
         );
-        self.runtime.spawn(fleet.run(link, gate_of));
+        self.runtime.spawn(fleet.run(link, stack));
     }
 
-    async fn run<G>(self: Arc<Self>, mut link: Link, gate_of: G)
-    where
-        G: Fn(&str) -> Option<Option<Arc<Gate>>>,
-    {
+    async fn run<R: Routes>(self: Arc<Self>, mut link: Link, stack: Weak<R>) {
         let mut interval = tokio::time::interval(self.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut states: Vec<RouteState> = Vec::new();
         loop {
             interval.tick().await;
+            let Some(stack) = stack.upgrade() else {
+                return;
+            };
             let cells: Vec<Arc<RouteCell>> = self
                 .routes
                 .lock()
@@ -255,19 +272,20 @@ impl StackFleet {
                 .clone();
             let mut routes = Vec::with_capacity(cells.len());
             for cell in cells {
-                match gate_of(&cell.route) {
-                    None => return,
-                    Some(Some(gate)) => routes.push((cell, gate)),
-                    // Registered while its gate is being built: next tick.
-                    Some(None) => break,
-                }
+                // A route registered while its gate is being built waits
+                // for the next tick, and so do the ones after it (the
+                // states are kept in registration order).
+                let Some(gate) = stack.gate(&cell.route) else {
+                    break;
+                };
+                routes.push(Route { cell, gate });
             }
             if routes.is_empty() {
                 continue;
             }
             states.resize_with(states.len().max(routes.len()), RouteState::default);
             let round = match link.conn().await {
-                Ok(conn) => self.round(&link, conn, &routes, &mut states).await,
+                Ok(conn) => self.round(&link, conn, &*stack, &routes, &mut states).await,
                 Err(why) => Err(why),
             };
             match round {
@@ -285,11 +303,12 @@ impl StackFleet {
         &self,
         link: &Link,
         mut conn: MultiplexedConnection,
-        routes: &[(Arc<RouteCell>, Arc<Gate>)],
+        stack: &impl Routes,
+        routes: &[Route],
         states: &mut [RouteState],
     ) -> Result<(), String> {
         let now_ms = wall_ms(self.clock.system_time());
-        for ((cell, gate), state) in routes.iter().zip(states.iter_mut()) {
+        for (Route { cell, gate }, state) in routes.iter().zip(states.iter_mut()) {
             let closed = cell.publish_closed.swap(false, Ordering::AcqRel);
             let open_until = cell.publish_open.swap(0, Ordering::AcqRel);
             // A breaker that does not enforce (shadow, forced) has no
@@ -312,8 +331,8 @@ impl StackFleet {
             }
         }
         let mut pipe = redis::pipe();
-        for (cell, _) in routes {
-            protocol::read_into(&mut pipe, &cell.keys, now_ms);
+        for route in routes {
+            protocol::read_into(&mut pipe, &route.cell.keys, now_ms);
         }
         let replies: Vec<redis::Value> = link.within(pipe.query_async(&mut conn)).await?;
         if replies.len() != 2 * routes.len() {
@@ -323,7 +342,7 @@ impl StackFleet {
                 routes.len()
             ));
         }
-        for (((cell, gate), state), replies) in routes
+        for ((route, state), replies) in routes
             .iter()
             .zip(states.iter_mut())
             .zip(replies.chunks_exact(2))
@@ -334,7 +353,8 @@ impl StackFleet {
                     .map_err(|e| e.to_string())?
                     .unwrap_or(0),
             };
-            self.follow(link, &mut conn, cell, gate, state, &read, now_ms)
+            let open_for = || stack.open_for(&route.cell.route);
+            self.follow(link, &mut conn, route, open_for, state, &read, now_ms)
                 .await?;
         }
         Ok(())
@@ -346,8 +366,8 @@ impl StackFleet {
         &self,
         link: &Link,
         conn: &mut MultiplexedConnection,
-        cell: &RouteCell,
-        gate: &Gate,
+        Route { cell, gate }: &Route,
+        open_for: impl FnOnce() -> Duration,
         state: &mut RouteState,
         read: &Read,
         now_ms: u64,
@@ -360,7 +380,6 @@ impl StackFleet {
         let end = read.verdict_end(self.share);
         let closed_since = state.closes.is_some_and(|seen| seen != read.closes);
         state.closes = Some(read.closes);
-        let open_for_ms = px(cell.open_for);
         let tick_ms = px(self.tick);
         match end {
             None if closed_since => {
@@ -378,7 +397,7 @@ impl StackFleet {
                     verdict_end: end,
                     lease_until: 0,
                 });
-                let hold = end.saturating_add(open_for_ms);
+                let hold = end.saturating_add(px(open_for()));
                 let held_until = open_until_ms(gate);
                 if held_until.is_none_or(|until| until.saturating_add(tick_ms) < hold) {
                     open_until(gate, hold);
@@ -391,21 +410,23 @@ impl StackFleet {
                 if episode.lease_until > now_ms {
                     return Ok(()); // this replica probes
                 }
-                if link
-                    .within(protocol::take_lease(
-                        conn,
-                        &cell.keys,
-                        &self.id,
-                        cell.open_for,
-                    ))
-                    .await?
+                let open_for = open_for();
+                let open_for_ms = px(open_for);
+                // Callers turned away, or waiting in the room for the
+                // breaker: only then is this replica worth the lease.
+                let wanted = cell.wanted.swap(false, Ordering::Relaxed) || gate.waiting() > 0;
+                if wanted
+                    && link
+                        .within(protocol::take_lease(conn, &cell.keys, &self.id, open_for))
+                        .await?
                 {
                     episode.lease_until = now_ms.saturating_add(open_for_ms);
                     if gate.state() == BreakerState::Open {
                         gate.follow_fleet(|_| Manual::HalfOpenNow);
                     }
                 } else {
-                    // Another replica probes: stay open while it does.
+                    // Another replica probes (or none has callers yet):
+                    // stay open while it does.
                     episode.lease_until = 0;
                     let ends_soon = open_until_ms(gate)
                         .is_none_or(|until| until < now_ms.saturating_add(2 * tick_ms));
@@ -423,9 +444,13 @@ impl StackFleet {
 
 /// Redis does not answer: every breaker the fleet holds open past its
 /// verdict is let go at the verdict's end (half-open at once if it has
-/// passed), so that each replica decides alone.
-fn release(routes: &[(Arc<RouteCell>, Arc<Gate>)], states: &mut [RouteState]) {
-    for ((_, gate), state) in routes.iter().zip(states.iter_mut()) {
+/// passed), so that each replica decides alone. A close not yet published
+/// is dropped: by the time Redis answers, other replicas may hold newer
+/// verdicts it would delete. An open verdict is kept: published when Redis
+/// answers if it is still in force, it is still true.
+fn release(routes: &[Route], states: &mut [RouteState]) {
+    for (Route { cell, gate }, state) in routes.iter().zip(states.iter_mut()) {
+        cell.publish_closed.store(false, Ordering::Release);
         let Some(episode) = state.episode.take() else {
             continue;
         };

@@ -133,9 +133,13 @@ impl BrownoutLayer {
     /// before admission ([`Budgeted`](super::Budgeted)); with
     /// `[routes."…".defer]` sections (feature `defer`), their stores are
     /// opened here and the HTTP preset ([`http`](Self::http)) defers the
-    /// requests those routes reject. Both are built once, here: a policy
-    /// a [`PolicyHandle`](super::PolicyHandle) applies later changes the
-    /// breakers, limits and rooms, not the budget or the stores.
+    /// requests those routes reject. With a `[fleet]` section (feature
+    /// `fleet`), every route's breaker shares its verdicts with the other
+    /// replicas through Redis ([`fleet`](crate::fleet)): build the stack
+    /// inside a tokio runtime, where its background task is spawned. All
+    /// three are built once, here: a policy a
+    /// [`PolicyHandle`](super::PolicyHandle) applies later changes the
+    /// breakers, limits and rooms, not the budget, the stores or the fleet.
     ///
     /// A policy that does not validate is used with its bad values brought
     /// into range, and an error is logged; so is a part that cannot be
@@ -155,7 +159,9 @@ impl BrownoutLayer {
     /// the stack from being built as `policy` says: a field that does not
     /// validate, a `[budget]` or a `defer` section that needs a cargo
     /// feature this build lacks, a deferral store that cannot be opened
-    /// (its path and why). Each error names the field or the path.
+    /// (its path and why), a `[fleet]` whose `url` cannot be used or a
+    /// stack with one built outside a tokio runtime. Each error names the
+    /// field or the path.
     ///
     /// ```
     /// # #[cfg(feature = "toml")] {
@@ -265,9 +271,7 @@ impl Settings {
                 // differ from one replica to the next.
                 #[cfg(feature = "fleet")]
                 let listener = match (&fleet, route) {
-                    (Some(fleet), Some(route)) => {
-                        Some(fleet.listener_for(route, &effective, listener.clone()))
-                    }
+                    (Some(fleet), Some(route)) => Some(fleet.listener_for(route, listener.clone())),
                     _ => listener.clone(),
                 };
                 Gate::new(GateSpec {
@@ -287,10 +291,20 @@ impl Settings {
         });
         #[cfg(feature = "fleet")]
         if let Some(fleet) = &fleet {
-            let stack = Arc::downgrade(&shared);
-            fleet.start(move |route: &str| stack.upgrade().map(|shared| shared.gates.get(route)));
+            fleet.start(Arc::downgrade(&shared));
         }
         Ok(shared)
+    }
+}
+
+#[cfg(feature = "fleet")]
+impl crate::fleet::stack::Routes for Shared {
+    fn gate(&self, route: &str) -> Option<Arc<Gate>> {
+        self.gates.get(route)
+    }
+
+    fn open_for(&self, route: &str) -> std::time::Duration {
+        self.policy.load().route(route).breaker.open_for
     }
 }
 
