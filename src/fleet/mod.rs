@@ -3,16 +3,47 @@
 //!
 //! Each replica's own breaker learns alone: with 8 replicas in front of a
 //! dead back end, each burns its own failures before it opens and each
-//! sends its own half-open probes. A [`FleetBreakerLayer`] in front of a
-//! replica's stack (one per route, or one for the whole back end) shares
-//! what the replicas learn:
+//! sends its own half-open probes. Sharing what they learn takes one of
+//! two forms, with the same Redis keys (a replica of either kind follows
+//! the other on the same route):
 //!
-//! - **Open.** When the stack behind it rejects a request with
-//!   [`Reason::Open`] after serving the one before (its breaker just
-//!   opened), the replica publishes "open until" (the rejection's retry
-//!   hint) for its route. Every replica reads the route's verdicts every
-//!   tick (a tenth of `open_for`, at most 100 ms) and, with
-//!   [`Share::Follow`], opens on any replica's verdict; with
+//! - **In the composed stack** (the usual way): a policy with a `[fleet]`
+//!   section, built with [`BrownoutLayer::from_policy`](crate::BrownoutLayer::from_policy)
+//!   (inside a tokio runtime), shares the breaker of every route the stack
+//!   gives a gate of its own, routes first seen at run time included (up
+//!   to its `max_routes`; the shared `overflow` gate is not shared: the
+//!   routes it stands for differ from one replica to the next).
+//! - **Outside any stack**: a [`FleetBreakerLayer`] per route, in front of
+//!   a stack whose rejections are errors.
+//!
+//! ```
+//! # #[cfg(feature = "toml")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), brownout::stack::BuildError> {
+//! use brownout::{BrownoutLayer, Policy};
+//!
+//! let policy = Policy::from_toml(r#"
+//!     [fleet]
+//!     url = "redis://127.0.0.1:6379"
+//!     share = "follow"
+//!     shared_timeout = "5ms"
+//! "#).unwrap();
+//! // Inside the runtime: the stack's background task starts here, and
+//! // Redis is first contacted by it, never by a request.
+//! let layer = BrownoutLayer::try_from_policy(&policy)?;
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "toml"))]
+//! # fn main() {}
+//! ```
+//!
+//! What the replicas share, either way:
+//!
+//! - **Open.** A replica whose breaker opens by its own verdict publishes
+//!   "open until" (its next probe) for its route. Every replica reads the
+//!   route's verdicts every tick (a tenth of `open_for`, 5 to 100 ms) and,
+//!   with [`Share::Follow`], opens on any replica's verdict; with
 //!   [`Share::Quorum`]`(n)`, once `n` replicas hold one. An open fleet
 //!   answers [`Reason::Open`] at once, with the retry hint of the verdict.
 //! - **Probes.** When the verdict runs out, one replica takes the route's
@@ -24,16 +55,46 @@
 //! - **Redis down.** Every Redis call has `shared_timeout`; on error the
 //!   replica forgets the fleet's verdict and its own breaker decides alone,
 //!   logs once, counts `brownout_shared_state_errors_total{state="breaker"}`
-//!   and reads Redis again at the next tick.
+//!   and tries Redis again at the next tick.
 //!
-//! The admitted path reads two atomics: no lock, no allocation, no round
-//! trip. Publishing and reading happen in one background task per layer,
-//! started when the layer is built (inside a tokio runtime).
+//! In the stack, the fleet acts on each route's breaker through the
+//! controls an operator has ([`PolicyHandle::open_until`](crate::PolicyHandle::open_until),
+//! `half_open_now`, `reset`), reported to listeners, logs and metrics as
+//! transitions with [`Cause::Fleet`](crate::listen::Cause::Fleet):
 //!
-//! Place it outside a stack whose rejections are errors
-//! (`BrownoutLayer::from_policy`, before any fallback answers them): it
-//! recognises its breaker's verdict by the [`Rejected`] error, and a
-//! probe's failure by an error.
+//! - a verdict in force opens the breaker until one `open_for` past the
+//!   verdict's end, so that the replicas do not each go half-open when it
+//!   ends; the replica that takes the lease goes half-open then, and only
+//!   one that has turned callers away (or has them waiting) takes it;
+//! - a probe's failure is the breaker's own reopening, published as a new
+//!   verdict; its success closes the route for the fleet (the verdicts and
+//!   the lease deleted, a close counter moved), and the others reset when
+//!   they read it;
+//! - only the breaker's own verdicts are published: the fleet's actions,
+//!   an operator's, a reload's and a maintenance window's stay on the
+//!   replica; a breaker that does not enforce (`shadow`, a forced mode)
+//!   neither publishes nor follows;
+//! - with Redis down, a breaker the fleet holds open is let go at the
+//!   verdict's end (half-open at once if it has passed); a verdict reached
+//!   meanwhile is published when Redis answers if it is still in force.
+//!
+//! The admitted path is the stack's own: no lock, no allocation, no round
+//! trip. A breaker transition writes an atomic for the task; a rejection by
+//! an open breaker reads one (and writes it once per lease). Everything
+//! Redis happens in one background task per stack (per
+//! [`FleetBreakerLayer`]), spawned where it is built: so build inside a
+//! tokio runtime. Outside one,
+//! [`try_from_policy`](crate::BrownoutLayer::try_from_policy) says so
+//! (`fleet: …`), and [`from_policy`](crate::BrownoutLayer::from_policy)
+//! logs it and builds a stack whose breakers decide alone: a fleet that
+//! cannot be joined is no reason to refuse traffic. Replicas compare
+//! verdicts in wall-clock time: keep their clocks in NTP.
+//!
+//! Place a [`FleetBreakerLayer`] outside a stack whose rejections are
+//! errors (`BrownoutLayer::from_policy`, before any fallback answers
+//! them): it recognises its breaker's verdict by the [`Rejected`] error
+//! (a rejection with [`Reason::Open`] after a request served), and a
+//! probe's failure by an error. Its admitted path reads two atomics.
 
 use std::fmt;
 use std::future::Future;
