@@ -62,6 +62,11 @@ impl Service<u32> for BackEnd {
 }
 
 fn policy(url: &str) -> Policy {
+    policy_with(url, "")
+}
+
+/// The test's policy, with `fleet` added to its `[fleet]` section.
+fn policy_with(url: &str, fleet: &str) -> Policy {
     Policy::from_toml(&format!(
         r#"
         [breaker]
@@ -78,6 +83,7 @@ fn policy(url: &str) -> Policy {
         [fleet]
         url = {url:?}
         shared_timeout = "200ms"
+        {fleet}
         "#
     ))
     .expect("the test's policy")
@@ -229,10 +235,16 @@ async fn four_stacks_open_together_probe_once_per_period_close_together_and_outl
     // waits on it, and each replica probes and closes alone.
     back_end.down.store(true, Ordering::Release);
     trip(&fleet[1]).await;
-    within(OPEN_FOR, "the fleet opens again", async || {
-        fleet.iter().all(|r| r.state() == Some(BreakerState::Open))
-    })
-    .await;
+    let states = || fleet.iter().map(Replica::state).collect::<Vec<_>>();
+    let started = Instant::now();
+    while states().iter().any(|s| *s != Some(BreakerState::Open)) {
+        assert!(
+            started.elapsed() < OPEN_FOR,
+            "the fleet opens again: not within {OPEN_FOR:?}: {:?}",
+            states()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.stop();
     back_end.down.store(false, Ordering::Release);
     let alone = within(3 * OPEN_FOR, "each replica closes alone", async || {
@@ -335,5 +347,109 @@ fn outside_a_runtime_the_strict_build_names_fleet_and_the_lenient_one_serves_alo
         runtime.block_on(replica.send()),
         Err(Reason::Open),
         "its own breaker decides"
+    );
+}
+
+/// With `quorum = 2`, one replica's verdict leaves the others to their own
+/// breakers; a second one opens them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_of_two_waits_for_a_second_verdict() {
+    let server = RedisServer::start();
+    let back_end = BackEnd {
+        down: Arc::new(AtomicBool::new(false)),
+        calls: Arc::default(),
+    };
+    let fleet = replicas(&policy_with(&server.url(), "quorum = 2"), &back_end);
+    for replica in &fleet {
+        assert_eq!(replica.send().await, Ok(()), "the route is seen");
+    }
+    back_end.down.store(true, Ordering::Release);
+    trip(&fleet[0]).await;
+    // Long enough for several ticks (100 ms at most) to have spread the
+    // verdict, were one enough.
+    tokio::time::sleep(OPEN_FOR / 2).await;
+    let calls = back_end.calls();
+    assert_eq!(
+        fleet[3].send().await,
+        Err(Reason::Shed),
+        "the back end's own error"
+    );
+    assert_eq!(
+        back_end.calls(),
+        calls + 1,
+        "one verdict of two: replica 3 still calls"
+    );
+    trip(&fleet[1]).await;
+    let opened = within(OPEN_FOR, "the quorum opens replica 3", async || {
+        let before = back_end.calls();
+        fleet[3].send().await == Err(Reason::Open) && back_end.calls() == before
+    })
+    .await;
+    eprintln!("a quorum of 2 opened replica 3 {opened:?} after the second verdict");
+}
+
+/// Request 0 is for `/a`, any other for `/b`.
+fn route_of(req: &u32) -> Option<&str> {
+    Some(if *req == 0 { "/a" } else { "/b" })
+}
+
+/// A route first seen after the stack started is shared as soon as the
+/// stack sees it, and a verdict on one route leaves the others alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_first_seen_later_is_shared_on_its_own() {
+    let server = RedisServer::start();
+    let back_end = BackEnd {
+        down: Arc::new(AtomicBool::new(false)),
+        calls: Arc::default(),
+    };
+    type ByRequest = brownout::stack::RouteFn<fn(&u32) -> Option<&str>>;
+    let by_request: ByRequest = brownout::stack::route_fn(route_of);
+    let layers: Vec<BrownoutLayer<brownout::fallback::RejectAsError, ByRequest>> = (0..2)
+        .map(|_| {
+            BrownoutLayer::try_from_policy(&policy(&server.url()))
+                .expect("the stack builds")
+                .route_by(by_request)
+        })
+        .collect();
+    let send = async |layer: &BrownoutLayer<brownout::fallback::RejectAsError, ByRequest>,
+                      req: u32| {
+        let call = layer.layer(back_end.clone()).oneshot(req);
+        match tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("a request never hangs")
+        {
+            Ok(()) => Ok(()),
+            Err(err) => Err(err
+                .downcast_ref::<Rejected>()
+                .map_or(Reason::Shed, Rejected::reason)),
+        }
+    };
+    for layer in &layers {
+        assert_eq!(send(layer, 0).await, Ok(()), "/a is seen");
+    }
+    // The stacks' tasks run a while with /a alone.
+    tokio::time::sleep(OPEN_FOR / 2).await;
+
+    back_end.down.store(true, Ordering::Release);
+    for _ in 0..100 {
+        if layers[0].state("/b") == Some(BreakerState::Open) {
+            break;
+        }
+        let _ = send(&layers[0], 1).await;
+    }
+    assert_eq!(layers[0].state("/b"), Some(BreakerState::Open));
+    // Replica 1 first sees /b now: its first request reaches the back end,
+    // and the fleet's verdict holds the next ones.
+    assert_eq!(layers[1].state("/b"), None, "replica 1 has not seen /b");
+    let followed = within(OPEN_FOR, "replica 1 follows on /b", async || {
+        let before = back_end.calls();
+        send(&layers[1], 1).await == Err(Reason::Open) && back_end.calls() == before
+    })
+    .await;
+    eprintln!("replica 1 followed on /b, first seen then, in {followed:?}");
+    assert_eq!(
+        layers[1].state("/a"),
+        Some(BreakerState::Closed),
+        "a verdict on /b leaves /a alone"
     );
 }

@@ -67,9 +67,9 @@
 //!   ends; the replica that takes the lease goes half-open then, and only
 //!   one that has turned callers away (or has them waiting) takes it;
 //! - a probe's failure is the breaker's own reopening, published as a new
-//!   verdict; its success closes the route for the fleet (the verdicts and
-//!   the lease deleted, a close counter moved), and the others reset when
-//!   they read it;
+//!   verdict; its success closes the route for the fleet (the verdicts
+//!   published before it deleted, a close counter moved), and the others
+//!   reset when they read it;
 //! - only the breaker's own verdicts are published: the fleet's actions,
 //!   an operator's, a reload's and a maintenance window's stay on the
 //!   replica; a breaker that does not enforce (`shadow`, a forced mode)
@@ -186,13 +186,17 @@ struct State {
     open_until: AtomicU64,
     /// This replica holds the probe lease until this reading.
     lease_until: AtomicU64,
+    /// The fleet's close counter as last read; `u64::MAX` before the
+    /// first read.
+    closes_seen: AtomicU64,
     probes_left: AtomicU32,
     /// The stack behind answered `Open` to the last request.
     locally_open: AtomicBool,
     /// A verdict to publish (wall-clock ms), 0 = none.
     publish_open: AtomicU64,
-    /// A successful probe: close the route for the fleet.
-    publish_closed: AtomicBool,
+    /// A successful probe at this wall-clock ms: close the route for the
+    /// fleet; 0 = none.
+    publish_closed: AtomicU64,
 }
 
 impl FleetBreakerLayer {
@@ -222,10 +226,11 @@ impl FleetBreakerLayer {
             probes: breaker.half_open_probes.max(1),
             open_until: AtomicU64::new(0),
             lease_until: AtomicU64::new(0),
+            closes_seen: AtomicU64::new(u64::MAX),
             probes_left: AtomicU32::new(0),
             locally_open: AtomicBool::new(false),
             publish_open: AtomicU64::new(0),
-            publish_closed: AtomicBool::new(false),
+            publish_closed: AtomicU64::new(0),
             key,
         });
         let mut link = Link::new(client, shared_timeout, state.key.clone());
@@ -321,20 +326,29 @@ impl State {
         let keys = &self.keys;
         let now = self.clock.now();
         let now_ms = self.wall_ms(now);
-        if self.publish_closed.swap(false, Ordering::AcqRel) {
-            protocol::publish_closed(conn, keys).await?;
+        let closed_ms = self.publish_closed.swap(0, Ordering::AcqRel);
+        if closed_ms > 0 {
+            let closes = protocol::publish_closed(conn, keys, closed_ms, self.open_for).await?;
+            self.closes_seen.store(closes, Ordering::Release);
         }
         let until_ms = self.publish_open.swap(0, Ordering::AcqRel);
         if until_ms > 0 {
             protocol::publish_open(conn, keys, &self.id, until_ms, now_ms).await?;
         }
         let read = Read::one(conn, keys, now_ms).await?;
+        let seen = self.closes_seen.swap(read.closes, Ordering::AcqRel);
         if let Some(end) = read.verdict_end(self.share) {
             self.open_until.store(self.at_ms(end), Ordering::Release);
             return Ok(());
         }
         let open_until = self.open_until.load(Ordering::Acquire);
         if open_until == 0 {
+            return Ok(());
+        }
+        if seen != u64::MAX && seen != read.closes {
+            // Another replica's probe closed the route for the fleet.
+            self.open_until.store(0, Ordering::Release);
+            self.lease_until.store(0, Ordering::Release);
             return Ok(());
         }
         if !read.held.is_empty() {
@@ -404,7 +418,8 @@ impl State {
                     } else {
                         self.open_until.store(0, Ordering::Release);
                         self.lease_until.store(0, Ordering::Release);
-                        self.publish_closed.store(true, Ordering::Release);
+                        self.publish_closed
+                            .store(self.wall_ms(now).max(1), Ordering::Release);
                     }
                 }
             }

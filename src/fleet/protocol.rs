@@ -12,8 +12,8 @@
 //! - `:lease`, the probe lease (`SET NX PX open_for`): the one replica
 //!   that probes the back end once the verdicts have ended.
 //! - `:closed`, a counter each successful probe increments (with the
-//!   verdicts and the lease deleted): a replica that sees it move knows
-//!   the fleet closed, without having to infer it from a lease gone.
+//!   verdicts published before it deleted): a replica that sees it move
+//!   knows the fleet closed, without having to infer it from a lease gone.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -75,15 +75,24 @@ pub(crate) async fn publish_open(
         .await
 }
 
-/// A successful probe closes the route for the fleet: the verdicts and the
-/// lease are deleted, and the close counter moves. Returns the counter.
+/// A successful probe at `closed_ms` (wall ms) closes the route for the
+/// fleet: the close counter moves, and the verdicts published before the
+/// close (those ending less than `open_for` after it) are deleted. A
+/// verdict published after it, which reached Redis first (the close waits
+/// for its replica's next tick), stays: the back end failed again after
+/// the probe. The lease is left to expire: deleted, another replica that
+/// had read the fleet before the close would take it and probe a back end
+/// already known to be up (and a new verdict ends after the lease does).
+/// Returns the counter.
 pub(crate) async fn publish_closed(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
+    closed_ms: u64,
+    open_for: Duration,
 ) -> RedisResult<u64> {
-    let (_, _, closes): ((), (), u64) = redis::pipe()
-        .del(&keys.verdicts)
-        .del(&keys.lease)
+    let before = format!("({}", closed_ms.saturating_add(px(open_for)));
+    let (_, closes): ((), u64) = redis::pipe()
+        .zrembyscore(&keys.verdicts, "-inf", before)
         .incr(&keys.closed, 1)
         .query_async(conn)
         .await?;

@@ -96,8 +96,9 @@ struct RouteCell {
     /// The breaker opened by its own verdict until this time (wall ms),
     /// to publish; 0: nothing to publish.
     publish_open: AtomicU64,
-    /// The breaker closed after probing, to publish.
-    publish_closed: AtomicBool,
+    /// The breaker closed after probing at this time (wall ms), to
+    /// publish; 0: nothing to publish.
+    publish_closed: AtomicU64,
     /// The open breaker turned a caller away since the task last took or
     /// passed on the lease: this replica has callers to probe with. A
     /// replica without takes no lease (its probes would never come).
@@ -109,6 +110,8 @@ struct RouteCell {
 /// application's listener, if it set one.
 struct FleetListener {
     cell: Arc<RouteCell>,
+    /// The stack's clock: when a close happened, in wall-clock time.
+    clock: Clock,
     user: Option<SharedListener>,
 }
 
@@ -127,7 +130,8 @@ impl Listener for FleetListener {
                     }
                 }
                 (BreakerState::HalfOpen, BreakerState::Closed) => {
-                    self.cell.publish_closed.store(true, Ordering::Release);
+                    let now = wall_ms(self.clock.system_time()).max(1);
+                    self.cell.publish_closed.store(now, Ordering::Release);
                 }
                 _ => {}
             }
@@ -235,14 +239,18 @@ impl StackFleet {
             route: route.clone(),
             keys: Keys::of(route),
             publish_open: AtomicU64::new(0),
-            publish_closed: AtomicBool::new(false),
+            publish_closed: AtomicU64::new(0),
             wanted: AtomicBool::new(false),
         });
         self.routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(cell.clone());
-        SharedListener::new(FleetListener { cell, user })
+        SharedListener::new(FleetListener {
+            cell,
+            clock: self.clock.clone(),
+            user,
+        })
     }
 
     /// Starts the task for `stack`; it ends once the stack is gone.
@@ -309,16 +317,19 @@ impl StackFleet {
     ) -> Result<(), String> {
         let now_ms = wall_ms(self.clock.system_time());
         for (Route { cell, gate }, state) in routes.iter().zip(states.iter_mut()) {
-            let closed = cell.publish_closed.swap(false, Ordering::AcqRel);
+            let closed_ms = cell.publish_closed.swap(0, Ordering::AcqRel);
             let open_until = cell.publish_open.swap(0, Ordering::AcqRel);
             // A breaker that does not enforce (shadow, forced) has no
             // verdict for the others.
             if gate.mode() != Mode::Enforce {
                 continue;
             }
-            if closed {
+            if closed_ms > 0 {
+                let open_for = stack.open_for(&cell.route);
                 let closes = link
-                    .within(protocol::publish_closed(&mut conn, &cell.keys))
+                    .within(protocol::publish_closed(
+                        &mut conn, &cell.keys, closed_ms, open_for,
+                    ))
                     .await?;
                 state.closes = Some(closes);
                 state.episode = None;
@@ -450,7 +461,7 @@ impl StackFleet {
 /// answers if it is still in force, it is still true.
 fn release(routes: &[Route], states: &mut [RouteState]) {
     for (Route { cell, gate }, state) in routes.iter().zip(states.iter_mut()) {
-        cell.publish_closed.store(false, Ordering::Release);
+        cell.publish_closed.store(0, Ordering::Release);
         let Some(episode) = state.episode.take() else {
             continue;
         };
