@@ -240,15 +240,13 @@ impl Link {
 
     /// A round with Redis failed for `why`: the connection is dropped (the
     /// next round opens a new one), the error counted, and the first of an
-    /// outage logged. `true` if the outage starts here.
-    pub(crate) fn failed(&mut self, why: &str) -> bool {
+    /// outage logged.
+    pub(crate) fn failed(&mut self, why: &str) {
         self.conn = None;
         self.errors.increment(1);
-        let starts = !std::mem::replace(&mut self.down, true);
-        if starts {
+        if !std::mem::replace(&mut self.down, true) {
             tracing::warn!(key = %self.label, error = %why, "brownout: the fleet's Redis does not answer; each replica's breaker decides alone until it does");
         }
-        starts
     }
 }
 

@@ -85,7 +85,8 @@ pub(crate) trait Routes: Send + Sync + 'static {
     fn gate(&self, route: &str) -> Option<Arc<Gate>>;
     /// The `open_for` of `route` in the policy in force (a reload may
     /// change it): the lease's length, and how far past a verdict's end
-    /// the others are held. Read only when the fleet acts on the route.
+    /// the others are held. Read when the fleet starts holding the route
+    /// and when this replica publishes a close: never per tick.
     fn open_for(&self, route: &str) -> Duration;
 }
 
@@ -191,6 +192,9 @@ struct Episode {
     verdict_end: u64,
     /// This replica holds the probe lease until then (wall ms); 0: not.
     lease_until: u64,
+    /// The route's `open_for` in the policy in force when the episode
+    /// began (read once, not at every tick of a long outage).
+    open_for: Duration,
 }
 
 impl StackFleet {
@@ -404,11 +408,13 @@ impl StackFleet {
             Some(end) => {
                 // A verdict in force: open until one lease past its end,
                 // so that only the lease's holder probes when it ends.
+                let open_for = state.episode.map_or_else(open_for, |e| e.open_for);
                 state.episode = Some(Episode {
                     verdict_end: end,
                     lease_until: 0,
+                    open_for,
                 });
-                let hold = end.saturating_add(px(open_for()));
+                let hold = end.saturating_add(px(open_for));
                 let held_until = open_until_ms(gate);
                 if held_until.is_none_or(|until| until.saturating_add(tick_ms) < hold) {
                     open_until(gate, hold);
@@ -421,7 +427,7 @@ impl StackFleet {
                 if episode.lease_until > now_ms {
                     return Ok(()); // this replica probes
                 }
-                let open_for = open_for();
+                let open_for = episode.open_for;
                 let open_for_ms = px(open_for);
                 // Callers turned away, or waiting in the room for the
                 // breaker: only then is this replica worth the lease.
