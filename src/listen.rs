@@ -21,7 +21,7 @@
 //!
 //! | event | when | method |
 //! |---|---|---|
-//! | [`BreakerTransition`] | the breaker changes state: its own verdict, a maintenance window's end, a policy reload that changes its mode, or a manual action on the [`PolicyHandle`](crate::PolicyHandle) (even one that leaves the state as it was: a reset clears the counts) | [`on_breaker`](Listener::on_breaker) |
+//! | [`BreakerTransition`] | the breaker changes state: its own verdict, a maintenance window's end, a policy reload that changes its mode, a manual action on the [`PolicyHandle`](crate::PolicyHandle) (even one that leaves the state as it was: a reset clears the counts), or the fleet's verdict ([`Cause::Fleet`]) | [`on_breaker`](Listener::on_breaker) |
 //! | [`LimitChanged`] | the adaptive limit moves: at the end of a window of samples when the learner changes it (never per call), after an outage, or on a policy reload | [`on_limit`](Listener::on_limit) |
 //! | [`Shed`] | a request is turned away before reaching the back end, whatever the [`Reason`] | [`on_shed`](Listener::on_shed) |
 //! | [`MaintenanceStarted`], [`MaintenanceEnded`] | the route sees a maintenance window in force for the first time, and its end | [`on_maintenance_start`](Listener::on_maintenance_start), [`on_maintenance_end`](Listener::on_maintenance_end) |
@@ -177,16 +177,24 @@ pub enum Cause {
     /// Someone acted on it by hand: a forced mode, a reset, an open or
     /// half-open by hand (see [`PolicyHandle`](crate::PolicyHandle)).
     Manual,
+    /// The fleet's shared verdict (feature `fleet`, a policy with a
+    /// `[fleet]` section): another replica's breaker opened it, the
+    /// replica holding the probe lease closed it, or this replica took the
+    /// lease and probes. Told apart from [`Manual`](Self::Manual) so that
+    /// an alert on actions by hand does not fire on every fleet verdict.
+    Fleet,
 }
 
 impl Cause {
-    /// The cause as a word: `verdict`, `maintenance`, `policy`, `manual`.
+    /// The cause as a word: `verdict`, `maintenance`, `policy`, `manual`,
+    /// `fleet`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Cause::Verdict => "verdict",
             Cause::Maintenance => "maintenance",
             Cause::Policy => "policy",
             Cause::Manual => "manual",
+            Cause::Fleet => "fleet",
         }
     }
 }

@@ -294,3 +294,34 @@ where
         "{name}, {back_end_name} back end: {allocations} allocations in {CALLS} admitted calls"
     );
 }
+
+/// The composed stack sharing its breakers with a fleet (feature `fleet`,
+/// a policy with `[fleet]`): the admitted path is the same, and Redis is
+/// only read and written by the stack's background task, on the runtime's
+/// own threads. Redis here is a port nobody listens on: the task fails in
+/// the background, which the admitted path must not feel either.
+#[cfg(all(feature = "fleet", feature = "toml"))]
+#[test]
+fn admitted_calls_through_a_stack_that_shares_its_breakers_do_not_allocate() {
+    use brownout::{BrownoutLayer, Policy};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let _inside = runtime.enter();
+    let policy = Policy::from_toml(
+        "[limit]\ninitial = 1000\nmax = 1000\n\n[fleet]\nurl = \"redis://127.0.0.1:1/\"\nshared_timeout = \"5ms\"\n",
+    )
+    .expect("the policy");
+    for (back_end_name, fails) in [
+        ("healthy", never as fn(u64) -> bool),
+        ("25% failing", one_in_four),
+    ] {
+        let stack = BrownoutLayer::try_from_policy(&policy)
+            .expect("the stack builds inside a runtime")
+            .layer(back_end(fails));
+        count_admitted("fleet-sharing stack", back_end_name, fails, stack);
+    }
+}

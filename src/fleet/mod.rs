@@ -3,16 +3,47 @@
 //!
 //! Each replica's own breaker learns alone: with 8 replicas in front of a
 //! dead back end, each burns its own failures before it opens and each
-//! sends its own half-open probes. A [`FleetBreakerLayer`] in front of a
-//! replica's stack (one per route, or one for the whole back end) shares
-//! what the replicas learn:
+//! sends its own half-open probes. Sharing what they learn takes one of
+//! two forms, with the same Redis keys (a replica of either kind follows
+//! the other on the same route):
 //!
-//! - **Open.** When the stack behind it rejects a request with
-//!   [`Reason::Open`] after serving the one before (its breaker just
-//!   opened), the replica publishes "open until" (the rejection's retry
-//!   hint) for its route. Every replica reads the route's verdicts every
-//!   tick (a tenth of `open_for`, at most 100 ms) and, with
-//!   [`Share::Follow`], opens on any replica's verdict; with
+//! - **In the composed stack** (the usual way): a policy with a `[fleet]`
+//!   section, built with [`BrownoutLayer::from_policy`](crate::BrownoutLayer::from_policy)
+//!   (inside a tokio runtime), shares the breaker of every route the stack
+//!   gives a gate of its own, routes first seen at run time included (up
+//!   to its `max_routes`; the shared `overflow` gate is not shared: the
+//!   routes it stands for differ from one replica to the next).
+//! - **Outside any stack**: a [`FleetBreakerLayer`] per route, in front of
+//!   a stack whose rejections are errors.
+//!
+//! ```
+//! # #[cfg(feature = "toml")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), brownout::stack::BuildError> {
+//! use brownout::{BrownoutLayer, Policy};
+//!
+//! let policy = Policy::from_toml(r#"
+//!     [fleet]
+//!     url = "redis://127.0.0.1:6379"
+//!     share = "follow"
+//!     shared_timeout = "5ms"
+//! "#).unwrap();
+//! // Inside the runtime: the stack's background task starts here, and
+//! // Redis is first contacted by it, never by a request.
+//! let layer = BrownoutLayer::try_from_policy(&policy)?;
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "toml"))]
+//! # fn main() {}
+//! ```
+//!
+//! What the replicas share, either way:
+//!
+//! - **Open.** A replica whose breaker opens by its own verdict publishes
+//!   "open until" (its next probe) for its route. Every replica reads the
+//!   route's verdicts every tick (a tenth of `open_for`, 5 to 100 ms) and,
+//!   with [`Share::Follow`], opens on any replica's verdict; with
 //!   [`Share::Quorum`]`(n)`, once `n` replicas hold one. An open fleet
 //!   answers [`Reason::Open`] at once, with the retry hint of the verdict.
 //! - **Probes.** When the verdict runs out, one replica takes the route's
@@ -24,16 +55,46 @@
 //! - **Redis down.** Every Redis call has `shared_timeout`; on error the
 //!   replica forgets the fleet's verdict and its own breaker decides alone,
 //!   logs once, counts `brownout_shared_state_errors_total{state="breaker"}`
-//!   and reads Redis again at the next tick.
+//!   and tries Redis again at the next tick.
 //!
-//! The admitted path reads two atomics: no lock, no allocation, no round
-//! trip. Publishing and reading happen in one background task per layer,
-//! started when the layer is built (inside a tokio runtime).
+//! In the stack, the fleet acts on each route's breaker through the
+//! controls an operator has ([`PolicyHandle::open_until`](crate::PolicyHandle::open_until),
+//! `half_open_now`, `reset`), reported to listeners, logs and metrics as
+//! transitions with [`Cause::Fleet`](crate::listen::Cause::Fleet):
 //!
-//! Place it outside a stack whose rejections are errors
-//! (`BrownoutLayer::from_policy`, before any fallback answers them): it
-//! recognises its breaker's verdict by the [`Rejected`] error, and a
-//! probe's failure by an error.
+//! - a verdict in force opens the breaker until one `open_for` past the
+//!   verdict's end, so that the replicas do not each go half-open when it
+//!   ends; the replica that takes the lease goes half-open then, and only
+//!   one that has turned callers away (or has them waiting) takes it;
+//! - a probe's failure is the breaker's own reopening, published as a new
+//!   verdict; its success closes the route for the fleet (the verdicts
+//!   published before it deleted, a close counter moved), and the others
+//!   reset when they read it;
+//! - only the breaker's own verdicts are published: the fleet's actions,
+//!   an operator's, a reload's and a maintenance window's stay on the
+//!   replica; a breaker that does not enforce (`shadow`, a forced mode)
+//!   neither publishes nor follows;
+//! - with Redis down, a breaker the fleet holds open is let go at the
+//!   verdict's end (half-open at once if it has passed); a verdict reached
+//!   meanwhile is published when Redis answers if it is still in force.
+//!
+//! The admitted path is the stack's own: no lock, no allocation, no round
+//! trip. A breaker transition writes an atomic for the task; a rejection by
+//! an open breaker reads one (and writes it once per lease). Everything
+//! Redis happens in one background task per stack (per
+//! [`FleetBreakerLayer`]), spawned where it is built: so build inside a
+//! tokio runtime. Outside one,
+//! [`try_from_policy`](crate::BrownoutLayer::try_from_policy) says so
+//! (`fleet: …`), and [`from_policy`](crate::BrownoutLayer::from_policy)
+//! logs it and builds a stack whose breakers decide alone: a fleet that
+//! cannot be joined is no reason to refuse traffic. Replicas compare
+//! verdicts in wall-clock time: keep their clocks in NTP.
+//!
+//! Place a [`FleetBreakerLayer`] outside a stack whose rejections are
+//! errors (`BrownoutLayer::from_policy`, before any fallback answers
+//! them): it recognises its breaker's verdict by the [`Rejected`] error
+//! (a rejection with [`Reason::Open`] after a request served), and a
+//! probe's failure by an error. Its admitted path reads two atomics.
 
 use std::fmt;
 use std::future::Future;
@@ -43,16 +104,19 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, UNIX_EPOCH};
 
-use metrics::Counter;
 use pin_project_lite::pin_project;
 use redis::Client;
 use redis::aio::MultiplexedConnection;
 use tower::{BoxError, Layer, Service};
 
 use crate::clock::{Clock, Nanos, saturating_nanos};
-use crate::metrics::SHARED_STATE_ERRORS_TOTAL;
 use crate::policy::{BreakerPolicy, FleetPolicy, FleetShare, Policy};
 use crate::reject::{Reason, Rejected};
+
+use self::protocol::{Keys, Link, Read};
+
+mod protocol;
+pub(crate) mod stack;
 
 /// When a replica follows the fleet's verdicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +177,7 @@ impl fmt::Debug for FleetBreakerLayer {
 struct State {
     clock: Clock,
     key: String,
+    keys: Keys,
     id: String,
     share: Share,
     open_for: Duration,
@@ -121,15 +186,17 @@ struct State {
     open_until: AtomicU64,
     /// This replica holds the probe lease until this reading.
     lease_until: AtomicU64,
+    /// The fleet's close counter as last read; `u64::MAX` before the
+    /// first read.
+    closes_seen: AtomicU64,
     probes_left: AtomicU32,
     /// The stack behind answered `Open` to the last request.
     locally_open: AtomicBool,
     /// A verdict to publish (wall-clock ms), 0 = none.
     publish_open: AtomicU64,
-    /// A successful probe: close the route for the fleet.
-    publish_closed: AtomicBool,
-    down: AtomicBool,
-    errors: Counter,
+    /// A successful probe at this wall-clock ms: close the route for the
+    /// fleet; 0 = none.
+    publish_closed: AtomicU64,
 }
 
 impl FleetBreakerLayer {
@@ -149,51 +216,45 @@ impl FleetBreakerLayer {
             why: err.to_string(),
         })?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| FleetError::NoRuntime)?;
-        crate::metrics::describe();
+        let key = format!("brownout:fleet:{route}");
         let state = Arc::new(State {
             clock: Clock::detect(),
-            key: format!("brownout:fleet:{route}"),
+            keys: Keys::of(route),
             id: crate::budget::replica_id(),
             share,
             open_for: breaker.open_for,
             probes: breaker.half_open_probes.max(1),
             open_until: AtomicU64::new(0),
             lease_until: AtomicU64::new(0),
+            closes_seen: AtomicU64::new(u64::MAX),
             probes_left: AtomicU32::new(0),
             locally_open: AtomicBool::new(false),
             publish_open: AtomicU64::new(0),
-            publish_closed: AtomicBool::new(false),
-            down: AtomicBool::new(false),
-            errors: metrics::counter!(SHARED_STATE_ERRORS_TOTAL, "state" => "breaker"),
+            publish_closed: AtomicU64::new(0),
+            key,
         });
+        let mut link = Link::new(client, shared_timeout, state.key.clone());
         let tick =
             (breaker.open_for / 10).clamp(Duration::from_millis(5), Duration::from_millis(100));
         let task = Arc::downgrade(&state);
         runtime.spawn(async move {
-            let mut conn: Option<MultiplexedConnection> = None;
             let mut interval = tokio::time::interval(tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
                 let Some(state) = task.upgrade() else { return };
-                let result = tokio::time::timeout(shared_timeout, state.sync(&client, &mut conn)).await;
-                let why = match result {
-                    Ok(Ok(())) => {
-                        if state.down.swap(false, Ordering::AcqRel) {
-                            tracing::info!(key = %state.key, "brownout: the fleet's Redis answers again; sharing breaker verdicts");
-                        }
-                        continue;
-                    }
-                    Ok(Err(err)) => err.to_string(),
-                    Err(_) => "no answer within shared_timeout".to_owned(),
+                let result = match link.conn().await {
+                    Ok(mut conn) => link.within(state.sync(&mut conn)).await,
+                    Err(why) => Err(why),
                 };
-                conn = None;
-                state.errors.increment(1);
-                // Local state in charge: forget the fleet's verdict.
-                state.open_until.store(0, Ordering::Release);
-                state.lease_until.store(0, Ordering::Release);
-                if !state.down.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(key = %state.key, error = %why, "brownout: the fleet's Redis does not answer; each replica's breaker decides alone until it does");
+                match result {
+                    Ok(()) => link.answered(),
+                    Err(why) => {
+                        link.failed(&why);
+                        // Local state in charge: forget the fleet's verdict.
+                        state.open_until.store(0, Ordering::Release);
+                        state.lease_until.store(0, Ordering::Release);
+                    }
                 }
             }
         });
@@ -250,11 +311,7 @@ impl FleetBreakerLayer {
 
 impl State {
     fn wall_ms(&self, at: Nanos) -> u64 {
-        self.clock
-            .wall_at(at)
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        protocol::wall_ms(self.clock.wall_at(at))
     }
 
     fn at_ms(&self, ms: u64) -> Nanos {
@@ -265,87 +322,56 @@ impl State {
 
     /// One tick: publish what this replica learned, read the fleet's
     /// verdicts, take the probe lease when the verdict ran out.
-    async fn sync(
-        &self,
-        client: &Client,
-        conn: &mut Option<MultiplexedConnection>,
-    ) -> redis::RedisResult<()> {
-        if conn.is_none() {
-            *conn = Some(client.get_multiplexed_async_connection().await?);
-        }
-        let Some(conn) = conn.as_mut() else {
-            return Ok(());
-        };
-        let verdicts = format!("{}:open", self.key);
-        let lease = format!("{}:lease", self.key);
-        let epoch_key = format!("{}:closed", self.key);
+    async fn sync(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let keys = &self.keys;
         let now = self.clock.now();
         let now_ms = self.wall_ms(now);
-        if self.publish_closed.swap(false, Ordering::AcqRel) {
-            redis::pipe()
-                .del(&verdicts)
-                .del(&lease)
-                .incr(&epoch_key, 1)
-                .query_async::<()>(conn)
-                .await?;
+        let closed_ms = self.publish_closed.swap(0, Ordering::AcqRel);
+        if closed_ms > 0 {
+            let closes = protocol::publish_closed(conn, keys, closed_ms, self.open_for).await?;
+            self.closes_seen.store(closes, Ordering::Release);
         }
         let until_ms = self.publish_open.swap(0, Ordering::AcqRel);
         if until_ms > 0 {
-            redis::pipe()
-                .zadd(&verdicts, &self.id, until_ms)
-                .pexpire(&verdicts, (until_ms.saturating_sub(now_ms) + 60_000) as i64)
-                .query_async::<()>(conn)
-                .await?;
+            protocol::publish_open(conn, keys, &self.id, until_ms, now_ms).await?;
         }
-        let (_, held): ((), Vec<(String, u64)>) = redis::pipe()
-            .zrembyscore(&verdicts, "-inf", now_ms.saturating_sub(1))
-            .zrange_withscores(&verdicts, 0, -1)
-            .query_async(conn)
-            .await?;
-        let need = match self.share {
-            Share::Follow => 1,
-            Share::Quorum(n) => n.max(1) as usize,
-        };
-        if held.len() >= need {
-            let latest = held.iter().map(|(_, until)| *until).max().unwrap_or(now_ms);
-            self.open_until.store(self.at_ms(latest), Ordering::Release);
+        let read = Read::one(conn, keys, now_ms).await?;
+        let seen = self.closes_seen.swap(read.closes, Ordering::AcqRel);
+        if let Some(end) = read.verdict_end(self.share) {
+            self.open_until.store(self.at_ms(end), Ordering::Release);
             return Ok(());
         }
         let open_until = self.open_until.load(Ordering::Acquire);
         if open_until == 0 {
             return Ok(());
         }
-        if !held.is_empty() {
+        if seen != u64::MAX && seen != read.closes {
+            // Another replica's probe closed the route for the fleet.
+            self.open_until.store(0, Ordering::Release);
+            self.lease_until.store(0, Ordering::Release);
+            return Ok(());
+        }
+        if !read.held.is_empty() {
             // Verdicts, but fewer than the quorum: each breaker decides.
             self.open_until.store(0, Ordering::Release);
             return Ok(());
         }
         // The verdict ran out: half-open for the fleet.
-        {
-            let probing = self.lease_until.load(Ordering::Acquire) > now;
-            if !probing {
-                let leased: Option<String> = redis::cmd("SET")
-                    .arg(&lease)
-                    .arg(&self.id)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(self.open_for.as_millis().max(1) as u64)
-                    .query_async(conn)
-                    .await?;
-                if leased.is_some() {
-                    self.probes_left.store(self.probes, Ordering::Release);
-                    self.lease_until.store(
-                        now.saturating_add(saturating_nanos(self.open_for)),
-                        Ordering::Release,
-                    );
-                } else {
-                    // Someone probes; closed once the lease is gone and
-                    // no verdict came back.
-                    let exists: bool = redis::cmd("EXISTS").arg(&lease).query_async(conn).await?;
-                    let waited = now.saturating_sub(open_until) > saturating_nanos(self.open_for);
-                    if !exists && waited {
-                        self.open_until.store(0, Ordering::Release);
-                    }
+        let probing = self.lease_until.load(Ordering::Acquire) > now;
+        if !probing {
+            if protocol::take_lease(conn, keys, &self.id, self.open_for).await? {
+                self.probes_left.store(self.probes, Ordering::Release);
+                self.lease_until.store(
+                    now.saturating_add(saturating_nanos(self.open_for)),
+                    Ordering::Release,
+                );
+            } else {
+                // Someone probes; closed once the lease is gone and
+                // no verdict came back.
+                let held = protocol::lease_held(conn, keys).await?;
+                let waited = now.saturating_sub(open_until) > saturating_nanos(self.open_for);
+                if !held && waited {
+                    self.open_until.store(0, Ordering::Release);
                 }
             }
         }
@@ -392,7 +418,8 @@ impl State {
                     } else {
                         self.open_until.store(0, Ordering::Release);
                         self.lease_until.store(0, Ordering::Release);
-                        self.publish_closed.store(true, Ordering::Release);
+                        self.publish_closed
+                            .store(self.wall_ms(now).max(1), Ordering::Release);
                     }
                 }
             }

@@ -32,8 +32,10 @@ impl FleetShare {
 
 /// The `[fleet]` section of a [`Policy`](crate::Policy): how the replicas
 /// of a service share their breakers' verdicts (feature `fleet`; see
-/// `brownout::fleet`). Optional: without it each replica's breaker decides
-/// alone.
+/// `brownout::fleet`): a stack built from the policy
+/// (`BrownoutLayer::from_policy`) shares every route's breaker, and
+/// `FleetBreakerLayer::from_policy` reads it too. Optional: without it
+/// each replica's breaker decides alone.
 ///
 /// ```toml
 /// [fleet]

@@ -78,9 +78,10 @@ pub struct Policy {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetPolicy>,
     /// The `[fleet]` section: breaker verdicts shared by the replicas
-    /// through Redis (feature `fleet`, `brownout::fleet`). Global,
-    /// optional: `None` (and then left out when the policy is written
-    /// back) shares nothing. See [`FleetPolicy`].
+    /// through Redis (feature `fleet`, `brownout::fleet`): every route's
+    /// breaker in a stack built from the policy. Global, optional: `None`
+    /// (and then left out when the policy is written back) shares nothing.
+    /// See [`FleetPolicy`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetPolicy>,
 }

@@ -39,6 +39,15 @@ pub enum BuildError {
     #[cfg(feature = "defer")]
     #[error(transparent)]
     Defer(#[from] crate::defer::StoreError),
+    /// The policy has a `[fleet]` section and the stack is built outside a
+    /// tokio runtime: the task that shares its breakers needs one.
+    #[cfg(feature = "fleet")]
+    #[error(
+        "fleet: sharing the breakers through Redis needs a tokio runtime where the stack is \
+         built (its background task runs there): build it inside one (#[tokio::main], \
+         Runtime::enter), or remove the [fleet] section"
+    )]
+    FleetNeedsRuntime,
 }
 
 /// The stores of `policy`'s deferring routes: an error when `strict`, else

@@ -133,9 +133,13 @@ impl BrownoutLayer {
     /// before admission ([`Budgeted`](super::Budgeted)); with
     /// `[routes."…".defer]` sections (feature `defer`), their stores are
     /// opened here and the HTTP preset ([`http`](Self::http)) defers the
-    /// requests those routes reject. Both are built once, here: a policy
-    /// a [`PolicyHandle`](super::PolicyHandle) applies later changes the
-    /// breakers, limits and rooms, not the budget or the stores.
+    /// requests those routes reject. With a `[fleet]` section (feature
+    /// `fleet`), every route's breaker shares its verdicts with the other
+    /// replicas through Redis ([`fleet`](crate::fleet)): build the stack
+    /// inside a tokio runtime, where its background task is spawned. All
+    /// three are built once, here: a policy a
+    /// [`PolicyHandle`](super::PolicyHandle) applies later changes the
+    /// breakers, limits and rooms, not the budget, the stores or the fleet.
     ///
     /// A policy that does not validate is used with its bad values brought
     /// into range, and an error is logged; so is a part that cannot be
@@ -155,7 +159,9 @@ impl BrownoutLayer {
     /// the stack from being built as `policy` says: a field that does not
     /// validate, a `[budget]` or a `defer` section that needs a cargo
     /// feature this build lacks, a deferral store that cannot be opened
-    /// (its path and why). Each error names the field or the path.
+    /// (its path and why), a `[fleet]` whose `url` cannot be used or a
+    /// stack with one built outside a tokio runtime. Each error names the
+    /// field or the path.
     ///
     /// ```
     /// # #[cfg(feature = "toml")] {
@@ -233,12 +239,16 @@ impl Settings {
                 }
             }
         };
+        #[cfg(feature = "fleet")]
+        let fleet = start_fleet(policy, &clock, strict)?;
         let in_force = Arc::new(ArcSwap::from_pointee(policy.clone()));
         let built = Arc::new(Mutex::new(Vec::new()));
         let gates = {
             let in_force = in_force.clone();
             let classes = classes.clone();
             let built = built.clone();
+            #[cfg(feature = "fleet")]
+            let fleet = fleet.clone();
             GateMap::new(max_routes, move |route: Option<&Arc<str>>| {
                 let (label, effective) = match route {
                     Some(route) => {
@@ -256,6 +266,14 @@ impl Settings {
                         in_force.load().route(""),
                     ),
                 };
+                // A route of its own shares its breaker with the fleet;
+                // the overflow gate does not: the routes it stands for
+                // differ from one replica to the next.
+                #[cfg(feature = "fleet")]
+                let listener = match (&fleet, route) {
+                    (Some(fleet), Some(route)) => Some(fleet.listener_for(route, listener.clone())),
+                    _ => listener.clone(),
+                };
                 Gate::new(GateSpec {
                     listener: listener.clone(),
                     custom_limit: custom_limit.clone(),
@@ -263,14 +281,59 @@ impl Settings {
                 })
             })
         };
-        Ok(Arc::new(Shared {
+        let shared = Arc::new(Shared {
             policy: in_force,
             gates,
             classes,
             applying: Mutex::new(()),
             built,
             budget,
-        }))
+        });
+        #[cfg(feature = "fleet")]
+        if let Some(fleet) = &fleet {
+            fleet.start(Arc::downgrade(&shared));
+        }
+        Ok(shared)
+    }
+}
+
+#[cfg(feature = "fleet")]
+impl crate::fleet::stack::Routes for Shared {
+    fn gate(&self, route: &str) -> Option<Arc<Gate>> {
+        self.gates.get(route)
+    }
+
+    fn open_for(&self, route: &str) -> std::time::Duration {
+        self.policy.load().route(route).breaker.open_for
+    }
+}
+
+/// The fleet that shares the stack's breakers, if `policy` has a
+/// `[fleet]` section: an error when `strict`; else logged, and each
+/// breaker decides alone (the stack still serves: a fleet that cannot be
+/// joined is no reason to refuse traffic).
+#[cfg(feature = "fleet")]
+fn start_fleet(
+    policy: &Policy,
+    clock: &Clock,
+    strict: bool,
+) -> Result<Option<Arc<crate::fleet::stack::StackFleet>>, BuildError> {
+    use crate::fleet::stack::{StackFleet, StartError};
+    match StackFleet::new(policy, clock.clone()) {
+        Ok(fleet) => Ok(fleet),
+        Err(StartError::Policy(err)) if strict => Err(err.into()),
+        Err(StartError::NoRuntime) if strict => Err(BuildError::FleetNeedsRuntime),
+        Err(StartError::Policy(err)) => {
+            tracing::error!(%err, "brownout: the [fleet] section cannot be used; each breaker decides alone");
+            Ok(None)
+        }
+        Err(StartError::NoRuntime) => {
+            tracing::error!(
+                "brownout: the stack was built outside a tokio runtime; its [fleet] section needs one, \
+                 so each breaker decides alone (build it inside the runtime to share them)"
+            );
+            Ok(None)
+        }
     }
 }
 

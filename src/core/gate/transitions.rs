@@ -192,25 +192,44 @@ impl Gate {
     /// must look again). The state after; `None` for a gate without a
     /// breaker.
     pub(crate) fn control(&self, action: Manual) -> Option<BreakerState> {
-        self.control_with(|_| action)
+        self.control_with(|_| action, Cause::Manual)
     }
 
     /// [`control`](Self::control) with an action that depends on the
     /// gate's clock: `open_until(until)` in wall-clock time or from now.
     pub(crate) fn open_until(&self, until: Until) -> Option<BreakerState> {
-        self.control_with(|clock| Manual::OpenUntil(until.on(clock)))
+        self.control_with(|clock| Manual::OpenUntil(until.on(clock)), Cause::Manual)
     }
 
-    fn control_with(&self, action: impl FnOnce(&Clock) -> Manual) -> Option<BreakerState> {
+    /// What the fleet's shared verdict does to this replica's breaker: a
+    /// hand on it like [`control`](Self::control) (`action` reads the
+    /// gate's clock for an open until a wall-clock time), reported with
+    /// [`Cause::Fleet`] and without the warning of an operator's action:
+    /// it is the fleet's routine.
+    #[cfg(feature = "fleet")]
+    pub(crate) fn follow_fleet(
+        &self,
+        action: impl FnOnce(&Clock) -> Manual,
+    ) -> Option<BreakerState> {
+        self.control_with(action, Cause::Fleet)
+    }
+
+    fn control_with(
+        &self,
+        action: impl FnOnce(&Clock) -> Manual,
+        cause: Cause,
+    ) -> Option<BreakerState> {
         let action = action(&self.clock);
         let breaker = self.breaker.as_ref()?;
         let now = self.clock.now();
         let transition = breaker.manual(action, now);
-        tracing::warn!(
-            route = %self.metrics.route(), action = action.as_str(),
-            "brownout: circuit breaker acted on by hand"
-        );
-        self.report_as(transition, Cause::Manual);
+        if cause == Cause::Manual {
+            tracing::warn!(
+                route = %self.metrics.route(), action = action.as_str(),
+                "brownout: circuit breaker acted on by hand"
+            );
+        }
+        self.report_as(transition, cause);
         if let Some(room) = &self.room {
             if room.waiting() > 0 {
                 room.with(Queues::wake_waiting);
