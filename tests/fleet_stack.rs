@@ -388,6 +388,64 @@ async fn a_quorum_of_two_waits_for_a_second_verdict() {
     eprintln!("a quorum of 2 opened replica 3 {opened:?} after the second verdict");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_on_one_redis_keep_apart_by_their_key_prefix() {
+    let server = RedisServer::start();
+    let back_end = BackEnd {
+        down: Arc::new(AtomicBool::new(false)),
+        calls: Arc::default(),
+    };
+    // Two replicas of service A and one of service B, every one with the
+    // one route `default`, on the same Redis.
+    let a = replicas(
+        &policy_with(&server.url(), "key_prefix = \"svc-a\""),
+        &back_end,
+    );
+    let b = replicas(
+        &policy_with(&server.url(), "key_prefix = \"svc-b\""),
+        &back_end,
+    );
+    for replica in a.iter().chain(&b) {
+        assert_eq!(replica.send().await, Ok(()), "the route is seen");
+    }
+    back_end.down.store(true, Ordering::Release);
+    trip(&a[0]).await;
+    let opened = within(
+        OPEN_FOR,
+        "A's other replica follows A's verdict",
+        async || {
+            let before = back_end.calls();
+            a[1].send().await == Err(Reason::Open) && back_end.calls() == before
+        },
+    )
+    .await;
+    eprintln!("service A's replica 1 opened {opened:?} after replica 0's verdict");
+    // Long enough for several ticks (100 ms at most) to have spread the
+    // verdict to B too, were the prefixes not kept apart.
+    tokio::time::sleep(OPEN_FOR / 2).await;
+    let calls = back_end.calls();
+    assert_eq!(
+        b[0].send().await,
+        Err(Reason::Shed),
+        "the back end's own error"
+    );
+    assert_eq!(
+        back_end.calls(),
+        calls + 1,
+        "service B still calls its back end"
+    );
+    assert_eq!(b[0].state(), Some(BreakerState::Closed));
+}
+
+#[test]
+fn an_empty_key_prefix_is_an_error_naming_fleet_key_prefix() {
+    let err = Policy::from_toml("[fleet]\nkey_prefix = \"\"\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "fleet.key_prefix: \"\" is empty: the fleet's Redis keys need a prefix (the default is \"brownout:fleet\")"
+    );
+}
+
 /// Request 0 is for `/a`, any other for `/b`.
 fn route_of(req: &u32) -> Option<&str> {
     Some(if *req == 0 { "/a" } else { "/b" })

@@ -204,8 +204,24 @@ impl FleetBreakerLayer {
     /// `breaker`'s `open_for` and `half_open_probes`. Each Redis call
     /// waits at most `shared_timeout`. A bad URL is an error here; a
     /// Redis that does not answer is a logged fallback at run time.
+    ///
+    /// Its keys start with `brownout:fleet` (the `[fleet]` section's
+    /// default `key_prefix`; [`from_policy`](Self::from_policy) reads the
+    /// section's).
     pub fn new(
         url: &str,
+        route: &str,
+        breaker: &BreakerPolicy,
+        share: Share,
+        shared_timeout: Duration,
+    ) -> Result<Self, FleetError> {
+        let prefix = FleetPolicy::default().key_prefix;
+        Self::start(url, &prefix, route, breaker, share, shared_timeout)
+    }
+
+    fn start(
+        url: &str,
+        prefix: &str,
         route: &str,
         breaker: &BreakerPolicy,
         share: Share,
@@ -216,10 +232,10 @@ impl FleetBreakerLayer {
             why: err.to_string(),
         })?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| FleetError::NoRuntime)?;
-        let key = format!("brownout:fleet:{route}");
+        let key = format!("{prefix}:{route}");
         let state = Arc::new(State {
             clock: Clock::detect(),
-            keys: Keys::of(route),
+            keys: Keys::of(prefix, route),
             id: crate::budget::replica_id(),
             share,
             open_for: breaker.open_for,
@@ -287,8 +303,9 @@ impl FleetBreakerLayer {
             return Ok(None);
         };
         fleet.validate()?;
-        Self::new(
+        Self::start(
             &fleet.url,
+            &fleet.key_prefix,
             route,
             &policy.route(route).breaker,
             Share::from(fleet),

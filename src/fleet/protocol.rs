@@ -4,7 +4,8 @@
 //! Both use the same keys, so a replica that shares a route through one
 //! and a replica that shares it through the other follow each other.
 //!
-//! Per route, under `brownout:fleet:{route}`:
+//! Per route, under `{key_prefix}:{route}` (`fleet.key_prefix`, by default
+//! `brownout:fleet`):
 //!
 //! - `:open`, a sorted set: each replica's open verdict, scored by when it
 //!   ends (wall-clock milliseconds). Ended verdicts are removed by the
@@ -36,8 +37,9 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
-    pub(crate) fn of(route: &str) -> Self {
-        let base = format!("brownout:fleet:{route}");
+    /// The keys of `route` under `prefix` (the policy's `fleet.key_prefix`).
+    pub(crate) fn of(prefix: &str, route: &str) -> Self {
+        let base = format!("{prefix}:{route}");
         Self {
             verdicts: format!("{base}:open"),
             lease: format!("{base}:lease"),
@@ -277,7 +279,7 @@ mod tests {
 
     #[test]
     fn keys_and_times() {
-        let keys = Keys::of("/slots");
+        let keys = Keys::of("brownout:fleet", "/slots");
         assert_eq!(keys.verdicts, "brownout:fleet:/slots:open");
         assert_eq!(keys.lease, "brownout:fleet:/slots:lease");
         assert_eq!(keys.closed, "brownout:fleet:/slots:closed");

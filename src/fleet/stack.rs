@@ -63,6 +63,8 @@ pub(crate) struct StackFleet {
     shared_timeout: Duration,
     /// This replica in the verdicts' set and the lease.
     id: String,
+    /// What the fleet's keys start with (`fleet.key_prefix`).
+    key_prefix: String,
     clock: Clock,
     /// How often the task reads Redis: a tenth of the shortest `open_for`
     /// of the policy's routes, 5 to 100 ms.
@@ -224,6 +226,7 @@ impl StackFleet {
             share: Share::from(fleet),
             shared_timeout: fleet.shared_timeout,
             id: crate::budget::replica_id(),
+            key_prefix: fleet.key_prefix.clone(),
             clock,
             tick: (shortest / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
             routes: Mutex::new(Vec::new()),
@@ -241,7 +244,7 @@ impl StackFleet {
     ) -> SharedListener {
         let cell = Arc::new(RouteCell {
             route: route.clone(),
-            keys: Keys::of(route),
+            keys: Keys::of(&self.key_prefix, route),
             publish_open: AtomicU64::new(0),
             publish_closed: AtomicU64::new(0),
             wanted: AtomicBool::new(false),

@@ -44,6 +44,7 @@ impl FleetShare {
 /// # share = "quorum"             # quorum: open once `quorum` replicas hold one
 /// # quorum = 2                   # (writing `quorum` alone means share = "quorum")
 /// shared_timeout = "5ms"         # the longest a read or write of Redis waits
+/// key_prefix = "brownout:fleet"  # keys are <key_prefix>:<route>:…; one per service
 /// ```
 ///
 /// [`validate`](Self::validate) names the field and its value:
@@ -75,6 +76,12 @@ pub struct FleetPolicy {
     /// The longest one read or write of Redis waits; more than zero.
     #[serde(with = "duration")]
     pub shared_timeout: Duration,
+    /// What the fleet's Redis keys start with (`<key_prefix>:<route>:open`
+    /// and so on); not empty. Two services that share one Redis need
+    /// prefixes of their own: with the same prefix, a route of the same
+    /// name (`default`, in every single-route stack) would be one route to
+    /// both, and a breaker opening in one would open the other.
+    pub key_prefix: String,
 }
 
 impl Default for FleetPolicy {
@@ -84,6 +91,7 @@ impl Default for FleetPolicy {
             share: None,
             quorum: None,
             shared_timeout: Duration::from_millis(5),
+            key_prefix: "brownout:fleet".to_owned(),
         }
     }
 }
@@ -118,6 +126,13 @@ impl FleetPolicy {
                 "fleet.url",
                 format!("{:?}", self.url),
                 "is not a Redis URL (redis://host:port, rediss://, unix://)",
+            ));
+        }
+        if self.key_prefix.trim().is_empty() {
+            return Err(PolicyError::invalid(
+                "fleet.key_prefix",
+                format!("{:?}", self.key_prefix),
+                "is empty: the fleet's Redis keys need a prefix (the default is \"brownout:fleet\")",
             ));
         }
         match (self.share, self.quorum) {
