@@ -20,7 +20,9 @@
 //!
 //! - **Demand below the limit**: the limit stays well above what callers
 //!   use (twice the most in flight at once), so a healthy back end never
-//!   sheds, and the unloaded latency is learned.
+//!   sheds, and the unloaded latency is learned. (Not while over a tenth
+//!   of the calls are abandoned at their callers' deadlines: then the
+//!   calls in flight measure the callers' patience, and the limit holds.)
 //! - **Demand presses on the limit, latency at the unloaded level**: there
 //!   is headroom; the next step tries a fifth more (doubling while the
 //!   limit has never met a queue: TCP slow start; in slow start a doubling
@@ -262,6 +264,11 @@ impl Capacity {
         // service times past a timeout) shows a tenth in some small rounds,
         // and each false alarm halves the limit for a test.
         let chance = (Self::OVERLOAD * (1.0 - Self::OVERLOAD) / completed).sqrt();
+        // Over a tenth of the calls abandoned at their callers' deadlines
+        // (by more than the round's chance): calls take longer than callers
+        // wait, and the calls in flight are bounded by their patience, not
+        // by their demand.
+        let callers_leave = f64::from(window.censored) / completed > Self::OVERLOAD + chance;
         if share > Self::OVERLOAD + chance {
             if let Step::Up { from, .. } = self.step {
                 // The step up brought the failures (whether or not they
@@ -324,6 +331,15 @@ impl Capacity {
         self.last_samples = window.samples;
         let binds = window.blocked > 0 || f64::from(window.max_inflight) >= limit.floor();
         if !binds && !self.queued(rtt) {
+            if callers_leave {
+                // Not demand below the limit: hold it. Growing it with the
+                // calls in flight would let in more calls that callers
+                // leave (a back end that keeps working on abandoned calls
+                // then queues far past its slots), and an abandoned call's
+                // latency is only "at least this long": no unloaded
+                // latency to learn.
+                return limit;
+            }
             return self.idle(limit, window);
         }
         if self.step == Step::Idle {
@@ -897,5 +913,27 @@ mod tests {
         // The lower limit delivers only what it lets through; at the limit
         // above, the back end delivered 39 calls a second, at 2 s: 78.
         assert!(limit >= 70.0, "{limit}");
+    }
+
+    #[test]
+    fn rounds_whose_callers_leave_neither_grow_the_limit_nor_teach_a_baseline() {
+        let mut capacity = Capacity::default();
+        capacity.update(100.0, &idle_round(0.4));
+        // Half the calls abandoned at a 1 s deadline, 80 in flight, nobody
+        // refused a slot: calls in flight are set by the callers' patience.
+        let leaving = WindowSample {
+            samples: 40,
+            rtt: 0.45,
+            duration: 0.5,
+            max_inflight: 80,
+            censored: 20,
+            ..WindowSample::default()
+        };
+        let mut limit = 100.0;
+        for _ in 0..10 {
+            limit = capacity.update(limit, &leaving);
+        }
+        assert_eq!(limit, 100.0, "not grown to twice the calls in flight");
+        assert_eq!(capacity.unloaded, 0.4, "no baseline from abandoned calls");
     }
 }
