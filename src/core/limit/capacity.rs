@@ -22,7 +22,8 @@
 //!   use (twice the most in flight at once), so a healthy back end never
 //!   sheds, and the unloaded latency is learned. (Not while over a tenth
 //!   of the calls are abandoned at their callers' deadlines: then the
-//!   calls in flight measure the callers' patience, and the limit holds.)
+//!   calls in flight measure the callers' patience, and the limit comes
+//!   down towards what the succeeding calls use, by at most half a round.)
 //! - **Demand presses on the limit, latency at the unloaded level**: there
 //!   is headroom; the next step tries a fifth more (doubling while the
 //!   limit has never met a queue: TCP slow start; in slow start a doubling
@@ -332,13 +333,17 @@ impl Capacity {
         let binds = window.blocked > 0 || f64::from(window.max_inflight) >= limit.floor();
         if !binds && !self.queued(rtt) {
             if callers_leave {
-                // Not demand below the limit: hold it. Growing it with the
+                // Not demand below the limit. Growing the limit with the
                 // calls in flight would let in more calls that callers
-                // leave (a back end that keeps working on abandoned calls
-                // then queues far past its slots), and an abandoned call's
-                // latency is only "at least this long": no unloaded
-                // latency to learn.
-                return limit;
+                // leave, and an abandoned call's latency is only "at
+                // least this long": no unloaded latency to learn. The
+                // calls that help are the ones that succeed (Little's law:
+                // their rate times the round's latency); a back end that
+                // keeps working on abandoned calls queues far past its
+                // slots while the limit lets in more than that. Come down
+                // towards it, by at most half a round.
+                let useful = rate * window.rtt / self.utilization;
+                return limit.min(useful.max(limit * 0.5)).max(1.0);
             }
             return self.idle(limit, window);
         }
@@ -916,11 +921,11 @@ mod tests {
     }
 
     #[test]
-    fn rounds_whose_callers_leave_neither_grow_the_limit_nor_teach_a_baseline() {
+    fn rounds_whose_callers_leave_bring_the_limit_to_what_succeeding_calls_use() {
         let mut capacity = Capacity::default();
         capacity.update(100.0, &idle_round(0.4));
-        // Half the calls abandoned at a 1 s deadline, 80 in flight, nobody
-        // refused a slot: calls in flight are set by the callers' patience.
+        // Half the calls abandoned at a 1 s deadline, nobody refused a
+        // slot: calls in flight are set by the callers' patience.
         let leaving = WindowSample {
             samples: 40,
             rtt: 0.45,
@@ -930,10 +935,21 @@ mod tests {
             ..WindowSample::default()
         };
         let mut limit = 100.0;
+        let mut limits = Vec::new();
         for _ in 0..10 {
-            limit = capacity.update(limit, &leaving);
+            // Callers leave before the limit fills: four fifths of it.
+            let round = WindowSample {
+                max_inflight: (limit * 0.8) as u32,
+                ..leaving
+            };
+            limit = capacity.update(limit, &round);
+            limits.push(limit);
         }
-        assert_eq!(limit, 100.0, "not grown to twice the calls in flight");
+        // 20 of 40 calls in 0.5 s succeed: 40 a second at 0.45 s is 18 in
+        // flight that help. Not grown to twice the 80 in flight; down by
+        // at most half a round, to 18 and no lower.
+        assert_eq!(limits[..3], [50.0, 25.0, 18.0], "{limits:?}");
+        assert!(limits.iter().all(|&l| l >= 18.0), "{limits:?}");
         assert_eq!(capacity.unloaded, 0.4, "no baseline from abandoned calls");
     }
 }
