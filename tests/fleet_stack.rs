@@ -34,6 +34,14 @@ struct BackEnd {
 }
 
 impl BackEnd {
+    /// A back end that is up, or `down`.
+    fn new(down: bool) -> Self {
+        Self {
+            down: Arc::new(AtomicBool::new(down)),
+            calls: Arc::default(),
+        }
+    }
+
     fn calls(&self) -> usize {
         self.calls.lock().unwrap().len()
     }
@@ -99,19 +107,23 @@ impl Replica {
         self.layer.state("default")
     }
 
-    /// One request: served, or why not. A request that does not end within
-    /// five seconds fails the test: nothing may wait on Redis.
+    /// One request through this replica: its [`answer`].
     async fn send(&self) -> Result<(), Reason> {
-        let call = self.layer.layer(self.back_end.clone()).oneshot(0);
-        match tokio::time::timeout(Duration::from_secs(5), call)
-            .await
-            .expect("a request never hangs")
-        {
-            Ok(()) => Ok(()),
-            Err(err) => Err(err
-                .downcast_ref::<Rejected>()
-                .map_or(Reason::Shed, Rejected::reason)),
-        }
+        answer(self.layer.layer(self.back_end.clone()).oneshot(0)).await
+    }
+}
+
+/// A request's answer: served, or why not. A request that does not end
+/// within five seconds fails the test: nothing may wait on Redis.
+async fn answer(call: impl Future<Output = Result<(), BoxError>>) -> Result<(), Reason> {
+    match tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("a request never hangs")
+    {
+        Ok(()) => Ok(()),
+        Err(err) => Err(err
+            .downcast_ref::<Rejected>()
+            .map_or(Reason::Shed, Rejected::reason)),
     }
 }
 
@@ -125,6 +137,20 @@ fn replicas(policy: &Policy, back_end: &BackEnd) -> Vec<Replica> {
             }
         })
         .collect()
+}
+
+/// One request through each replica, served: each stack has seen the
+/// route.
+async fn see_route(fleet: &[Replica]) {
+    for replica in fleet {
+        assert_eq!(replica.send().await, Ok(()), "the route is seen");
+    }
+}
+
+/// Whether `replica` answers `Open` without calling the back end.
+async fn answers_open(replica: &Replica, back_end: &BackEnd) -> bool {
+    let before = back_end.calls();
+    replica.send().await == Err(Reason::Open) && back_end.calls() == before
 }
 
 /// Sends to `replica` until its own breaker opens (at most 100 requests).
@@ -154,14 +180,9 @@ async fn within(limit: Duration, what: &str, mut done: impl AsyncFnMut() -> bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_stacks_open_together_probe_once_per_period_close_together_and_outlive_redis() {
     let mut server = RedisServer::start();
-    let back_end = BackEnd {
-        down: Arc::new(AtomicBool::new(false)),
-        calls: Arc::default(),
-    };
+    let back_end = BackEnd::new(false);
     let fleet = replicas(&policy(&server.url()), &back_end);
-    for replica in &fleet {
-        assert_eq!(replica.send().await, Ok(()), "the route is seen");
-    }
+    see_route(&fleet).await;
 
     // Replica 0's breaker opens: every replica answers `Open` within one
     // open_for, without calling the back end.
@@ -293,8 +314,7 @@ async fn four_stacks_open_together_probe_once_per_period_close_together_and_outl
     back_end.down.store(true, Ordering::Release);
     trip(&fleet[3]).await;
     let rejoined = within(OPEN_FOR, "replica 2 follows replica 3 again", async || {
-        let before = back_end.calls();
-        fleet[2].send().await == Err(Reason::Open) && back_end.calls() == before
+        answers_open(&fleet[2], &back_end).await
     })
     .await;
     eprintln!("after Redis restarted, replica 2 followed replica 3's verdict in {rejoined:?}");
@@ -333,10 +353,7 @@ fn outside_a_runtime_the_strict_build_names_fleet_and_the_lenient_one_serves_alo
     assert!(err.contains("tokio runtime"), "{err}");
 
     let layer = BrownoutLayer::from_policy(&policy);
-    let back_end = BackEnd {
-        down: Arc::new(AtomicBool::new(true)),
-        calls: Arc::default(),
-    };
+    let back_end = BackEnd::new(true);
     let replica = Replica { layer, back_end };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -355,14 +372,9 @@ fn outside_a_runtime_the_strict_build_names_fleet_and_the_lenient_one_serves_alo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_of_two_waits_for_a_second_verdict() {
     let server = RedisServer::start();
-    let back_end = BackEnd {
-        down: Arc::new(AtomicBool::new(false)),
-        calls: Arc::default(),
-    };
+    let back_end = BackEnd::new(false);
     let fleet = replicas(&policy_with(&server.url(), "quorum = 2"), &back_end);
-    for replica in &fleet {
-        assert_eq!(replica.send().await, Ok(()), "the route is seen");
-    }
+    see_route(&fleet).await;
     back_end.down.store(true, Ordering::Release);
     trip(&fleet[0]).await;
     // Long enough for several ticks (100 ms at most) to have spread the
@@ -381,8 +393,7 @@ async fn a_quorum_of_two_waits_for_a_second_verdict() {
     );
     trip(&fleet[1]).await;
     let opened = within(OPEN_FOR, "the quorum opens replica 3", async || {
-        let before = back_end.calls();
-        fleet[3].send().await == Err(Reason::Open) && back_end.calls() == before
+        answers_open(&fleet[3], &back_end).await
     })
     .await;
     eprintln!("a quorum of 2 opened replica 3 {opened:?} after the second verdict");
@@ -391,10 +402,7 @@ async fn a_quorum_of_two_waits_for_a_second_verdict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_services_on_one_redis_keep_apart_by_their_key_prefix() {
     let server = RedisServer::start();
-    let back_end = BackEnd {
-        down: Arc::new(AtomicBool::new(false)),
-        calls: Arc::default(),
-    };
+    let back_end = BackEnd::new(false);
     // Two replicas of service A and one of service B, every one with the
     // one route `default`, on the same Redis.
     let a = replicas(
@@ -405,18 +413,14 @@ async fn two_services_on_one_redis_keep_apart_by_their_key_prefix() {
         &policy_with(&server.url(), "key_prefix = \"svc-b\""),
         &back_end,
     );
-    for replica in a.iter().chain(&b) {
-        assert_eq!(replica.send().await, Ok(()), "the route is seen");
-    }
+    see_route(&a).await;
+    see_route(&b).await;
     back_end.down.store(true, Ordering::Release);
     trip(&a[0]).await;
     let opened = within(
         OPEN_FOR,
         "A's other replica follows A's verdict",
-        async || {
-            let before = back_end.calls();
-            a[1].send().await == Err(Reason::Open) && back_end.calls() == before
-        },
+        async || answers_open(&a[1], &back_end).await,
     )
     .await;
     eprintln!("service A's replica 1 opened {opened:?} after replica 0's verdict");
@@ -456,10 +460,7 @@ fn route_of(req: &u32) -> Option<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_first_seen_later_is_shared_on_its_own() {
     let server = RedisServer::start();
-    let back_end = BackEnd {
-        down: Arc::new(AtomicBool::new(false)),
-        calls: Arc::default(),
-    };
+    let back_end = BackEnd::new(false);
     type ByRequest = brownout::stack::RouteFn<fn(&u32) -> Option<&str>>;
     let by_request: ByRequest = brownout::stack::route_fn(route_of);
     let layers: Vec<BrownoutLayer<brownout::fallback::RejectAsError, ByRequest>> = (0..2)
@@ -471,16 +472,7 @@ async fn a_route_first_seen_later_is_shared_on_its_own() {
         .collect();
     let send = async |layer: &BrownoutLayer<brownout::fallback::RejectAsError, ByRequest>,
                       req: u32| {
-        let call = layer.layer(back_end.clone()).oneshot(req);
-        match tokio::time::timeout(Duration::from_secs(5), call)
-            .await
-            .expect("a request never hangs")
-        {
-            Ok(()) => Ok(()),
-            Err(err) => Err(err
-                .downcast_ref::<Rejected>()
-                .map_or(Reason::Shed, Rejected::reason)),
-        }
+        answer(layer.layer(back_end.clone()).oneshot(req)).await
     };
     for layer in &layers {
         assert_eq!(send(layer, 0).await, Ok(()), "/a is seen");

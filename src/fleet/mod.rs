@@ -250,8 +250,7 @@ impl FleetBreakerLayer {
             key,
         });
         let mut link = Link::new(client, shared_timeout, state.key.clone());
-        let tick =
-            (breaker.open_for / 10).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        let tick = protocol::tick(breaker.open_for);
         let task = Arc::downgrade(&state);
         runtime.spawn(async move {
             let mut interval = tokio::time::interval(tick);

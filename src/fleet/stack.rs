@@ -118,6 +118,13 @@ struct FleetListener {
     user: Option<SharedListener>,
 }
 
+impl FleetListener {
+    /// The application's listener, if it set one: every event goes on to it.
+    fn user(&self) -> Option<&dyn Listener> {
+        self.user.as_ref().map(|user| &*user.0)
+    }
+}
+
 impl Listener for FleetListener {
     fn on_breaker(&self, event: &BreakerTransition<'_>) {
         // Only the breaker's own verdicts are the fleet's news: the
@@ -139,14 +146,14 @@ impl Listener for FleetListener {
                 _ => {}
             }
         }
-        if let Some(user) = &self.user {
-            user.0.on_breaker(event);
+        if let Some(user) = self.user() {
+            user.on_breaker(event);
         }
     }
 
     fn on_limit(&self, event: &LimitChanged<'_>) {
-        if let Some(user) = &self.user {
-            user.0.on_limit(event);
+        if let Some(user) = self.user() {
+            user.on_limit(event);
         }
     }
 
@@ -155,20 +162,20 @@ impl Listener for FleetListener {
         if event.reason == Reason::Open && !self.cell.wanted.load(Ordering::Relaxed) {
             self.cell.wanted.store(true, Ordering::Relaxed);
         }
-        if let Some(user) = &self.user {
-            user.0.on_shed(event);
+        if let Some(user) = self.user() {
+            user.on_shed(event);
         }
     }
 
     fn on_maintenance_start(&self, event: &MaintenanceStarted<'_>) {
-        if let Some(user) = &self.user {
-            user.0.on_maintenance_start(event);
+        if let Some(user) = self.user() {
+            user.on_maintenance_start(event);
         }
     }
 
     fn on_maintenance_end(&self, event: &MaintenanceEnded<'_>) {
-        if let Some(user) = &self.user {
-            user.0.on_maintenance_end(event);
+        if let Some(user) = self.user() {
+            user.on_maintenance_end(event);
         }
     }
 }
@@ -228,7 +235,7 @@ impl StackFleet {
             id: crate::budget::replica_id(),
             key_prefix: fleet.key_prefix.clone(),
             clock,
-            tick: (shortest / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
+            tick: protocol::tick(shortest),
             routes: Mutex::new(Vec::new()),
         })))
     }
@@ -450,10 +457,10 @@ impl StackFleet {
                     episode.lease_until = 0;
                     let ends_soon = open_until_ms(gate)
                         .is_none_or(|until| until < now_ms.saturating_add(2 * tick_ms));
-                    match gate.state() {
-                        BreakerState::HalfOpen => open_until(gate, now_ms + open_for_ms),
-                        BreakerState::Open if ends_soon => open_until(gate, now_ms + open_for_ms),
-                        _ => {}
+                    let state = gate.state();
+                    if state == BreakerState::HalfOpen || (state == BreakerState::Open && ends_soon)
+                    {
+                        open_until(gate, now_ms.saturating_add(open_for_ms));
                     }
                 }
             }

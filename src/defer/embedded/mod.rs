@@ -11,8 +11,9 @@
 //! the same: redb frees the pages a commit replaced only at a synced
 //! commit, and a replayer probing a dead back end claims and releases for
 //! days with no append or outcome between (unsynced only, 60,000 claims
-//! and releases of 100 requests grew the file to 8 GiB). A crash between two commits loses nothing committed; redb
-//! repairs its free-space bookkeeping on the next open. One process opens
+//! and releases of 100 requests grew the file to 8 GiB). A crash between
+//! two commits loses nothing committed; redb repairs its free-space
+//! bookkeeping on the next open. One process opens
 //! a store at a time (redb locks the file); replicas that share a backlog
 //! use the Redis store.
 
