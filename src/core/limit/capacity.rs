@@ -31,7 +31,10 @@
 //!   says). If latency holds there, the limit keeps it.
 //! - **Latency above the unloaded level**: a queue, or a slower back end.
 //!   The next step tests which: the limit drops to what the back end
-//!   delivers times the unloaded latency. If latency falls, it was a queue
+//!   delivers times the unloaded latency, and at least a quarter below
+//!   the calls in flight (a queue inside the back end keeps them far
+//!   below a limit that never binds, and a step down to a limit they do
+//!   not reach would test nothing). If latency falls, it was a queue
 //!   and the new limit is the back end's capacity (a capacity cut is
 //!   learned in one step). If it does not, the back end itself is slower:
 //!   the unloaded latency is relearned and the limit goes back to where it
@@ -43,7 +46,9 @@
 //!   the lower limit stays, otherwise they are left to the breaker.
 //!   Latency is not learned from calls that failure cut short. Failures
 //!   that a step up brought send the limit back to where it was before
-//!   it (which served without them), not to a test below it; and as each
+//!   it (which served without them), not to a test below it (the calls
+//!   admitted above it, failing as they finish, are not judged against
+//!   it: a round or two); and as each
 //!   such step cost calls, the next one waits longer (twice as long for
 //!   each in a row, up to 16 rounds).
 //!
@@ -144,6 +149,15 @@ pub(crate) struct Capacity {
     /// time: each such miss in a row doubles the wait (TCP and BBR probe
     /// for more only now and then, too).
     hold: u32,
+    /// Rounds to wait, after a step up met failures and the limit went
+    /// back, for the calls admitted above it to finish: failures among
+    /// them belong to the step, not to the limit gone back to, and
+    /// judging them as overload there would cut the limit for a test
+    /// below one that served without them. `(rounds at the limit still
+    /// to see, rounds waited)`; the wait ends after at most
+    /// `MAX_STEP_ROUNDS`, so a back end that fails at the old limit too
+    /// is judged a few rounds later.
+    after_miss: Option<(u32, u32)>,
     /// The last limit that served without overload: where the limit goes
     /// back to after an outage.
     good: f64,
@@ -175,6 +189,7 @@ impl Default for Capacity {
             streak: 0,
             missed: 0,
             hold: 0,
+            after_miss: None,
             good: 0.0,
             load_blind: 0,
             fastest: 0.0,
@@ -270,7 +285,13 @@ impl Capacity {
         // wait, and the calls in flight are bounded by their patience, not
         // by their demand.
         let callers_leave = f64::from(window.censored) / completed > Self::OVERLOAD + chance;
+        let step_failures = self.after_missed_step(limit, window);
         if share > Self::OVERLOAD + chance {
+            if step_failures {
+                // Failures of the step that went back: nothing to learn
+                // of the limit, nor of latency they cut short.
+                return limit;
+            }
             if let Step::Up { from, .. } = self.step {
                 // The step up brought the failures (whether or not they
                 // have been seen to depend on the load): the limit below
@@ -284,6 +305,7 @@ impl Capacity {
                 self.met_queue = true;
                 self.streak = 0;
                 self.missed_up();
+                self.after_miss = Some((Self::STEP_ROUNDS, 0));
                 self.rounds = 0;
                 self.settled = 0;
                 return from;
@@ -383,6 +405,20 @@ impl Capacity {
             self.good = self.estimate;
         }
         next
+    }
+
+    /// Whether this round's failures may still be those of a step up that
+    /// met failures (calls admitted above the limit gone back to, or
+    /// completing a round trip after it): the wait of `after_miss`.
+    fn after_missed_step(&mut self, limit: f64, window: &WindowSample) -> bool {
+        let Some((left, waited)) = self.after_miss else {
+            return false;
+        };
+        let at_limit = f64::from(window.max_inflight) <= limit.ceil() + 1.0;
+        let left = if at_limit { left - 1 } else { left };
+        let waited = waited + 1;
+        self.after_miss = (left > 0 && waited < Self::MAX_STEP_ROUNDS).then_some((left, waited));
+        true
     }
 
     /// A step up met failures: wait before the next, the longer the more
@@ -624,11 +660,19 @@ impl Capacity {
                 if self.queued(rtt) {
                     // A queue or a slower back end: test with the limit
                     // the back end would need if it were a queue (at
-                    // least a quarter lower, so that the test shows
-                    // something).
+                    // least a quarter below what is in flight, so that
+                    // the test shows something: a limit far above the
+                    // calls in flight, which a queue inside the back end
+                    // never lets reach it, would test nothing, and
+                    // latency that did not fall there would be read as a
+                    // slower back end).
                     self.streak = 0;
+                    // (Calls in flight on average, by Little's law, over the share
+                    // of the limit they use.)
+                    let busy = (answered * rtt / self.utilization).min(from);
                     let to = (rate * self.floor.min(self.unloaded) / self.utilization)
-                        .clamp(from * 0.1, from * 0.75)
+                        .min(busy * 0.75)
+                        .max(from * 0.1)
                         .max(1.0);
                     self.step = Step::Down {
                         from,
@@ -735,6 +779,88 @@ mod tests {
             blocked: 20,
             ..WindowSample::default()
         }
+    }
+
+    #[test]
+    fn failures_of_a_step_up_that_went_back_do_not_start_a_test_below_it() {
+        let mut capacity = Capacity::default();
+        capacity.update(100.0, &idle_round(0.4));
+        // Demand presses on the limit at the unloaded latency: a step up.
+        let mut limit = 100.0;
+        for _ in 0..10 {
+            limit = capacity.update(limit, &pressed(limit, 100, 0.4, 0.4, 0));
+            if limit > 100.0 {
+                break;
+            }
+        }
+        let above = limit;
+        assert!(above > 100.0, "a step up: {above}");
+        // It meets failures: back to the limit below it.
+        limit = capacity.update(limit, &pressed(above, 100, 0.6, 0.6, 30));
+        assert_eq!(limit, 100.0);
+        // The calls admitted above it finish a round later, failing too:
+        // they say nothing of the limit below, which served without them.
+        limit = capacity.update(limit, &pressed(above, 100, 0.6, 0.6, 30));
+        assert_eq!(limit, 100.0, "no test below the limit that served");
+        for _ in 0..4 {
+            limit = capacity.update(limit, &pressed(limit, 100, 0.4, 0.4, 0));
+            assert!(limit >= 100.0, "{limit}");
+        }
+    }
+
+    #[test]
+    fn failures_that_outlast_a_step_up_that_went_back_are_judged() {
+        let mut capacity = Capacity::default();
+        capacity.update(100.0, &idle_round(0.4));
+        let mut limit = 100.0;
+        for _ in 0..10 {
+            limit = capacity.update(limit, &pressed(limit, 100, 0.4, 0.4, 0));
+            if limit > 100.0 {
+                break;
+            }
+        }
+        // The back end fails a third of the calls from the step on, at
+        // the limit below it too: after the calls from above have
+        // finished, a test below begins.
+        let mut lowest = limit;
+        for _ in 0..8 {
+            limit = capacity.update(limit, &pressed(limit, 100, 0.6, 0.6, 30));
+            lowest = lowest.min(limit);
+        }
+        assert!(lowest <= 50.0, "a test below: {lowest}");
+    }
+
+    #[test]
+    fn a_step_down_goes_below_the_calls_in_flight() {
+        let mut capacity = Capacity::default();
+        for _ in 0..5 {
+            capacity.update(400.0, &idle_round(1.0));
+        }
+        // The less important classes use part of the limit, and rounds
+        // are quiet enough that a quarter more latency is a queue.
+        capacity.utilization = 0.6;
+        capacity.spread = 0.2;
+        // A queue inside the back end: 125 calls in flight on average
+        // (100 a second at 1.25 s), far below the limit, none turned
+        // away. A step down to a limit that lets as many through would
+        // show nothing, and latency that did not fall there would be
+        // read as a slower back end.
+        let queued = WindowSample {
+            samples: 100,
+            rtt: 1.25,
+            duration: 1.0,
+            max_inflight: 140,
+            ..WindowSample::default()
+        };
+        let mut limit = 400.0;
+        for _ in 0..4 {
+            limit = capacity.update(limit, &queued);
+            if limit < 400.0 {
+                break;
+            }
+        }
+        let busy = 100.0 * 1.25 / capacity.utilization;
+        assert!(limit <= busy * 0.75 + 1e-9, "{limit} against {busy}");
     }
 
     #[test]
