@@ -34,9 +34,11 @@
 //!   delivers times the unloaded latency, and at least a quarter below
 //!   the calls in flight (a queue inside the back end keeps them far
 //!   below a limit that never binds, and a step down to a limit they do
-//!   not reach would test nothing). If latency falls, it was a queue
-//!   and the new limit is the back end's capacity (a capacity cut is
-//!   learned in one step). If it does not, the back end itself is slower:
+//!   not reach would test nothing). If latency falls (or the back end
+//!   delivers as many calls a second at the lower limit, where the step
+//!   is large enough for two rounds to tell), it was a queue and the new
+//!   limit is the back end's capacity (a capacity cut is learned in one
+//!   step). If it does not, the back end itself is slower:
 //!   the unloaded latency is relearned and the limit goes back to where it
 //!   was (a slowdown costs one step at a lower limit, and the limit holds).
 //! - **Overload** (over a tenth of a round's calls failing, by more than
@@ -400,7 +402,7 @@ impl Capacity {
         }
         self.rounds = 0;
         self.settled = 0;
-        let next = self.judge(rtt, rate, completed / window.duration);
+        let next = self.judge(rtt, rate, completed / window.duration, binds);
         if window.dropped == 0 && !matches!(self.step, Step::Down { .. }) {
             self.good = self.estimate;
         }
@@ -554,7 +556,7 @@ impl Capacity {
     }
 
     /// The end of a step: what it showed, and the next step.
-    fn judge(&mut self, rtt: f64, rate: f64, answered: f64) -> f64 {
+    fn judge(&mut self, rtt: f64, rate: f64, answered: f64, binds: bool) -> f64 {
         if self.unloaded == 0.0 {
             self.unloaded = rtt;
         }
@@ -594,12 +596,28 @@ impl Capacity {
                 // higher limit is not used for it: its calls were admitted
                 // a round trip before, at another limit.)
                 let serves = (delivered * rtt / self.utilization).clamp(to, from);
+                // Throughput that held at the lower limit says the same
+                // from the other side, even while latency falls slowly (the
+                // calls that finish in the round were admitted above it):
+                // the calls the step kept out were a queue, where a back
+                // end that got slower, with room to spare, delivers less
+                // in proportion. It counts only where demand pressed on
+                // the lower limit (below it, throughput is the callers'
+                // at any limit) and where the step was large enough for
+                // two rounds to tell "held" from "fell in proportion"
+                // (three times the noise of the difference of two round
+                // counts): small rounds leave it to latency.
+                let drop = 1.0 - to / from;
+                let noise = (2.0 / f64::from(self.last_samples.max(1))).sqrt();
+                let held = binds && drop > 3.0 * noise && rate >= delivered * (1.0 - drop / 2.0);
                 if rtt < before / (1.0 + self.tolerance()) {
                     // Latency fell with the limit: there was a queue. The
                     // unloaded latency is at most what shows now (this
                     // limit may still hold some queue: the next step looks
                     // again).
                     self.unloaded = self.unloaded.min(rtt);
+                } else if held {
+                    // A queue, and nothing new of the unloaded latency.
                 } else {
                     // Latency did not fall: the back end itself is slower.
                     self.unloaded = rtt;
@@ -861,6 +879,34 @@ mod tests {
         }
         let busy = 100.0 * 1.25 / capacity.utilization;
         assert!(limit <= busy * 0.75 + 1e-9, "{limit} against {busy}");
+    }
+
+    #[test]
+    fn throughput_that_holds_at_a_lower_limit_is_a_queue_even_if_latency_is_slow_to_fall() {
+        let mut capacity = Capacity::default();
+        for _ in 0..5 {
+            capacity.update(200.0, &idle_round(0.4));
+        }
+        capacity.spread = 0.2;
+        // Demand presses on a limit of 200 at twice the unloaded latency:
+        // 250 calls a second, 200 in flight.
+        let mut limit = 200.0;
+        for _ in 0..4 {
+            limit = capacity.update(limit, &pressed(limit, 200, 0.8, 0.8, 0));
+            if limit < 200.0 {
+                break;
+            }
+        }
+        assert!(limit <= 150.0, "a step down: {limit}");
+        // At the lower limit the back end delivers as many calls a second,
+        // while latency falls only a little in the rounds it takes for the
+        // calls admitted above to drain: the calls kept out were a queue,
+        // not a slower back end.
+        for _ in 0..3 {
+            limit = capacity.update(limit, &pressed(limit, 200, 0.75, 0.8, 0));
+        }
+        assert!(capacity.unloaded < 0.5, "{}", capacity.unloaded);
+        assert!(capacity.floor < 0.5, "{}", capacity.floor);
     }
 
     #[test]
