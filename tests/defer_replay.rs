@@ -13,7 +13,7 @@ mod tempdir;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brownout::defer::{Deferred, Load};
+use brownout::defer::{Deferred, Load, MIN_BACKOFF};
 use brownout::fallback::RejectAsError;
 use brownout::priority::Priority;
 use brownout::sim::{ServiceTime, SimBackend};
@@ -159,6 +159,149 @@ async fn drain(reserve: f64, ideal: Duration) {
             "oldest first in {class}"
         );
     }
+}
+
+/// While the breaker stays open the replayer probes with one replay at a
+/// time: after the first replay is turned away, no two replays reach the
+/// stack at the same instant (before, every pause sent a whole budget into
+/// the open breaker, each put back). Once a probe is served the backlog
+/// drains at the full limit again, every request sent to the back end
+/// once, most important class first, oldest first.
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_sees_one_replay_at_a_time_and_none_is_lost() {
+    const OUTAGE: Duration = Duration::from_secs(120);
+    const N: usize = 60;
+    let dir = TempDir::new("defer-probe");
+    let policy = Policy::from_toml(&format!(
+        r#"
+        [breaker]
+        mode = "forced_open"
+
+        [routes."/applications".limit]
+        algorithm = "fixed"
+        initial = {CAPACITY}
+        min = 1
+        max = {CAPACITY}
+        reserve = 0.0
+
+        [routes."/applications".defer]
+        path = {:?}
+        "#,
+        dir.path().join("store").display().to_string()
+    ))
+    .unwrap();
+    let deferral = brownout::defer::Deferral::open(&policy).await.unwrap();
+    let route = deferral.route("/applications").unwrap();
+    let store = route.store().clone();
+    for i in 0..N {
+        let request = Deferred {
+            priority: (i % 3) as u8,
+            method: "POST".into(),
+            uri: "/applications".into(),
+            headers: vec![],
+            body: Bytes::from(format!("{i}")),
+            arrived: store.now(),
+            idempotency_key: None,
+        };
+        store.append(request).await.unwrap();
+    }
+
+    let sim = SimBackend::builder()
+        .capacity(CAPACITY)
+        .service_time(ServiceTime::Constant(SERVICE))
+        .seed(1)
+        .build()
+        .unwrap();
+    let handle = sim.handle();
+    let order: Arc<Mutex<Vec<(u8, usize)>>> = Arc::default();
+    let backend = {
+        let order = order.clone();
+        tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let sim = sim.clone();
+            let order = order.clone();
+            async move {
+                let rank = req.extensions().get::<Priority>().unwrap().rank();
+                let body = req.into_body().collect_bytes().await;
+                let n: usize = String::from_utf8(body.to_vec()).unwrap().parse().unwrap();
+                order.lock().unwrap().push((rank, n));
+                sim.oneshot(()).await.map_err(BoxError::from)?;
+                Ok::<_, BoxError>(Response::new(Full::<Bytes>::from("ok")))
+            }
+        })
+    };
+    let layer = BrownoutLayer::from_policy(&policy).http();
+    let stack = layer.clone().fallback(RejectAsError).layer(backend);
+    // Every replay that reaches the stack, by the virtual instant it came.
+    let attempts: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let replay = {
+        let attempts = attempts.clone();
+        tower::service_fn(move |req: Request<Full<Bytes>>| {
+            attempts.lock().unwrap().push(tokio::time::Instant::now());
+            stack.clone().oneshot(req)
+        })
+    };
+    let replayer = deferral.replay(route, replay, Load::of(&layer, "/applications"));
+
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep(OUTAGE).await;
+    let during: Vec<tokio::time::Instant> = attempts.lock().unwrap().clone();
+    assert!(order.lock().unwrap().is_empty(), "the back end was down");
+    assert_eq!(
+        store.pending().await.unwrap().iter().sum::<u64>(),
+        N as u64,
+        "every replay turned away was put back"
+    );
+    let first = during[0];
+    let mut per_instant = std::collections::BTreeMap::new();
+    for at in during.iter().filter(|&&at| at > first) {
+        *per_instant.entry(*at).or_insert(0usize) += 1;
+    }
+    let burst = during.iter().filter(|&&at| at == first).count();
+    println!(
+        "{} replays sent into the open breaker in {OUTAGE:?}: {burst} at first, then {} pauses with at most {} each",
+        during.len(),
+        per_instant.len(),
+        per_instant.values().max().unwrap_or(&0),
+    );
+    assert!(
+        per_instant.values().all(|&n| n == 1),
+        "after the first was turned away, one replay at a time: {per_instant:?}"
+    );
+    assert!(
+        per_instant.len() as u32 <= OUTAGE.as_millis() as u32 / MIN_BACKOFF.as_millis() as u32,
+        "at most one probe per pause"
+    );
+
+    // Back: the next probe is served, and the rest drains at the limit.
+    let mut up = policy.clone();
+    up.breaker.mode = Mode::Enforce;
+    layer.handle().apply(up).unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if store.pending().await.unwrap().iter().sum::<u64>() == 0 {
+            break;
+        }
+        assert!(start.elapsed() < OUTAGE * 2, "not drained");
+    }
+    replayer.stop().await;
+    let stats = handle.stats();
+    assert_eq!(stats.served as usize, N, "{stats:?}");
+    assert_eq!(
+        stats.peak_concurrent, CAPACITY,
+        "the whole budget once a probe was served: {stats:?}"
+    );
+    let order = order.lock().unwrap().clone();
+    let mut seen: Vec<usize> = order.iter().map(|&(_, n)| n).collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..N).collect::<Vec<_>>(),
+        "each sent once, none lost"
+    );
+    assert!(
+        order.windows(2).all(|w| w[0] <= w[1]),
+        "most important class first, oldest first: {order:?}"
+    );
 }
 
 #[test]

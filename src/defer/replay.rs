@@ -157,10 +157,21 @@ where
     }
 }
 
+/// When a replay was sent: in which round of the replayer (see `run`),
+/// and whether as a probe.
+#[derive(Clone, Copy)]
+struct Sent {
+    round: u64,
+    probe: bool,
+}
+
 /// What one replay came to.
 enum Replayed {
-    /// Settled (or found settled).
-    Settled,
+    /// The back end answered it: settled (or found settled).
+    Answered,
+    /// Settled without being sent (it could not be rebuilt): says nothing
+    /// of the back end.
+    Unsent,
     /// Brownout, or the back end, said "not yet": put back; wait this long.
     NotYet(Option<Duration>),
 }
@@ -209,10 +220,17 @@ impl Deferral {
     ///
     /// | the replay | then |
     /// |---|---|
-    /// | brownout rejects it (breaker open, maintenance, shed) | put back in its place; pause ([`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`], or the rejection's retry hint) |
+    /// | brownout rejects it (breaker open, maintenance, shed) | put back in its place; pause ([`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`], or the rejection's retry hint), then probe |
     /// | the answer is 429, 502, 503 or 504 (the stack or the back end says "not now"), or the back end cannot be reached | the same, pausing as its `Retry-After` says (within the bounds above) |
     /// | the back end answers anything else | `served`, with status and body (up to `max_answer`) |
     /// | its answer's body cannot be read | `failed` |
+    ///
+    /// Probing: once a replay is turned away, the replayer sends one
+    /// replay at a time, each after a pause, until one is answered; then
+    /// it goes back to its budget. An open breaker (or a back end that is
+    /// still down) sees one replay per pause, not a budget's worth; the
+    /// replays already under way when the first was turned away are put
+    /// back as they come, without a pause of their own.
     ///
     /// Every [`UPKEEP`] it expires the requests older than `max_age` and
     /// sets the pending and age gauges.
@@ -257,9 +275,14 @@ async fn run<S, B, RB>(
     RB::Error: Into<BoxError>,
 {
     let store = route.store.clone();
-    let mut replays: JoinSet<Replayed> = JoinSet::new();
+    // Each replay, with the round it was sent in and whether as a probe.
+    let mut replays: JoinSet<(Replayed, Sent)> = JoinSet::new();
     let mut backoff = MIN_BACKOFF;
     let mut paused_until: Option<tokio::time::Instant> = None;
+    // From a replay turned away until one is answered: one replay at a
+    // time, each after a pause. A round starts each time probing does.
+    let mut probing = false;
+    let mut round = 0u64;
     let mut next_upkeep = tokio::time::Instant::now();
     let stopped = stop.notified();
     tokio::pin!(stopped);
@@ -278,13 +301,21 @@ async fn run<S, B, RB>(
                 inflight: 0,
                 waiting: 0,
             });
-            let allowed = load.replay_budget(share, replays.len());
+            let allowed = if probing {
+                1
+            } else {
+                load.replay_budget(share, replays.len())
+            };
             while replays.len() < allowed {
                 match store.claim().await {
                     Ok(Some(claimed)) => {
                         let replay =
                             replay_one(route.clone(), store.clone(), service.clone(), claimed);
-                        replays.spawn(replay);
+                        let sent = Sent {
+                            round,
+                            probe: probing,
+                        };
+                        replays.spawn(async move { (replay.await, sent) });
                     }
                     Ok(None) => {
                         idle = true;
@@ -306,14 +337,26 @@ async fn run<S, B, RB>(
             () = &mut stopped => break,
             Some(done) = replays.join_next(), if !replays.is_empty() => {
                 match done {
-                    Ok(Replayed::Settled) => {
+                    Ok((Replayed::Answered, _)) => {
+                        probing = false;
                         backoff = MIN_BACKOFF;
                     }
-                    Ok(Replayed::NotYet(hint)) => {
+                    Ok((Replayed::Unsent, _)) => {}
+                    // A probe turned away, or the first replay of a round
+                    // (sent at full budget): pause, then probe. The others
+                    // sent with it come back put back, and change nothing.
+                    Ok((Replayed::NotYet(hint), sent))
+                        if sent.probe || (!probing && sent.round == round) =>
+                    {
+                        if !probing {
+                            probing = true;
+                            round += 1;
+                        }
                         let pause = hint.unwrap_or(backoff).clamp(MIN_BACKOFF, MAX_BACKOFF);
                         paused_until = Some(tokio::time::Instant::now() + pause);
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
+                    Ok((Replayed::NotYet(_), _)) => {}
                     Err(err) => {
                         tracing::error!(route = %route.route, %err, "brownout: a replay panicked; its claim is handed out again after claim_after");
                     }
@@ -402,7 +445,7 @@ async fn settle(
             tracing::error!(route = %route.route, %ticket, %err, "brownout: deferral store failed: cannot store an outcome; the request will be replayed again");
         }
     }
-    Replayed::Settled
+    Replayed::Answered
 }
 
 async fn not_yet(
@@ -435,7 +478,10 @@ where
     }
     let request = match rebuild::<B>(&claimed) {
         Ok(request) => request,
-        Err(why) => return settle(&route, &store, ticket, Outcome::Failed(why)).await,
+        Err(why) => {
+            settle(&route, &store, ticket, Outcome::Failed(why)).await;
+            return Replayed::Unsent;
+        }
     };
     let answer = match service.oneshot(request).await {
         Ok(answer) => answer,
