@@ -52,12 +52,17 @@ impl ReplayHandle {
 }
 
 /// What the replayer reads of its route's admission before it claims:
-/// the learned limit, the calls in flight (live and replayed) and the
-/// callers waiting for a slot.
+/// the learned limit, the share of it the least important class may use,
+/// the calls in flight (live and replayed) and the callers waiting for a
+/// slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Load {
     /// The route's limit now.
     pub limit: u32,
+    /// The calls in flight past which the route's least important class
+    /// waits for a slot: its share of the limit (`1 - reserve` of it);
+    /// `limit` when every class may use all of it.
+    pub lowest: u32,
     /// Calls in flight on the route now, replays included.
     pub inflight: u32,
     /// Callers waiting in the route's waiting room now (replays included).
@@ -76,40 +81,85 @@ impl Load {
     {
         let layer = layer.clone();
         let route = route.to_owned();
-        move || {
-            Some(Load {
-                limit: layer.limit(&route)?,
-                inflight: layer.inflight(&route).unwrap_or(0),
-                waiting: u32::try_from(layer.waiting(&route)).unwrap_or(u32::MAX),
-            })
-        }
+        move || Load::read(&layer, &route)
+    }
+
+    /// `route`'s load in `layer` now; `None` if it has no limit (or has
+    /// not been seen).
+    fn read<F, R, P, D, C>(layer: &crate::BrownoutLayer<F, R, P, D, C>, route: &str) -> Option<Load>
+    where
+        crate::BrownoutLayer<F, R, P, D, C>: Clone + Send + Sync + 'static,
+    {
+        let limit = layer.limit(route)?;
+        let policy = layer.policy();
+        let reserve = policy
+            .routes
+            .get(route)
+            .and_then(|overrides| overrides.limit.reserve)
+            .unwrap_or(policy.limit.reserve);
+        Some(Load {
+            limit,
+            lowest: lowest_share(limit, reserve, layer.classes().len()),
+            inflight: layer.inflight(route).unwrap_or(0),
+            waiting: u32::try_from(layer.waiting(route)).unwrap_or(u32::MAX),
+        })
     }
 
     /// How many replays may be in flight, `replays` of them already.
     ///
-    /// A replay holds its slot for a round trip, and live callers who
-    /// arrive meanwhile would queue behind replays sent because the limit
-    /// looked free a moment before (the waiting room serves the newest
-    /// first once a queue stands, and a replay is always the newest). So
-    /// while nobody waits for a slot, replays take what live traffic
-    /// leaves of the limit less as much again as live traffic uses (room
-    /// for it to double): with no live traffic, the whole limit, and a
-    /// backlog drains at the back end's capacity. Once callers wait,
-    /// `share` of the limit. Never less than `share` (the backlog is not
-    /// starved by any live load), so live traffic loses at most that
-    /// share to it; at least one.
+    /// With no live call in flight and nobody waiting, the whole limit:
+    /// a backlog drains at the back end's capacity. Otherwise replays
+    /// yield to live traffic ([`yielding_budget`](Self::yielding_budget)).
+    /// At least one.
     pub fn replay_budget(self, share: f64, replays: usize) -> usize {
-        let live = (self.inflight as usize).saturating_sub(replays);
-        let floor = (f64::from(self.limit) * share).floor() as usize;
-        let spare = (self.limit as usize)
-            .saturating_sub(live)
-            .saturating_sub(live);
-        if self.waiting > 0 {
-            floor.max(1)
+        if self.live(replays) == 0 && self.waiting == 0 {
+            (self.limit as usize).max(1)
         } else {
-            floor.max(spare).max(1)
+            self.yielding_budget(share, replays)
         }
     }
+
+    /// How many replays may be in flight, `replays` of them already, while
+    /// live traffic is under way.
+    ///
+    /// A live caller of the least important class waits once the calls in
+    /// flight reach its share of the limit ([`lowest`](Self::lowest)), so
+    /// replays take only what live traffic leaves of that share, never
+    /// more than `share` of the limit (what a sudden rise of live traffic
+    /// may find taken), and none is added while callers wait: a slot a
+    /// replay frees goes to the live caller waiting for it, whatever its
+    /// class, and a live caller of a more important class has the rest of
+    /// the limit to itself. At least one, so that the backlog drains
+    /// however busy live traffic keeps the route.
+    pub fn yielding_budget(self, share: f64, replays: usize) -> usize {
+        let live = self.live(replays);
+        let room = (self.lowest.min(self.limit) as usize).saturating_sub(live);
+        let cap = (f64::from(self.limit) * share).floor() as usize;
+        let budget = room.min(cap);
+        let budget = if self.waiting > 0 {
+            budget.min(replays)
+        } else {
+            budget
+        };
+        budget.max(1)
+    }
+
+    /// Live calls in flight, `replays` replays under way: at least this
+    /// many (a replay sent but not yet admitted is not in flight).
+    pub fn live(self, replays: usize) -> usize {
+        (self.inflight as usize).saturating_sub(replays)
+    }
+}
+
+/// The calls in flight past which the least important of `classes`
+/// waits: `1 - reserve` of `limit`, rounded as the limiter rounds a class's
+/// share, at least one.
+fn lowest_share(limit: u32, reserve: f64, classes: usize) -> u32 {
+    if classes <= 1 || !reserve.is_finite() {
+        return limit;
+    }
+    let share = 1.0 - reserve.clamp(0.0, 0.99);
+    ((f64::from(limit) * share).round() as u32).clamp(1, limit.max(1))
 }
 
 impl<F, R, P, D, C> crate::BrownoutLayer<F, R, P, D, C>
@@ -126,9 +176,11 @@ where
     /// so the stack's fallback never defers it again: a replay the stack
     /// rejects comes back as its ordinary answer (a `503` or `429`, or a
     /// [`Rejected`] error) and is put back in its store for later. The
-    /// replays of a route use what live traffic leaves of its limit while
-    /// nobody waits for a slot, and its `replay_share` once callers wait
-    /// ([`Load::replay_budget`]).
+    /// replays of a route use its whole limit while no live call is under
+    /// way, and yield to live traffic otherwise: what it leaves of the
+    /// share of the limit its least important class may use, never more
+    /// than `replay_share` of the limit, none added while callers wait, at
+    /// least one ([`Load::replay_budget`]).
     ///
     /// `B` is the request body type to rebuild requests with; a service
     /// that takes several (an axum `Router`) needs it named:
@@ -148,11 +200,7 @@ where
         };
         let layer = self.clone();
         deferral.replay_all(service.map_err(Into::into), move |route: &str| {
-            Some(Load {
-                limit: layer.limit(route)?,
-                inflight: layer.inflight(route).unwrap_or(0),
-                waiting: u32::try_from(layer.waiting(route)).unwrap_or(u32::MAX),
-            })
+            Load::read(&layer, route)
         })
     }
 }
@@ -163,6 +211,7 @@ where
 struct Sent {
     round: u64,
     probe: bool,
+    at: tokio::time::Instant,
 }
 
 /// What one replay came to.
@@ -206,15 +255,21 @@ impl Deferral {
     /// through, built with a fallback that passes rejections on as errors
     /// (`BrownoutLayer::from_policy(&p).http().fallback(RejectAsError)`,
     /// sharing the live stack's state: a clone of its layer). `load` says
-    /// the route's learned limit and calls in flight now
-    /// ([`Load::of`]`(&layer, route)`).
+    /// the route's learned limit, its least important class's share of it,
+    /// and the calls in flight and waiting now ([`Load::of`]`(&layer, route)`).
     ///
     /// The replayer claims requests most important class first, oldest
     /// first, and keeps as many in flight as [`Load::replay_budget`] allows:
-    /// while nobody waits, what live traffic leaves of the limit (less room
-    /// for live traffic to double), and `replay_share` of it once callers
-    /// wait (at least one). It sends each with its method, URI, kept headers,
-    /// body, priority class (as a [`Priority`] extension) and an
+    /// the whole limit while no live call is under way; otherwise what live
+    /// traffic leaves of its least important class's share of the limit,
+    /// at most `replay_share` of the limit, none added while callers wait
+    /// (at least one in flight, so that the backlog always drains). Live
+    /// traffic counts as under way from the moment it is seen until a
+    /// replay sent after that comes back with none seen meanwhile (a
+    /// replay sent but not yet admitted would hide a live call).
+    ///
+    /// It sends each with its method, URI, kept headers, body, priority
+    /// class (as a [`Priority`] extension) and an
     /// `Idempotency-Key` (the client's, or else the ticket), so that a
     /// back end can recognise a request replayed twice after a crash.
     ///
@@ -283,6 +338,13 @@ async fn run<S, B, RB>(
     // time, each after a pause. A round starts each time probing does.
     let mut probing = false;
     let mut round = 0u64;
+    // When live traffic was last seen (a live call in flight, a caller
+    // waiting), and when the latest answered replay was sent. A replay
+    // sent but not yet admitted hides a live call from `Load::live`, so
+    // replays yield to live traffic from the moment it is seen until a
+    // replay sent after that has been answered with none seen since.
+    let mut live_seen: Option<tokio::time::Instant> = None;
+    let mut alone_since: Option<tokio::time::Instant> = None;
     let mut next_upkeep = tokio::time::Instant::now();
     let stopped = stop.notified();
     tokio::pin!(stopped);
@@ -298,11 +360,17 @@ async fn run<S, B, RB>(
             let share = route.policy.replay_share;
             let load = load().unwrap_or(Load {
                 limit: 1,
+                lowest: 1,
                 inflight: 0,
                 waiting: 0,
             });
+            if load.live(replays.len()) > 0 || load.waiting > 0 {
+                live_seen = Some(now);
+            }
             let allowed = if probing {
                 1
+            } else if live_seen.is_some_and(|seen| alone_since.is_none_or(|since| since <= seen)) {
+                load.yielding_budget(share, replays.len())
             } else {
                 load.replay_budget(share, replays.len())
             };
@@ -314,6 +382,7 @@ async fn run<S, B, RB>(
                         let sent = Sent {
                             round,
                             probe: probing,
+                            at: tokio::time::Instant::now(),
                         };
                         replays.spawn(async move { (replay.await, sent) });
                     }
@@ -337,9 +406,10 @@ async fn run<S, B, RB>(
             () = &mut stopped => break,
             Some(done) = replays.join_next(), if !replays.is_empty() => {
                 match done {
-                    Ok((Replayed::Answered, _)) => {
+                    Ok((Replayed::Answered, sent)) => {
                         probing = false;
                         backoff = MIN_BACKOFF;
+                        alone_since = Some(alone_since.map_or(sent.at, |since| since.max(sent.at)));
                     }
                     Ok((Replayed::Unsent, _)) => {}
                     // A probe turned away, or the first replay of a round
