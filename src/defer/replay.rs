@@ -264,9 +264,11 @@ impl Deferral {
     /// traffic leaves of its least important class's share of the limit,
     /// at most `replay_share` of the limit, none added while callers wait
     /// (at least one in flight, so that the backlog always drains). Live
-    /// traffic counts as under way from the moment it is seen until a
-    /// replay sent after that comes back with none seen meanwhile (a
-    /// replay sent but not yet admitted would hide a live call).
+    /// traffic counts as under way from the moment it is seen (and from
+    /// the replayer's start and an outage's end, when callers turned away
+    /// are about but not in flight) until a replay sent after that comes
+    /// back with none seen meanwhile (a replay sent but not yet admitted
+    /// would hide a live call).
     ///
     /// It sends each with its method, URI, kept headers, body, priority
     /// class (as a [`Priority`] extension) and an
@@ -342,8 +344,10 @@ async fn run<S, B, RB>(
     // waiting), and when the latest answered replay was sent. A replay
     // sent but not yet admitted hides a live call from `Load::live`, so
     // replays yield to live traffic from the moment it is seen until a
-    // replay sent after that has been answered with none seen since.
-    let mut live_seen: Option<tokio::time::Instant> = None;
+    // replay sent after that has been answered with none seen since. It
+    // counts as seen at the start and at the end of an outage too: live
+    // callers turned away meanwhile are not in flight, but about.
+    let mut live_seen: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut alone_since: Option<tokio::time::Instant> = None;
     let mut next_upkeep = tokio::time::Instant::now();
     let stopped = stop.notified();
@@ -407,7 +411,10 @@ async fn run<S, B, RB>(
             Some(done) = replays.join_next(), if !replays.is_empty() => {
                 match done {
                     Ok((Replayed::Answered, sent)) => {
-                        probing = false;
+                        if probing {
+                            probing = false;
+                            live_seen = Some(tokio::time::Instant::now());
+                        }
                         backoff = MIN_BACKOFF;
                         alone_since = Some(alone_since.map_or(sent.at, |since| since.max(sent.at)));
                     }
