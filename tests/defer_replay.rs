@@ -310,7 +310,9 @@ async fn an_open_breaker_sees_one_replay_at_a_time_and_none_is_lost() {
 /// calls in flight. Replays take only what live traffic leaves of those
 /// 14, so live bulk finds a slot (before, replays kept half the limit, 10,
 /// and the 18 in flight shut bulk out while they lasted: 89.9% of it
-/// served, 100% now). The backlog still drains, in order, none lost.
+/// served, 100% now), and never more than half the limit, not even when
+/// they start before any live call is in flight. The backlog still
+/// drains, in order, none lost.
 #[tokio::test(start_paused = true)]
 async fn live_bulk_traffic_is_served_while_a_backlog_drains() {
     const LIMIT: usize = 20;
@@ -366,26 +368,50 @@ async fn live_bulk_traffic_is_served_while_a_backlog_drains() {
         .unwrap();
     let handle = sim.handle();
     let order: Arc<Mutex<Vec<(u8, usize)>>> = Arc::default();
+    // Replays at the back end now, and the most at once.
+    let replaying: Arc<Mutex<(usize, usize)>> = Arc::default();
     let backend = {
         let order = order.clone();
+        let replaying = replaying.clone();
         tower::service_fn(move |req: Request<Full<Bytes>>| {
             let sim = sim.clone();
             let order = order.clone();
+            let replaying = replaying.clone();
             async move {
                 let rank = req.extensions().get::<Priority>().unwrap().rank();
                 let body = req.into_body().collect_bytes().await;
-                if let Ok(n) = String::from_utf8(body.to_vec()).unwrap().parse::<usize>() {
+                let replay = String::from_utf8(body.to_vec()).unwrap().parse::<usize>();
+                if let Ok(n) = replay {
                     order.lock().unwrap().push((rank, n));
+                    let mut r = replaying.lock().unwrap();
+                    r.0 += 1;
+                    r.1 = r.1.max(r.0);
                 }
-                sim.oneshot(()).await.map_err(BoxError::from)?;
+                let served = sim.oneshot(()).await;
+                if replay.is_ok() {
+                    replaying.lock().unwrap().0 -= 1;
+                }
+                served.map_err(BoxError::from)?;
                 Ok::<_, BoxError>(Response::new(Full::<Bytes>::from("ok")))
             }
         })
     };
     let layer = BrownoutLayer::from_policy(&policy).http();
     let stack = layer.clone().fallback(RejectAsError).layer(backend);
+    // The route has carried traffic before (its limit is known).
+    let mut before = Request::post("/applications")
+        .body(Full::from("before"))
+        .unwrap();
+    before.extensions_mut().insert(Priority::new(2));
+    tokio::task::LocalSet::new()
+        .run_until(stack.clone().oneshot(before))
+        .await
+        .unwrap();
     let replayer = deferral.replay(route, stack.clone(), Load::of(&layer, "/applications"));
 
+    // Live callers come a moment after the replayer starts, as they do
+    // when a back end is back: none is in flight at its first look.
+    tokio::time::sleep(Duration::from_millis(1)).await;
     // Live bulk callers, 80 a second for 20 s, at exponential intervals
     // from a fixed seed (on a `LocalSet`: the stack's future is not `Send`
     // for every lifetime, as `spawn` wants).
@@ -451,6 +477,11 @@ async fn live_bulk_traffic_is_served_while_a_backlog_drains() {
         served * 100 >= offered * 99,
         "live bulk served {served} of {offered}"
     );
+    // Live callers were about from the start: replays never held more than
+    // replay_share (0.5) of the limit, not even before the first live call
+    // was in flight.
+    let peak = replaying.lock().unwrap().1;
+    assert!(peak <= LIMIT / 2, "{peak} replays in flight at once");
 }
 
 #[test]
