@@ -304,6 +304,117 @@ async fn an_open_breaker_sees_one_replay_at_a_time_and_none_is_lost() {
     );
 }
 
+/// The same without brownout in front: a back end that answers `503`
+/// while it is down sees one replay per pause once the first was turned
+/// away, not a budget's worth (10 here) each time; once it answers, the
+/// backlog drains, each request sent once, in order.
+#[tokio::test(start_paused = true)]
+async fn a_back_end_still_down_sees_one_replay_at_a_time() {
+    const N: usize = 30;
+    let dir = TempDir::new("defer-probe-503");
+    let policy = Policy::from_toml(&format!(
+        r#"
+        [routes."/applications".defer]
+        path = {:?}
+        "#,
+        dir.path().join("store").display().to_string()
+    ))
+    .unwrap();
+    let deferral = brownout::defer::Deferral::open(&policy).await.unwrap();
+    let route = deferral.route("/applications").unwrap();
+    let store = route.store().clone();
+    for i in 0..N {
+        let request = Deferred {
+            priority: (i % 3) as u8,
+            method: "POST".into(),
+            uri: "/applications".into(),
+            headers: vec![],
+            body: Bytes::from(format!("{i}")),
+            arrived: store.now(),
+            idempotency_key: None,
+        };
+        store.append(request).await.unwrap();
+    }
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Every call, by the virtual instant it came, and what was served.
+    let calls: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let order: Arc<Mutex<Vec<(u8, usize)>>> = Arc::default();
+    let backend = {
+        let (down, calls, order) = (down.clone(), calls.clone(), order.clone());
+        tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let (down, calls, order) = (down.clone(), calls.clone(), order.clone());
+            async move {
+                calls.lock().unwrap().push(tokio::time::Instant::now());
+                if down.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut answer = Response::new(Full::<Bytes>::from("down"));
+                    *answer.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    return Ok::<_, BoxError>(answer);
+                }
+                let rank = req.extensions().get::<Priority>().unwrap().rank();
+                let body = req.into_body().collect_bytes().await;
+                let n: usize = String::from_utf8(body.to_vec()).unwrap().parse().unwrap();
+                order.lock().unwrap().push((rank, n));
+                tokio::time::sleep(SERVICE).await;
+                Ok(Response::new(Full::<Bytes>::from("ok")))
+            }
+        })
+    };
+    // A limit of 10, nothing else in flight: a budget of 10.
+    let load = || {
+        Some(Load {
+            limit: 10,
+            lowest: 10,
+            inflight: 0,
+            waiting: 0,
+        })
+    };
+    let replayer = deferral.replay(route, backend, load);
+
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let during = calls.lock().unwrap().clone();
+    let first = during[0];
+    let mut per_instant = std::collections::BTreeMap::new();
+    for at in during.iter().filter(|&&at| at > first) {
+        *per_instant.entry(*at).or_insert(0usize) += 1;
+    }
+    println!(
+        "{} calls to a back end down for 60 s: {} at first, then {} pauses with at most {} each",
+        during.len(),
+        during.iter().filter(|&&at| at == first).count(),
+        per_instant.len(),
+        per_instant.values().max().unwrap_or(&0),
+    );
+    assert!(
+        per_instant.values().all(|&n| n == 1),
+        "after the first was turned away, one replay at a time: {per_instant:?}"
+    );
+    assert_eq!(
+        store.pending().await.unwrap().iter().sum::<u64>(),
+        N as u64,
+        "every replay turned away was put back"
+    );
+
+    down.store(false, std::sync::atomic::Ordering::Relaxed);
+    let start = tokio::time::Instant::now();
+    while store.pending().await.unwrap().iter().sum::<u64>() > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(start.elapsed() < Duration::from_secs(60), "not drained");
+    }
+    replayer.stop().await;
+    let order = order.lock().unwrap().clone();
+    let mut seen: Vec<usize> = order.iter().map(|&(_, n)| n).collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..N).collect::<Vec<_>>(),
+        "each served once, none lost"
+    );
+    assert!(
+        order.windows(2).all(|w| w[0] <= w[1]),
+        "most important class first, oldest first: {order:?}"
+    );
+}
+
 /// Live bulk callers while a backlog of urgent and normal requests
 /// drains: bulk may use 14 of a limit of 20 (`reserve = 0.3`), and live
 /// bulk (80 a second at random, 100 ms each, log-normal) keeps some 8
