@@ -273,9 +273,17 @@ async fn an_open_breaker_sees_one_replay_at_a_time_and_none_is_lost() {
     );
 
     // Back: the next probe is served, and the rest drains at the limit.
+    // The replayer sees the breaker closed and probes at once, not at the
+    // end of its pause (up to MAX_BACKOFF by now).
     let mut up = policy.clone();
     up.breaker.mode = Mode::Enforce;
     layer.handle().apply(up).unwrap();
+    tokio::time::sleep(MIN_BACKOFF * 2).await;
+    assert!(
+        !order.lock().unwrap().is_empty(),
+        "a replay reached the back end within {:?} of the breaker closing",
+        MIN_BACKOFF * 2
+    );
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if store.pending().await.unwrap().iter().sum::<u64>() == 0 {
@@ -366,6 +374,7 @@ async fn a_back_end_still_down_sees_one_replay_at_a_time() {
             lowest: 10,
             inflight: 0,
             waiting: 0,
+            breaker: None,
         })
     };
     let replayer = deferral.replay(route, backend, load);
@@ -603,6 +612,7 @@ fn replay_budget_yields_to_live_traffic_within_the_share() {
         lowest: 7,
         inflight,
         waiting,
+        breaker: None,
     };
     // No live traffic: the whole limit.
     assert_eq!(load(0, 0).replay_budget(0.5, 0), 10);
@@ -636,6 +646,7 @@ fn replay_budget_yields_to_live_traffic_within_the_share() {
         lowest: 1,
         inflight: 1,
         waiting: 1,
+        breaker: None,
     };
     assert_eq!(one.replay_budget(0.5, 0), 1);
 }

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tower::{BoxError, Service, ServiceExt};
 
+use crate::BreakerState;
 use crate::priority::{Classes, Priority};
 use crate::reject::Rejected;
 
@@ -67,6 +68,10 @@ pub struct Load {
     pub inflight: u32,
     /// Callers waiting in the route's waiting room now (replays included).
     pub waiting: u32,
+    /// The route's breaker now, if the reader knows it: while the
+    /// replayer probes after the breaker turned replays away, a breaker
+    /// seen shut and then closed again ends the pause at once.
+    pub breaker: Option<BreakerState>,
 }
 
 impl Load {
@@ -102,6 +107,7 @@ impl Load {
             lowest: lowest_share(limit, reserve, layer.classes().len()),
             inflight: layer.inflight(route).unwrap_or(0),
             waiting: u32::try_from(layer.waiting(route)).unwrap_or(u32::MAX),
+            breaker: layer.state(route),
         })
     }
 
@@ -287,7 +293,10 @@ impl Deferral {
     /// it goes back to its budget. An open breaker (or a back end that is
     /// still down) sees one replay per pause, not a budget's worth; the
     /// replays already under way when the first was turned away are put
-    /// back as they come, without a pause of their own.
+    /// back as they come, without a pause of their own. While it pauses,
+    /// the replayer watches the route's breaker ([`Load::breaker`], every
+    /// [`MIN_BACKOFF`]): one seen open and then closed again (live
+    /// traffic's probes found the back end back) ends the pause at once.
     ///
     /// Every [`UPKEEP`] it expires the requests older than `max_age` and
     /// sets the pending and age gauges.
@@ -340,6 +349,8 @@ async fn run<S, B, RB>(
     // time, each after a pause. A round starts each time probing does.
     let mut probing = false;
     let mut round = 0u64;
+    // Whether the route's breaker was seen turning calls away while probing.
+    let mut breaker_shut = false;
     // When live traffic was last seen (a live call in flight, a caller
     // waiting), and when the latest answered replay was sent. A replay
     // sent but not yet admitted hides a live call from `Load::live`, so
@@ -358,16 +369,32 @@ async fn run<S, B, RB>(
             upkeep(&route, &classes).await;
             next_upkeep = now + UPKEEP;
         }
+        let load = load().unwrap_or(Load {
+            limit: 1,
+            lowest: 1,
+            inflight: 0,
+            waiting: 0,
+            breaker: None,
+        });
+        // Probing after the breaker turned calls away: once it lets them
+        // through again (live traffic's probes closed it), probe now
+        // rather than at the pause's end.
+        if probing {
+            match load.breaker {
+                Some(BreakerState::Closed | BreakerState::ForcedClosed) if breaker_shut => {
+                    breaker_shut = false;
+                    paused_until = None;
+                }
+                Some(BreakerState::Open | BreakerState::HalfOpen | BreakerState::ForcedOpen) => {
+                    breaker_shut = true;
+                }
+                _ => {}
+            }
+        }
         let paused = paused_until.is_some_and(|until| now < until);
         let mut idle = false;
         if !paused {
             let share = route.policy.replay_share;
-            let load = load().unwrap_or(Load {
-                limit: 1,
-                lowest: 1,
-                inflight: 0,
-                waiting: 0,
-            });
             if load.live(replays.len()) > 0 || load.waiting > 0 {
                 live_seen = Some(now);
             }
@@ -403,6 +430,8 @@ async fn run<S, B, RB>(
             }
         }
         let wake = match paused_until {
+            // The breaker is watched every MIN_BACKOFF while it is shut.
+            Some(until) if paused && breaker_shut => until.min(next_upkeep).min(now + MIN_BACKOFF),
             Some(until) if paused => until.min(next_upkeep),
             _ => next_upkeep,
         };
@@ -413,6 +442,7 @@ async fn run<S, B, RB>(
                     Ok((Replayed::Answered, sent)) => {
                         if probing {
                             probing = false;
+                            breaker_shut = false;
                             live_seen = Some(tokio::time::Instant::now());
                         }
                         backoff = MIN_BACKOFF;
