@@ -3,8 +3,10 @@
 //! second), a fixed limit of 10 in front of it, and a backlog deferred
 //! while the breaker was forced open. Once it is back, the replayer must
 //! use the capacity (at least 95% of it), keep the back end within its
-//! limit, and serve every class before the next; with live traffic, it
-//! keeps to its share and live requests still get theirs.
+//! limit, and serve every class before the next. While the back end is
+//! still down it probes with one replay at a time; with live traffic,
+//! replays yield to it, within their share, and live requests still get
+//! theirs.
 #![cfg(all(feature = "defer", feature = "sim", feature = "toml"))]
 
 #[path = "support/tempdir.rs"]
