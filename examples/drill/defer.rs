@@ -416,12 +416,12 @@ impl DeferRun {
     /// the stack's limit and calls in flight.
     ///
     /// The replayer starts at the recovery, not at the first deferral:
-    /// through an outage it would claim up to the whole limit, send each
-    /// through the stack to be rejected and put it back, every
-    /// [`MAX_BACKOFF`](brownout::defer::MAX_BACKOFF) at most, some 150
-    /// store transactions every 10 s for two days, minutes of wall time for
-    /// the drill (cheap in production). What it does from the recovery on
-    /// is what the drill measures.
+    /// through an outage it would probe with one replay every
+    /// [`MAX_BACKOFF`](brownout::defer::MAX_BACKOFF) at most (some 17,000
+    /// claims and releases over two days), and the backlog's first sends
+    /// would mix with deferrals still arriving, which the order check
+    /// (first sends in priority order) cannot tell from disorder. What it
+    /// does from the recovery on is what the drill measures.
     #[allow(clippy::too_many_arguments)]
     pub fn start<S>(
         plan: &Plan,

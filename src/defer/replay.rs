@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 use tower::{BoxError, Service, ServiceExt};
 
+use crate::BreakerState;
 use crate::priority::{Classes, Priority};
 use crate::reject::Rejected;
 
@@ -52,16 +53,25 @@ impl ReplayHandle {
 }
 
 /// What the replayer reads of its route's admission before it claims:
-/// the learned limit, the calls in flight (live and replayed) and the
-/// callers waiting for a slot.
+/// the learned limit, the share of it the least important class may use,
+/// the calls in flight (live and replayed) and the callers waiting for a
+/// slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Load {
     /// The route's limit now.
     pub limit: u32,
+    /// The calls in flight past which the route's least important class
+    /// waits for a slot: its share of the limit (`1 - reserve` of it);
+    /// `limit` when every class may use all of it.
+    pub lowest: u32,
     /// Calls in flight on the route now, replays included.
     pub inflight: u32,
     /// Callers waiting in the route's waiting room now (replays included).
     pub waiting: u32,
+    /// The route's breaker now, if the reader knows it: while the
+    /// replayer probes after the breaker turned replays away, a breaker
+    /// seen shut and then closed again ends the pause at once.
+    pub breaker: Option<BreakerState>,
 }
 
 impl Load {
@@ -76,40 +86,86 @@ impl Load {
     {
         let layer = layer.clone();
         let route = route.to_owned();
-        move || {
-            Some(Load {
-                limit: layer.limit(&route)?,
-                inflight: layer.inflight(&route).unwrap_or(0),
-                waiting: u32::try_from(layer.waiting(&route)).unwrap_or(u32::MAX),
-            })
-        }
+        move || Load::read(&layer, &route)
+    }
+
+    /// `route`'s load in `layer` now; `None` if it has no limit (or has
+    /// not been seen).
+    fn read<F, R, P, D, C>(layer: &crate::BrownoutLayer<F, R, P, D, C>, route: &str) -> Option<Load>
+    where
+        crate::BrownoutLayer<F, R, P, D, C>: Clone + Send + Sync + 'static,
+    {
+        let limit = layer.limit(route)?;
+        let policy = layer.policy();
+        let reserve = policy
+            .routes
+            .get(route)
+            .and_then(|overrides| overrides.limit.reserve)
+            .unwrap_or(policy.limit.reserve);
+        Some(Load {
+            limit,
+            lowest: lowest_share(limit, reserve, layer.classes().len()),
+            inflight: layer.inflight(route).unwrap_or(0),
+            waiting: u32::try_from(layer.waiting(route)).unwrap_or(u32::MAX),
+            breaker: layer.state(route),
+        })
     }
 
     /// How many replays may be in flight, `replays` of them already.
     ///
-    /// A replay holds its slot for a round trip, and live callers who
-    /// arrive meanwhile would queue behind replays sent because the limit
-    /// looked free a moment before (the waiting room serves the newest
-    /// first once a queue stands, and a replay is always the newest). So
-    /// while nobody waits for a slot, replays take what live traffic
-    /// leaves of the limit less as much again as live traffic uses (room
-    /// for it to double): with no live traffic, the whole limit, and a
-    /// backlog drains at the back end's capacity. Once callers wait,
-    /// `share` of the limit. Never less than `share` (the backlog is not
-    /// starved by any live load), so live traffic loses at most that
-    /// share to it; at least one.
+    /// With no live call in flight and nobody waiting, the whole limit:
+    /// a backlog drains at the back end's capacity. Otherwise replays
+    /// yield to live traffic ([`yielding_budget`](Self::yielding_budget)).
+    /// At least one.
     pub fn replay_budget(self, share: f64, replays: usize) -> usize {
-        let live = (self.inflight as usize).saturating_sub(replays);
-        let floor = (f64::from(self.limit) * share).floor() as usize;
-        let spare = (self.limit as usize)
-            .saturating_sub(live)
-            .saturating_sub(live);
-        if self.waiting > 0 {
-            floor.max(1)
+        if self.live(replays) == 0 && self.waiting == 0 {
+            (self.limit as usize).max(1)
         } else {
-            floor.max(spare).max(1)
+            self.yielding_budget(share, replays)
         }
     }
+
+    /// How many replays may be in flight, `replays` of them already, while
+    /// live traffic is under way.
+    ///
+    /// A live caller of the least important class waits once the calls in
+    /// flight reach its share of the limit ([`lowest`](Self::lowest)), so
+    /// replays take only what live traffic leaves of that share, never
+    /// more than `share` of the limit (what a sudden rise of live traffic
+    /// may find taken), and none is added while callers wait: a slot a
+    /// replay frees goes to the live caller waiting for it, whatever its
+    /// class, and a live caller of a more important class has the rest of
+    /// the limit to itself. At least one, so that the backlog drains
+    /// however busy live traffic keeps the route.
+    pub fn yielding_budget(self, share: f64, replays: usize) -> usize {
+        let live = self.live(replays);
+        let room = (self.lowest.min(self.limit) as usize).saturating_sub(live);
+        let cap = (f64::from(self.limit) * share).floor() as usize;
+        let budget = room.min(cap);
+        let budget = if self.waiting > 0 {
+            budget.min(replays)
+        } else {
+            budget
+        };
+        budget.max(1)
+    }
+
+    /// Live calls in flight, `replays` replays under way: at least this
+    /// many (a replay sent but not yet admitted is not in flight).
+    pub fn live(self, replays: usize) -> usize {
+        (self.inflight as usize).saturating_sub(replays)
+    }
+}
+
+/// The calls in flight past which the least important of `classes`
+/// waits: `1 - reserve` of `limit`, rounded as the limiter rounds a class's
+/// share, at least one.
+fn lowest_share(limit: u32, reserve: f64, classes: usize) -> u32 {
+    if classes <= 1 || !reserve.is_finite() {
+        return limit;
+    }
+    let share = 1.0 - reserve.clamp(0.0, 0.99);
+    ((f64::from(limit) * share).round() as u32).clamp(1, limit.max(1))
 }
 
 impl<F, R, P, D, C> crate::BrownoutLayer<F, R, P, D, C>
@@ -126,9 +182,11 @@ where
     /// so the stack's fallback never defers it again: a replay the stack
     /// rejects comes back as its ordinary answer (a `503` or `429`, or a
     /// [`Rejected`] error) and is put back in its store for later. The
-    /// replays of a route use what live traffic leaves of its limit while
-    /// nobody waits for a slot, and its `replay_share` once callers wait
-    /// ([`Load::replay_budget`]).
+    /// replays of a route use its whole limit while no live call is under
+    /// way, and yield to live traffic otherwise: what it leaves of the
+    /// share of the limit its least important class may use, never more
+    /// than `replay_share` of the limit, none added while callers wait, at
+    /// least one ([`Load::replay_budget`]).
     ///
     /// `B` is the request body type to rebuild requests with; a service
     /// that takes several (an axum `Router`) needs it named:
@@ -148,19 +206,27 @@ where
         };
         let layer = self.clone();
         deferral.replay_all(service.map_err(Into::into), move |route: &str| {
-            Some(Load {
-                limit: layer.limit(route)?,
-                inflight: layer.inflight(route).unwrap_or(0),
-                waiting: u32::try_from(layer.waiting(route)).unwrap_or(u32::MAX),
-            })
+            Load::read(&layer, route)
         })
     }
 }
 
+/// When a replay was sent: in which round of the replayer (see `run`),
+/// and whether as a probe.
+#[derive(Clone, Copy)]
+struct Sent {
+    round: u64,
+    probe: bool,
+    at: tokio::time::Instant,
+}
+
 /// What one replay came to.
 enum Replayed {
-    /// Settled (or found settled).
-    Settled,
+    /// The back end answered it: settled (or found settled).
+    Answered,
+    /// Settled without being sent (it could not be rebuilt): says nothing
+    /// of the back end.
+    Unsent,
     /// Brownout, or the back end, said "not yet": put back; wait this long.
     NotYet(Option<Duration>),
 }
@@ -195,24 +261,42 @@ impl Deferral {
     /// through, built with a fallback that passes rejections on as errors
     /// (`BrownoutLayer::from_policy(&p).http().fallback(RejectAsError)`,
     /// sharing the live stack's state: a clone of its layer). `load` says
-    /// the route's learned limit and calls in flight now
-    /// ([`Load::of`]`(&layer, route)`).
+    /// the route's learned limit, its least important class's share of it,
+    /// and the calls in flight and waiting now ([`Load::of`]`(&layer, route)`).
     ///
     /// The replayer claims requests most important class first, oldest
     /// first, and keeps as many in flight as [`Load::replay_budget`] allows:
-    /// while nobody waits, what live traffic leaves of the limit (less room
-    /// for live traffic to double), and `replay_share` of it once callers
-    /// wait (at least one). It sends each with its method, URI, kept headers,
-    /// body, priority class (as a [`Priority`] extension) and an
+    /// the whole limit while no live call is under way; otherwise what live
+    /// traffic leaves of its least important class's share of the limit,
+    /// at most `replay_share` of the limit, none added while callers wait
+    /// (at least one in flight, so that the backlog always drains). Live
+    /// traffic counts as under way from the moment it is seen (and from
+    /// the replayer's start and an outage's end, when callers turned away
+    /// are about but not in flight) until a replay sent after that comes
+    /// back with none seen meanwhile (a replay sent but not yet admitted
+    /// would hide a live call).
+    ///
+    /// It sends each with its method, URI, kept headers, body, priority
+    /// class (as a [`Priority`] extension) and an
     /// `Idempotency-Key` (the client's, or else the ticket), so that a
     /// back end can recognise a request replayed twice after a crash.
     ///
     /// | the replay | then |
     /// |---|---|
-    /// | brownout rejects it (breaker open, maintenance, shed) | put back in its place; pause ([`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`], or the rejection's retry hint) |
+    /// | brownout rejects it (breaker open, maintenance, shed) | put back in its place; pause ([`MIN_BACKOFF`] doubling to [`MAX_BACKOFF`], or the rejection's retry hint), then probe |
     /// | the answer is 429, 502, 503 or 504 (the stack or the back end says "not now"), or the back end cannot be reached | the same, pausing as its `Retry-After` says (within the bounds above) |
     /// | the back end answers anything else | `served`, with status and body (up to `max_answer`) |
     /// | its answer's body cannot be read | `failed` |
+    ///
+    /// Probing: once a replay is turned away, the replayer sends one
+    /// replay at a time, each after a pause, until one is answered; then
+    /// it goes back to its budget. An open breaker (or a back end that is
+    /// still down) sees one replay per pause, not a budget's worth; the
+    /// replays already under way when the first was turned away are put
+    /// back as they come, without a pause of their own. While it pauses,
+    /// the replayer watches the route's breaker ([`Load::breaker`], every
+    /// [`MIN_BACKOFF`]): one seen open and then closed again (live
+    /// traffic's probes found the back end back) ends the pause at once.
     ///
     /// Every [`UPKEEP`] it expires the requests older than `max_age` and
     /// sets the pending and age gauges.
@@ -257,9 +341,25 @@ async fn run<S, B, RB>(
     RB::Error: Into<BoxError>,
 {
     let store = route.store.clone();
-    let mut replays: JoinSet<Replayed> = JoinSet::new();
+    // Each replay, with the round it was sent in and whether as a probe.
+    let mut replays: JoinSet<(Replayed, Sent)> = JoinSet::new();
     let mut backoff = MIN_BACKOFF;
     let mut paused_until: Option<tokio::time::Instant> = None;
+    // From a replay turned away until one is answered: one replay at a
+    // time, each after a pause. A round starts each time probing does.
+    let mut probing = false;
+    let mut round = 0u64;
+    // Whether the route's breaker was seen turning calls away while probing.
+    let mut breaker_shut = false;
+    // When live traffic was last seen (a live call in flight, a caller
+    // waiting), and when the latest answered replay was sent. A replay
+    // sent but not yet admitted hides a live call from `Load::live`, so
+    // replays yield to live traffic from the moment it is seen until a
+    // replay sent after that has been answered with none seen since. It
+    // counts as seen at the start and at the end of an outage too: live
+    // callers turned away meanwhile are not in flight, but about.
+    let mut live_seen: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    let mut alone_since: Option<tokio::time::Instant> = None;
     let mut next_upkeep = tokio::time::Instant::now();
     let stopped = stop.notified();
     tokio::pin!(stopped);
@@ -269,22 +369,53 @@ async fn run<S, B, RB>(
             upkeep(&route, &classes).await;
             next_upkeep = now + UPKEEP;
         }
+        let load = load().unwrap_or(Load {
+            limit: 1,
+            lowest: 1,
+            inflight: 0,
+            waiting: 0,
+            breaker: None,
+        });
+        // Probing after the breaker turned calls away: once it lets them
+        // through again (live traffic's probes closed it), probe now
+        // rather than at the pause's end.
+        if probing {
+            match load.breaker {
+                Some(BreakerState::Closed | BreakerState::ForcedClosed) if breaker_shut => {
+                    breaker_shut = false;
+                    paused_until = None;
+                }
+                Some(BreakerState::Open | BreakerState::HalfOpen | BreakerState::ForcedOpen) => {
+                    breaker_shut = true;
+                }
+                _ => {}
+            }
+        }
         let paused = paused_until.is_some_and(|until| now < until);
         let mut idle = false;
         if !paused {
             let share = route.policy.replay_share;
-            let load = load().unwrap_or(Load {
-                limit: 1,
-                inflight: 0,
-                waiting: 0,
-            });
-            let allowed = load.replay_budget(share, replays.len());
+            if load.live(replays.len()) > 0 || load.waiting > 0 {
+                live_seen = Some(now);
+            }
+            let allowed = if probing {
+                1
+            } else if live_seen.is_some_and(|seen| alone_since.is_none_or(|since| since <= seen)) {
+                load.yielding_budget(share, replays.len())
+            } else {
+                load.replay_budget(share, replays.len())
+            };
             while replays.len() < allowed {
                 match store.claim().await {
                     Ok(Some(claimed)) => {
                         let replay =
                             replay_one(route.clone(), store.clone(), service.clone(), claimed);
-                        replays.spawn(replay);
+                        let sent = Sent {
+                            round,
+                            probe: probing,
+                            at: tokio::time::Instant::now(),
+                        };
+                        replays.spawn(async move { (replay.await, sent) });
                     }
                     Ok(None) => {
                         idle = true;
@@ -299,6 +430,8 @@ async fn run<S, B, RB>(
             }
         }
         let wake = match paused_until {
+            // The breaker is watched every MIN_BACKOFF while it is shut.
+            Some(until) if paused && breaker_shut => until.min(next_upkeep).min(now + MIN_BACKOFF),
             Some(until) if paused => until.min(next_upkeep),
             _ => next_upkeep,
         };
@@ -306,14 +439,31 @@ async fn run<S, B, RB>(
             () = &mut stopped => break,
             Some(done) = replays.join_next(), if !replays.is_empty() => {
                 match done {
-                    Ok(Replayed::Settled) => {
+                    Ok((Replayed::Answered, sent)) => {
+                        if probing {
+                            probing = false;
+                            breaker_shut = false;
+                            live_seen = Some(tokio::time::Instant::now());
+                        }
                         backoff = MIN_BACKOFF;
+                        alone_since = Some(alone_since.map_or(sent.at, |since| since.max(sent.at)));
                     }
-                    Ok(Replayed::NotYet(hint)) => {
+                    Ok((Replayed::Unsent, _)) => {}
+                    // A probe turned away, or the first replay of a round
+                    // (sent at full budget): pause, then probe. The others
+                    // sent with it come back put back, and change nothing.
+                    Ok((Replayed::NotYet(hint), sent))
+                        if sent.probe || (!probing && sent.round == round) =>
+                    {
+                        if !probing {
+                            probing = true;
+                            round += 1;
+                        }
                         let pause = hint.unwrap_or(backoff).clamp(MIN_BACKOFF, MAX_BACKOFF);
                         paused_until = Some(tokio::time::Instant::now() + pause);
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
+                    Ok((Replayed::NotYet(_), _)) => {}
                     Err(err) => {
                         tracing::error!(route = %route.route, %err, "brownout: a replay panicked; its claim is handed out again after claim_after");
                     }
@@ -402,7 +552,7 @@ async fn settle(
             tracing::error!(route = %route.route, %ticket, %err, "brownout: deferral store failed: cannot store an outcome; the request will be replayed again");
         }
     }
-    Replayed::Settled
+    Replayed::Answered
 }
 
 async fn not_yet(
@@ -435,7 +585,10 @@ where
     }
     let request = match rebuild::<B>(&claimed) {
         Ok(request) => request,
-        Err(why) => return settle(&route, &store, ticket, Outcome::Failed(why)).await,
+        Err(why) => {
+            settle(&route, &store, ticket, Outcome::Failed(why)).await;
+            return Replayed::Unsent;
+        }
     };
     let answer = match service.oneshot(request).await {
         Ok(answer) => answer,

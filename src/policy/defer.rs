@@ -41,7 +41,7 @@ pub enum DeferStoreKind {
 /// keep_headers = ["content-type", "accept"]
 /// require_idempotency_key = false    # true: 400 without one
 /// status_path = "/deferred"          # GET /deferred/{ticket}
-/// replay_share = 0.5                 # replays' share of the limit once callers wait
+/// replay_share = 0.5                 # most of the limit replays hold while live traffic runs
 /// claim_after = "30s"                # a replay not settled by then is retried
 /// keep_finished = "7d"               # a settled ticket's status (and key) kept this long
 /// ```
@@ -77,10 +77,14 @@ pub struct DeferPolicy {
     pub keep_headers: Vec<String>,
     /// Where the status endpoint answers: `GET <status_path>/{ticket}`.
     pub status_path: String,
-    /// The share of the route's limit replays keep while live callers wait
-    /// for a slot, in (0, 1]: no more (live traffic loses at most this
-    /// share to the backlog) and no less (the backlog is not starved).
-    /// While nobody waits, replays use whatever live traffic leaves.
+    /// The most of the route's limit replays hold while live traffic is
+    /// under way, in (0, 1]: live traffic loses at most this share to the
+    /// backlog, even when it rises at once. Within it, replays yield to
+    /// live traffic: they take only what live calls leave of the share of
+    /// the limit the least important class may use (`1 - reserve`), and
+    /// none is added while callers wait; at least one is in flight, so
+    /// that the backlog always drains. With no live call under way,
+    /// replays use the whole limit.
     pub replay_share: f64,
     /// How long a claimed replay may stay unsettled before it is claimed
     /// again (by this replica after a restart, or by another); more than zero.
