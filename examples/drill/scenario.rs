@@ -88,8 +88,8 @@ pub struct DeferSection {
     /// rejection (100,000 when absent).
     #[serde(default)]
     pub max_pending: Option<u64>,
-    /// The share of the limit replays may always use, in (0, 1] (0.5 when
-    /// absent).
+    /// The most of the limit replays hold while live traffic runs, in
+    /// (0, 1] (0.5 when absent).
     #[serde(default)]
     pub replay_share: Option<f64>,
 }
