@@ -610,20 +610,26 @@ impl Capacity {
                 let drop = 1.0 - to / from;
                 let noise = (2.0 / f64::from(self.last_samples.max(1))).sqrt();
                 let held = binds && drop > 3.0 * noise && rate >= delivered * (1.0 - drop / 2.0);
-                if rtt < before / (1.0 + self.tolerance()) {
+                self.estimate = if rtt < before / (1.0 + self.tolerance()) {
                     // Latency fell with the limit: there was a queue. The
                     // unloaded latency is at most what shows now (this
                     // limit may still hold some queue: the next step looks
                     // again).
                     self.unloaded = self.unloaded.min(rtt);
+                    serves
                 } else if held {
-                    // A queue, and nothing new of the unloaded latency.
+                    // A queue, and nothing new of the unloaded latency:
+                    // the lower limit served as much, and its latency is
+                    // still the queue's, which Little's law would read as
+                    // the back end's own and keep: stay at the lower
+                    // limit, and the next round looks again.
+                    to
                 } else {
                     // Latency did not fall: the back end itself is slower.
                     self.unloaded = rtt;
                     self.floor = rtt;
-                }
-                self.estimate = serves;
+                    serves
+                };
                 self.met_queue = true;
                 self.step = Step::Cruise;
                 self.estimate
