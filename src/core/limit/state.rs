@@ -86,6 +86,10 @@ struct Learning {
     custom: Option<CustomAlgorithm>,
     /// The limit as the algorithm holds it (fractional steps accumulate).
     limit: f64,
+    /// When the last window with a call served in it closed: an outage
+    /// is measured from there (windows of calls that all failed, the
+    /// breaker's probes timing out, close all through it).
+    served_at: Nanos,
 }
 
 /// One route's limiter.
@@ -159,6 +163,7 @@ impl LimitCore {
                 algorithm: policy.algorithm,
                 custom,
                 limit: f64::from(initial),
+                served_at: now,
             }),
         }
     }
@@ -281,11 +286,11 @@ impl LimitCore {
         {
             return None;
         }
-        self.close_window(elapsed)
+        self.close_window(elapsed, now)
     }
 
     #[cold]
-    fn close_window(&self, elapsed: Nanos) -> Option<LimitChange> {
+    fn close_window(&self, elapsed: Nanos, now: Nanos) -> Option<LimitChange> {
         // Take the window's samples, leaving the in-flight count.
         let mut word = self.hot.0.load(Relaxed);
         loop {
@@ -325,6 +330,9 @@ impl LimitCore {
             // samples are dropped rather than waited for.
             Err(_) => return None,
         };
+        if samples > dropped.saturating_add(censored) {
+            learning.served_at = now;
+        }
         let previous_rtt = self.rtt.load(Relaxed) as f64;
         let rtt_nanos = mean_rtt_micros * 1_000.0;
         let smoothed = if previous_rtt == 0.0 {
@@ -387,12 +395,12 @@ impl LimitCore {
     /// answers); `fixed` keeps its limit; the latency learners restart from
     /// `min` after a maintenance window.
     ///
-    /// `now` tells how long the outage was: no window has closed since it
-    /// began (nothing completed), so the window under way started about
-    /// when it did.
+    /// `now` tells how long the outage was, counted from the last window
+    /// that had a call served in it (windows keep closing through an
+    /// outage whose calls fail or time out: the breaker's probes).
     pub(crate) fn recovered(&self, maintenance: bool, now: Nanos) -> Option<LimitChange> {
-        let long = now.saturating_sub(self.window_start.load(Relaxed)) > LONG_OUTAGE;
         let mut learning = self.learning.lock().unwrap_or_else(|e| e.into_inner());
+        let long = now.saturating_sub(learning.served_at) > LONG_OUTAGE;
         let min = f64::from(self.min.load(Relaxed));
         let max = f64::from(self.max.load(Relaxed));
         let current = learning.limit;
@@ -479,6 +487,42 @@ mod tests {
         core.release();
         core.acquire(Priority::new(0)).unwrap();
         assert_eq!(core.inflight(), 10);
+    }
+
+    #[test]
+    fn an_outage_counts_from_the_last_window_that_served_not_the_last_window() {
+        let policy = LimitPolicy {
+            initial: 64,
+            algorithm: crate::policy::Algorithm::Capacity,
+            ..LimitPolicy::default()
+        };
+        let core = LimitCore::new(&policy, 1, 0);
+        let ms = 1_000_000;
+        // A round of calls served at 400 ms (a limit of 64 closes a window
+        // at 32).
+        for _ in 0..32 {
+            core.acquire(Priority::new(0)).unwrap();
+        }
+        for _ in 0..32 {
+            core.complete(400 * ms, false, 400 * ms);
+        }
+        let served = core.learning.lock().unwrap().served_at;
+        assert_eq!(served, 400 * ms);
+        // Ten minutes down: every 30 s a limit's worth of calls times out,
+        // and their windows close all through it.
+        let mut now = 400 * ms;
+        for _ in 0..20 {
+            now += 30_000 * ms;
+            while core.acquire(Priority::new(0)).is_ok() {}
+            while core.inflight() > 0 {
+                core.complete(3_000 * ms, true, now);
+            }
+        }
+        assert!(now - core.window_start.load(Relaxed) < LONG_OUTAGE);
+        assert_eq!(core.learning.lock().unwrap().served_at, served);
+        // The outage is over ten minutes long, not thirty seconds: the
+        // learner is told so.
+        assert!(now.saturating_sub(served) > LONG_OUTAGE);
     }
 
     #[test]
