@@ -311,12 +311,15 @@ impl BreakerCore {
                 if word.tag() != TAG_CLOSED || word.generation() != ticket.generation {
                     return None; // admitted before the breaker last moved
                 }
-                self.window.record(now, sample);
+                let recorded = self.window.record(now, sample);
                 // Judged after every outcome, successes included: the
                 // success that brings the window to `minimum_calls`, or
                 // one recorded after a time window dropped older
                 // successes, can be the one that makes the rates count.
-                let totals = self.window.totals(now);
+                let totals = match recorded {
+                    Some(totals) => totals,
+                    None => self.window.totals(now),
+                };
                 if totals.calls >= self.limits.minimum_calls()
                     && self
                         .limits

@@ -265,6 +265,11 @@ impl LimitCore {
         let full = samples >= FULL_SAMPLES || sum >= FULL_UNITS;
         let start = self.window_start.load(Relaxed);
         let elapsed = now.saturating_sub(start);
+        if !full && elapsed < MIN_WINDOW {
+            // No window closes before `MIN_WINDOW`, whatever its mean RTT:
+            // most completions stop here, without the division below.
+            return None;
+        }
         // One mean RTT of this window's own samples (less a sixteenth: the
         // sum is rounded to its units, and a window of one call lasts
         // exactly its latency).
