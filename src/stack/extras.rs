@@ -21,7 +21,7 @@ use crate::metrics::{REQUESTS_TOTAL, outcome};
 use crate::priority::PriorityOf;
 use crate::reject::{Reason, Rejected};
 
-use super::layer::Shared;
+use super::shared::Shared;
 use super::{Brownout, DEFAULT_ROUTE, ResponseFuture, RouteOf};
 
 /// A stack that cannot be built as its policy says; see

@@ -58,6 +58,7 @@ mod handle;
 mod health;
 mod layer;
 mod route;
+mod shared;
 pub mod trust;
 #[cfg(feature = "watch")]
 mod watch;
@@ -95,7 +96,7 @@ pub use self::trust::{TrustFn, TrustOf, Trusted, TrustedCaller, TrustedOnly, tru
 #[cfg(feature = "watch")]
 pub use self::watch::{DEBOUNCE, PolicyWatcher};
 
-use self::layer::Shared;
+use self::shared::Shared;
 
 /// The route label of requests without a route.
 pub const DEFAULT_ROUTE: &str = "default";
