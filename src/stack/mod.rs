@@ -148,19 +148,14 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let priority = self.priority.priority_of(&req, &self.shared.classes);
         let left = self.deadline.deadline_of(&req);
-        let key = self.route.route_of(&req).unwrap_or(DEFAULT_ROUTE);
-        let entered = self.shared.gates.with(
-            key,
-            |key: &str| Arc::<str>::from(key),
-            |gate| {
-                let deadline =
-                    left.map(|left| gate.clock().now().saturating_add(saturating_nanos(left)));
-                gate.enter(priority, deadline).map(|entry| match entry {
-                    Entry::Now(permit) => (Entry::Now(permit), None, deadline),
-                    wait => (wait, Some(gate.clone()), deadline),
-                })
-            },
-        );
+        let entered = self.shared.with_gate(self.route.route_of(&req), |gate| {
+            let deadline =
+                left.map(|left| gate.clock().now().saturating_add(saturating_nanos(left)));
+            gate.enter(priority, deadline).map(|entry| match entry {
+                Entry::Now(permit) => (Entry::Now(permit), None, deadline),
+                wait => (wait, Some(gate.clone()), deadline),
+            })
+        });
         match entered {
             Ok((Entry::Now(permit), _, deadline)) => ResponseFuture::calling(
                 self.inner.call(req),

@@ -2,7 +2,7 @@
 //! force, the gates of its routes, the budget), and how it is built from
 //! the policy and the layer's settings ([`Settings`]), the fleet included.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use metrics::SharedString;
@@ -14,6 +14,7 @@ use crate::listen::SharedListener;
 use crate::policy::Policy;
 use crate::priority::Classes;
 
+use super::DEFAULT_ROUTE;
 use super::extras::BuildError;
 
 /// What every clone of a stack shares: the policy in force and the gates
@@ -34,12 +35,35 @@ pub(crate) struct Shared {
     pub(crate) built: Arc<Mutex<Vec<Arc<str>>>>,
     /// The policy's `[budget]`, taken before admission; `None` without one.
     pub(crate) budget: Option<crate::budget::Budget>,
+    /// The gate `gates` gives the default route, once it has given it: a
+    /// request without a route (every request of a single-route stack)
+    /// finds it without hashing and comparing the route's name. A key's
+    /// gate never changes once the map has given it (nothing is evicted),
+    /// so this is always the map's own.
+    pub(crate) default_gate: OnceLock<Arc<Gate>>,
 }
 
 impl Shared {
     /// Takes the `built` list's lock, whoever panicked while holding it.
     pub(crate) fn built(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
         self.built.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` with the gate of `route`, `None` being the default route
+    /// ([`DEFAULT_ROUTE`]); the gate is built on the route's first request.
+    #[inline]
+    pub(crate) fn with_gate<R>(&self, route: Option<&str>, f: impl FnOnce(&Arc<Gate>) -> R) -> R {
+        let own = |key: &str| Arc::<str>::from(key);
+        match route {
+            Some(route) => self.gates.with(route, own, f),
+            None => match self.default_gate.get() {
+                Some(gate) => f(gate),
+                None => self.gates.with(DEFAULT_ROUTE, own, |gate| {
+                    let _ = self.default_gate.set(gate.clone());
+                    f(gate)
+                }),
+            },
+        }
     }
 }
 
@@ -169,6 +193,7 @@ impl Settings {
             applying: Mutex::new(()),
             built,
             budget,
+            default_gate: OnceLock::new(),
         });
         #[cfg(feature = "fleet")]
         if let Some(fleet) = &fleet {
@@ -215,5 +240,52 @@ fn start_fleet(
             );
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(max_routes: usize) -> Arc<Shared> {
+        Settings {
+            policy: Arc::new(Policy::default()),
+            max_routes,
+            clock: None,
+            listener: None,
+            custom_limit: None,
+            #[cfg(feature = "defer")]
+            deferral: None,
+        }
+        .build()
+    }
+
+    #[test]
+    fn a_request_without_a_route_gets_the_default_routes_gate() {
+        // Unnamed first, then named, then unnamed again.
+        let shared = shared(4);
+        let unnamed = shared.with_gate(None, Arc::clone);
+        let named = shared.with_gate(Some(DEFAULT_ROUTE), Arc::clone);
+        assert!(Arc::ptr_eq(&unnamed, &named));
+        assert!(Arc::ptr_eq(&shared.with_gate(None, Arc::clone), &named));
+        assert!(Arc::ptr_eq(
+            &shared.gates.get(DEFAULT_ROUTE).unwrap(),
+            &named
+        ));
+        // Named first.
+        let shared = self::shared(4);
+        let named = shared.with_gate(Some(DEFAULT_ROUTE), Arc::clone);
+        assert!(Arc::ptr_eq(&shared.with_gate(None, Arc::clone), &named));
+        // Past max_routes, the default route shares the overflow gate, as a
+        // named one would.
+        let shared = self::shared(1);
+        let other = shared.with_gate(Some("other"), Arc::clone);
+        let unnamed = shared.with_gate(None, Arc::clone);
+        assert!(!Arc::ptr_eq(&unnamed, &other));
+        assert!(Arc::ptr_eq(&unnamed, shared.gates.overflow()));
+        assert!(Arc::ptr_eq(
+            &shared.with_gate(Some(DEFAULT_ROUTE), Arc::clone),
+            &unnamed
+        ));
     }
 }
