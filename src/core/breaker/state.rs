@@ -355,6 +355,12 @@ impl BreakerCore {
         }
     }
 
+    /// A read-modify-write of the state word that changes nothing: a
+    /// waiter has just been seated (see `Gate::after_seating`).
+    pub(crate) fn touch(&self) {
+        self.word.fetch_add(0, AcqRel);
+    }
+
     /// Gives back the slot of an admitted call that ended without an
     /// outcome (its future was dropped): a probe slot is reopened for
     /// another call; a closed-state call leaves no trace.

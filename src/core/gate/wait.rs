@@ -114,6 +114,9 @@ impl Gate {
                 priority,
             }))
         });
+        if let Ok(Entry::Wait(_)) = &seated {
+            self.after_seating();
+        }
         seated.map_err(|rejected| self.rejected(rejected, priority))
     }
 

@@ -218,7 +218,15 @@ impl LimitCore {
     /// Gives back a slot whose call ended without an outcome.
     #[inline]
     pub(crate) fn release(&self) {
-        self.hot.0.fetch_sub(ONE_INFLIGHT, Release);
+        // AcqRel, as `complete`'s addition: a release that reads a
+        // seating's `touch` must see that waiter (see `Gate::after_seating`).
+        self.hot.0.fetch_sub(ONE_INFLIGHT, AcqRel);
+    }
+
+    /// A read-modify-write of the in-flight word that changes nothing: a
+    /// waiter has just been seated (see `Gate::after_seating`).
+    pub(crate) fn touch(&self) {
+        self.hot.0.fetch_add(0, AcqRel);
     }
 
     /// Gives back the slot of a call abandoned because its *caller's*
