@@ -145,6 +145,7 @@ where
             .map_err(|e| self.fallback.inner_error(e))
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let priority = self.priority.priority_of(&req, &self.shared.classes);
         let left = self.deadline.deadline_of(&req);

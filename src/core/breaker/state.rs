@@ -67,8 +67,11 @@ impl Ticket {
     }
 
     pub(crate) const fn from_bits(bits: u64) -> Self {
-        let kinds = [TicketKind::Closed, TicketKind::Probe, TicketKind::Untracked];
-        let kind = kinds[((bits >> 32) & 0xff) as usize % kinds.len()];
+        let kind = match (bits >> 32) & 0xff {
+            0 => TicketKind::Closed,
+            1 => TicketKind::Probe,
+            _ => TicketKind::Untracked,
+        };
         Ticket {
             generation: bits as u32,
             kind,
@@ -292,7 +295,7 @@ impl BreakerCore {
     }
 
     /// Records how an admitted call ended; `elapsed` is its duration.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn complete(
         &self,
         ticket: Ticket,
@@ -386,6 +389,7 @@ impl BreakerCore {
         }
     }
 
+    #[inline(never)]
     fn probe_done(&self, generation: u32, sample: Sample, now: Nanos) -> Option<Transition> {
         let probes = self.limits.probes();
         let mut current = self.word.load(Acquire);
@@ -418,6 +422,7 @@ impl BreakerCore {
     }
 
     /// Closed → open, if the word is still the closed state of `generation`.
+    #[cold]
     fn trip(&self, generation: u32, now: Nanos) -> Option<Transition> {
         let mut cold = self.cold.lock().unwrap_or_else(|e| e.into_inner());
         let word = Word(self.word.load(Acquire));
