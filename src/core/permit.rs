@@ -261,13 +261,13 @@ impl Permit {
     /// Settles the call with its outcome.
     #[inline(always)]
     pub fn record(mut self, outcome: Outcome) {
-        if let Some(gate) = self.gate.take() {
-            gate.settle(
-                Taken::from_bits(self.taken),
-                outcome,
-                self.start,
-                self.responded,
-            );
+        let gate = self.gate.take();
+        let (taken, start, responded) = (self.taken, self.start, self.responded);
+        // Settled here: its `Drop` would find nothing left to give back.
+        // (The other fields are plain numbers: forgetting leaks nothing.)
+        std::mem::forget(self);
+        if let Some(gate) = gate {
+            gate.settle(Taken::from_bits(taken), outcome, start, responded);
         }
     }
 

@@ -260,6 +260,16 @@ impl LimitCore {
             self.dropped.fetch_add(1, Relaxed);
         }
         let samples = samples_of(word);
+        let sum = word & RTT_MASK;
+        let full = samples >= FULL_SAMPLES || sum >= FULL_UNITS;
+        let start = self.window_start.load(Relaxed);
+        let elapsed = now.saturating_sub(start);
+        if !full && elapsed < MIN_WINDOW {
+            // No window closes before `MIN_WINDOW`, whatever its samples
+            // and mean RTT: most completions stop here, before the
+            // division below.
+            return None;
+        }
         let fast = self.round_trip_windows.load(Relaxed) != 0;
         let needed = if fast {
             (u64::from(self.limit.load(Relaxed)) / 2).clamp(1, MIN_SAMPLES)
@@ -267,15 +277,6 @@ impl LimitCore {
             MIN_SAMPLES
         };
         if samples < needed {
-            return None;
-        }
-        let sum = word & RTT_MASK;
-        let full = samples >= FULL_SAMPLES || sum >= FULL_UNITS;
-        let start = self.window_start.load(Relaxed);
-        let elapsed = now.saturating_sub(start);
-        if !full && elapsed < MIN_WINDOW {
-            // No window closes before `MIN_WINDOW`, whatever its mean RTT:
-            // most completions stop here, without the division below.
             return None;
         }
         // One mean RTT of this window's own samples (less a sixteenth: the
