@@ -325,3 +325,34 @@ impl fmt::Debug for Permit {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use metrics::SharedString;
+
+    use crate::classify::Outcome;
+    use crate::clock::Clock;
+    use crate::core::gate::breaker_gate;
+    use crate::policy::BreakerPolicy;
+    use crate::priority::Priority;
+
+    #[test]
+    fn a_settled_or_dropped_permit_lets_go_of_its_gate() {
+        let policy = BreakerPolicy::default();
+        let route = SharedString::const_str("test");
+        let gate = Arc::new(breaker_gate(&policy, route, Clock::coarse(), Some(1), None));
+        let permit = gate
+            .admit(Priority::HIGHEST)
+            .expect("a closed breaker admits");
+        assert_eq!(Arc::strong_count(&gate), 2, "a permit holds its gate");
+        permit.record(Outcome::Success);
+        assert_eq!(Arc::strong_count(&gate), 1, "a settled permit let go");
+        drop(
+            gate.admit(Priority::HIGHEST)
+                .expect("a closed breaker admits"),
+        );
+        assert_eq!(Arc::strong_count(&gate), 1, "a dropped permit let go");
+    }
+}
