@@ -31,6 +31,9 @@
 //! entering the runtime nor reading `Instant::now()` is charged to a request.
 //! With `BROWNOUT_BENCH_CPU=1` it reads the thread's CPU time instead of
 //! wall time: steadier on a machine shared with other work.
+//! `BROWNOUT_BENCH_PROFILE=NAME:N` runs no bench: it sends `N` requests
+//! through one service of the sequential group, for callgrind (see
+//! [`profile`]).
 //! Requests and answers go through `black_box` so that nothing is folded
 //! away.
 
@@ -45,8 +48,7 @@ use brownout::{
     CircuitBreakerLayer, LimitPolicy, Mode, Policy, WaitingRoomLayer, WaitingRoomPolicy,
 };
 use criterion::{
-    BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
-    measurement::WallTime,
+    BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, measurement::WallTime,
 };
 use tokio::runtime::{Builder, Runtime};
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
@@ -651,4 +653,49 @@ criterion_group! {
         .without_plots();
     targets = overhead, overhead_contended, waiting_room, axum
 }
-criterion_main!(benches);
+
+/// `BROWNOUT_BENCH_PROFILE=NAME:N`: sends exactly `N` requests, one at a
+/// time, through the sequential group's service `NAME`, and exits, for an
+/// instruction count under `valgrind --tool=callgrind`. Two runs with
+/// different `N` give the cost of one request, setup excluded:
+/// `(Ir(N2) - Ir(N1)) / (N2 - N1)`. Instruction counts do not move with
+/// whatever else the machine runs, as wall and CPU time do.
+fn profile(spec: &str) {
+    let (name, n) = spec
+        .split_once(':')
+        .and_then(|(name, n)| Some((name, n.parse::<u64>().ok()?)))
+        .expect("BROWNOUT_BENCH_PROFILE=NAME:N");
+    let rt = Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    macro_rules! run {
+        ($svc:expr) => {{
+            let mut svc = $svc;
+            rt.block_on(drive(&mut svc, 0, n))
+        }};
+    }
+    match name {
+        "bare" => run!(bare()),
+        "bare_boxed_reject" => run!(bare_boxed_reject()),
+        "tower_shed_limit" => run!(tower_shed_limit()),
+        "brownout_breaker_closed" => run!(brownout_breaker_closed()),
+        "brownout_breaker_open" => run!(brownout_breaker_open()),
+        "brownout_breaker_open_tripped" => run!(brownout_breaker_open_tripped()),
+        "brownout_limit" => run!(brownout_limit()),
+        "brownout_breaker_limit" => run!(brownout_breaker_limit()),
+        "brownout_waiting_room_empty" => run!(brownout_waiting_room_empty()),
+        "brownout_stack" => run!(brownout_stack()),
+        "brownout_budget_local" => run!(brownout_budget_local()),
+        _ => panic!("no sequential bench named {name:?}"),
+    }
+}
+
+fn main() {
+    if let Some(spec) = std::env::var_os("BROWNOUT_BENCH_PROFILE") {
+        profile(spec.to_str().expect("BROWNOUT_BENCH_PROFILE is UTF-8"));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

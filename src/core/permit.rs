@@ -87,7 +87,7 @@ impl Gate {
                 self.limit_changed(change.limit, change.inflight.saturating_add(over));
             }
         }
-        self.after_sample(opened);
+        self.after_sample(opened, true);
     }
 
     /// Feeds a finished call to the breaker and the limit, and hands what
@@ -96,8 +96,13 @@ impl Gate {
     pub(in crate::core) fn learn(&self, taken: Taken, failed: bool, elapsed: Nanos, now: Nanos) {
         let Taken { ticket, over } = taken;
         let mut opened = false;
+        // Whether the gate changed other than by the read-modify-writes
+        // that give a slot back (a transition, a new limit): the room is
+        // then woken behind a fence (see `after_sample`).
+        let mut changed = false;
         if let Some(breaker) = &self.breaker {
             if let Some(transition) = breaker.complete(ticket, failed, elapsed, now) {
+                changed = true;
                 opened = transition.to == BreakerState::Open;
                 if transition.to == BreakerState::Closed {
                     // The probes found the back end serving again.
@@ -112,20 +117,27 @@ impl Gate {
                 // limiter's, and is no sample of it.
                 self.over.fetch_sub(1, Ordering::Relaxed);
             } else if let Some(change) = limit.complete(elapsed, failed, now) {
+                changed = true;
                 let over = self.over.load(Ordering::Relaxed);
                 self.limit_changed(change.limit, change.inflight.saturating_add(over));
                 tracing::trace!(route = %self.metrics.route(), limit = change.limit, inflight = change.inflight, "brownout: limit updated");
             }
         }
-        self.after_sample(opened);
+        self.after_sample(opened, changed);
     }
 
     /// Hands what a finished call freed to the room; if the breaker just
     /// opened, wakes every waiter to sleep until the next probe (waiters
     /// seated while calls went through sleep until their wait runs out).
+    /// `changed`: the call changed the gate other than by the
+    /// read-modify-writes that give its slot back.
     #[inline(always)]
-    fn after_sample(&self, opened: bool) {
-        self.wake_room();
+    fn after_sample(&self, opened: bool, changed: bool) {
+        if changed {
+            self.wake_room();
+        } else {
+            self.wake_room_after_release();
+        }
         if opened {
             if let Some(room) = &self.room {
                 if room.waiting() > 0 {
@@ -164,17 +176,62 @@ impl Gate {
                 limit.release();
             }
         }
-        self.wake_room();
+        self.wake_room_after_release();
     }
 
-    /// Hands whatever is free to the room's waiters, if there are any.
+    /// Hands whatever is free to the room's waiters, if there are any,
+    /// after any change of the gate (behind a fence: see
+    /// [`Room::waiting_after_release`]).
     #[inline]
     pub(in crate::core) fn wake_room(&self) {
         if let Some(room) = &self.room {
             if room.waiting_after_release() > 0 {
-                let now = self.clock.now();
-                room.with(|queues| self.pump(room, queues, now));
+                self.pump_now(room);
             }
+        }
+    }
+
+    /// [`wake_room`](Self::wake_room) for a call that gave back what it
+    /// held only by read-modify-writes of the limiter's in-flight word
+    /// and the breaker's state word (AcqRel, every one): a finished or
+    /// cancelled call. No fence: seating a waiter publishes the room's
+    /// count and then makes a read-modify-write of each of those words
+    /// ([`after_seating`](Self::after_seating)). On each word the two
+    /// read-modify-writes are ordered one way or the other: if the
+    /// seating's comes second it reads this call's release, so the
+    /// waiter's next look at the gate sees the slot; if this call's comes
+    /// second it reads the seating's (its release sequence: the words
+    /// change by read-modify-writes only, but for the breaker's
+    /// transitions, after which an older ticket gives nothing back), so it
+    /// synchronises with the seating and the load below sees the waiter.
+    /// (`tests/loom.rs` explores the race.)
+    #[inline(always)]
+    pub(in crate::core) fn wake_room_after_release(&self) {
+        if let Some(room) = &self.room {
+            if room.waiting() > 0 {
+                self.pump_now(room);
+            }
+        }
+    }
+
+    /// Hands whatever is free to the room's waiters now.
+    #[cold]
+    fn pump_now(&self, room: &crate::core::room::Room) {
+        let now = self.clock.now();
+        room.with(|queues| self.pump(room, queues, now));
+    }
+
+    /// A waiter has just been seated, and the room's count published:
+    /// one read-modify-write, changing nothing, of each word a finished
+    /// call gives its slot back through, so that such a call either sees
+    /// the waiter or the waiter's next look sees its slot (see
+    /// [`wake_room_after_release`](Self::wake_room_after_release)).
+    pub(in crate::core) fn after_seating(&self) {
+        if let Some(breaker) = &self.breaker {
+            breaker.touch();
+        }
+        if let Some(limit) = &self.limit {
+            limit.touch();
         }
     }
 }
@@ -204,13 +261,13 @@ impl Permit {
     /// Settles the call with its outcome.
     #[inline(always)]
     pub fn record(mut self, outcome: Outcome) {
-        if let Some(gate) = self.gate.take() {
-            gate.settle(
-                Taken::from_bits(self.taken),
-                outcome,
-                self.start,
-                self.responded,
-            );
+        let gate = self.gate.take();
+        let (taken, start, responded) = (self.taken, self.start, self.responded);
+        // Settled here: its `Drop` would find nothing left to give back.
+        // (The other fields are plain numbers: forgetting leaks nothing.)
+        std::mem::forget(self);
+        if let Some(gate) = gate {
+            gate.settle(Taken::from_bits(taken), outcome, start, responded);
         }
     }
 
@@ -266,5 +323,36 @@ impl fmt::Debug for Permit {
             .field("settled", &self.gate.is_none())
             .field("taken", &Taken::from_bits(self.taken))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use metrics::SharedString;
+
+    use crate::classify::Outcome;
+    use crate::clock::Clock;
+    use crate::core::gate::breaker_gate;
+    use crate::policy::BreakerPolicy;
+    use crate::priority::Priority;
+
+    #[test]
+    fn a_settled_or_dropped_permit_lets_go_of_its_gate() {
+        let policy = BreakerPolicy::default();
+        let route = SharedString::const_str("test");
+        let gate = Arc::new(breaker_gate(&policy, route, Clock::coarse(), Some(1), None));
+        let permit = gate
+            .admit(Priority::HIGHEST)
+            .expect("a closed breaker admits");
+        assert_eq!(Arc::strong_count(&gate), 2, "a permit holds its gate");
+        permit.record(Outcome::Success);
+        assert_eq!(Arc::strong_count(&gate), 1, "a settled permit let go");
+        drop(
+            gate.admit(Priority::HIGHEST)
+                .expect("a closed breaker admits"),
+        );
+        assert_eq!(Arc::strong_count(&gate), 1, "a dropped permit let go");
     }
 }

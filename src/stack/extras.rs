@@ -21,7 +21,7 @@ use crate::metrics::{REQUESTS_TOTAL, outcome};
 use crate::priority::PriorityOf;
 use crate::reject::{Reason, Rejected};
 
-use super::layer::Shared;
+use super::shared::Shared;
 use super::{Brownout, DEFAULT_ROUTE, ResponseFuture, RouteOf};
 
 /// A stack that cannot be built as its policy says; see
@@ -333,6 +333,7 @@ where
 {
     type Output = Result<C::Response, F::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {

@@ -194,6 +194,7 @@ where
 {
     type Output = Result<C::Response, F::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {

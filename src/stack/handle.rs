@@ -11,7 +11,7 @@ use crate::core::breaker::Manual;
 use crate::policy::{Policy, PolicyError};
 
 use super::DEFAULT_ROUTE;
-use super::layer::{Shared, route_spec};
+use super::shared::{Shared, route_spec};
 
 /// Replaces the policy of a running [`BrownoutLayer`](super::BrownoutLayer)
 /// stack, atomically, keeping its state.

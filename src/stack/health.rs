@@ -12,7 +12,7 @@ use crate::core::gate_map::OVERFLOW_KEY;
 use crate::policy::Mode;
 use crate::priority::Priority;
 
-use super::layer::Shared;
+use super::shared::Shared;
 
 /// Every route of a stack as it stands now; serialise it (JSON, …) for a
 /// health or admin endpoint (see [`RouteHealth`] for what one route says). Built by [`PolicyHandle::snapshot`](super::PolicyHandle::snapshot)

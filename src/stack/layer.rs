@@ -1,14 +1,15 @@
-use std::sync::{Arc, Mutex};
+//! [`BrownoutLayer`]: the composed stack's builder, and the layer that
+//! wraps a service in it. What every clone of the stack shares, and how it
+//! is built from the policy, is in [`shared`](super::shared).
 
-use metrics::SharedString;
+use std::sync::Arc;
+
 use tower::Layer;
-
-use arc_swap::ArcSwap;
 
 use crate::classify::ErrorsAsFailures;
 use crate::clock::Clock;
-use crate::core::gate::{Gate, GateSpec};
-use crate::core::gate_map::{GateMap, OVERFLOW_KEY};
+use crate::core::gate::Gate;
+use crate::core::gate_map::OVERFLOW_KEY;
 use crate::deadline::NoDeadline;
 use crate::fallback::RejectAsError;
 use crate::listen::SharedListener;
@@ -18,60 +19,11 @@ use crate::priority::{Classes, DefaultPriority};
 #[cfg(feature = "defer")]
 use super::extras::open_deferral;
 use super::extras::{BudgetFallback, Budgeted, BuildError};
+use super::shared::{Settings, Shared};
 use super::{Brownout, SingleRoute};
 
 /// Routes with a gate of their own before new ones share the overflow gate.
 pub const DEFAULT_MAX_ROUTES: usize = 256;
-
-/// What every clone of a stack shares: the policy in force and the gates
-/// of its routes.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) policy: Arc<ArcSwap<Policy>>,
-    pub(crate) gates: GateMap<Arc<str>>,
-    pub(crate) classes: Classes,
-    /// Held through a whole [`PolicyHandle::apply`](super::PolicyHandle::apply),
-    /// so that applies run one after the other.
-    pub(crate) applying: Mutex<()>,
-    /// The routes whose gates were built since the last apply, all from the
-    /// policy in force. A new route's gate reads its policy with this held,
-    /// and an apply puts its policy in force with this held: a gate built
-    /// from the old policy is listed here by then, so the apply finds and
-    /// reconfigures it even if it is not yet in `gates`.
-    pub(crate) built: Arc<Mutex<Vec<Arc<str>>>>,
-    /// The policy's `[budget]`, taken before admission; `None` without one.
-    pub(crate) budget: Option<crate::budget::Budget>,
-}
-
-impl Shared {
-    /// Takes the `built` list's lock, whoever panicked while holding it.
-    pub(crate) fn built(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
-        self.built.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The gate settings of a route from `effective`, its policy with its
-/// `[routes."…"]` overrides already applied by [`Policy::route`]; this
-/// only points the gate at its sections and labels it `label`.
-pub(crate) fn route_spec<'a>(
-    effective: &'a Policy,
-    classes: &'a Classes,
-    label: SharedString,
-    clock: Clock,
-) -> GateSpec<'a> {
-    GateSpec {
-        breaker: Some(&effective.breaker),
-        limit: Some(&effective.limit),
-        room: Some(&effective.waiting_room),
-        maintenance: &effective.maintenance,
-        classes,
-        route: label,
-        clock,
-        seed: None,
-        listener: None,
-        custom_limit: None,
-    }
-}
 
 /// The composed stack: fallback → admission (breaker × limit × waiting
 /// room, per route) → inner service, from one [`Policy`]; see the
@@ -93,25 +45,6 @@ pub struct BrownoutLayer<
     settings: Settings,
     shared: Arc<Shared>,
     parts: Parts<F, R, P, D, C>,
-}
-
-/// What the stack's gates are built from. The setters that rebuild the
-/// gates ([`max_routes`](BrownoutLayer::max_routes),
-/// [`clock`](BrownoutLayer::clock)) change one field and rebuild from all
-/// of them, so that each keeps what the others set.
-#[derive(Debug, Clone)]
-struct Settings {
-    policy: Arc<Policy>,
-    max_routes: usize,
-    /// `None`: detected when the gates are built.
-    clock: Option<Clock>,
-    listener: Option<SharedListener>,
-    /// The application's own limit algorithm, for `algorithm = "custom"`.
-    custom_limit: Option<crate::limit::CustomAlgorithm>,
-    /// The deferring routes of the policy with their stores, opened once
-    /// by [`BrownoutLayer::from_policy`]; `None` without any.
-    #[cfg(feature = "defer")]
-    deferral: Option<crate::defer::Deferral>,
 }
 
 /// The parts that look at each request and answer it; the type-changing
@@ -201,139 +134,6 @@ impl BrownoutLayer {
                 classifier: ErrorsAsFailures,
             },
         })
-    }
-}
-
-impl Settings {
-    /// A fresh stack state: the policy in force and no gates but the
-    /// overflow gate; errors logged.
-    fn build(&self) -> Arc<Shared> {
-        match self.build_checked(false) {
-            Ok(shared) => shared,
-            Err(_) => unreachable!("a lenient build logs its errors"),
-        }
-    }
-
-    /// A fresh stack state; a budget that cannot be built is an error when
-    /// `strict`, else logged and left out.
-    fn build_checked(&self, strict: bool) -> Result<Arc<Shared>, BuildError> {
-        let policy = &*self.policy;
-        let max_routes = self.max_routes;
-        if let Err(err) = policy.validate() {
-            tracing::error!(%err, "brownout: invalid policy, using it with its values clamped");
-        }
-        let classes = Classes::from_policy(&policy.priority);
-        let clock = self.clock.clone().unwrap_or_else(Clock::detect);
-        let listener = self.listener.clone();
-        let custom_limit = self.custom_limit.clone();
-        let budget = match &policy.budget {
-            None => None,
-            Some(budget) => {
-                match crate::budget::Budget::with_clock(budget, &policy.priority, clock.clone()) {
-                    Ok(budget) => Some(budget),
-                    Err(err) if strict => return Err(err.into()),
-                    Err(err) => {
-                        tracing::error!(%err, "brownout: the [budget] cannot be built; the stack counts no budget");
-                        None
-                    }
-                }
-            }
-        };
-        #[cfg(feature = "fleet")]
-        let fleet = start_fleet(policy, &clock, strict)?;
-        let in_force = Arc::new(ArcSwap::from_pointee(policy.clone()));
-        let built = Arc::new(Mutex::new(Vec::new()));
-        let gates = {
-            let in_force = in_force.clone();
-            let classes = classes.clone();
-            let built = built.clone();
-            #[cfg(feature = "fleet")]
-            let fleet = fleet.clone();
-            GateMap::new(max_routes, move |route: Option<&Arc<str>>| {
-                let (label, effective) = match route {
-                    Some(route) => {
-                        let effective = {
-                            let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-                            built.push(route.clone());
-                            in_force.load().route(route)
-                        };
-                        #[cfg(test)]
-                        super::handle::pause::at(&format!("built {route}"));
-                        (SharedString::from(route.to_string()), effective)
-                    }
-                    None => (
-                        SharedString::const_str(OVERFLOW_KEY),
-                        in_force.load().route(""),
-                    ),
-                };
-                // A route of its own shares its breaker with the fleet;
-                // the overflow gate does not: the routes it stands for
-                // differ from one replica to the next.
-                #[cfg(feature = "fleet")]
-                let listener = match (&fleet, route) {
-                    (Some(fleet), Some(route)) => Some(fleet.listener_for(route, listener.clone())),
-                    _ => listener.clone(),
-                };
-                Gate::new(GateSpec {
-                    listener: listener.clone(),
-                    custom_limit: custom_limit.clone(),
-                    ..route_spec(&effective, &classes, label, clock.clone())
-                })
-            })
-        };
-        let shared = Arc::new(Shared {
-            policy: in_force,
-            gates,
-            classes,
-            applying: Mutex::new(()),
-            built,
-            budget,
-        });
-        #[cfg(feature = "fleet")]
-        if let Some(fleet) = &fleet {
-            fleet.start(Arc::downgrade(&shared));
-        }
-        Ok(shared)
-    }
-}
-
-#[cfg(feature = "fleet")]
-impl crate::fleet::stack::Routes for Shared {
-    fn gate(&self, route: &str) -> Option<Arc<Gate>> {
-        self.gates.get(route)
-    }
-
-    fn open_for(&self, route: &str) -> std::time::Duration {
-        self.policy.load().route(route).breaker.open_for
-    }
-}
-
-/// The fleet that shares the stack's breakers, if `policy` has a
-/// `[fleet]` section: an error when `strict`; else logged, and each
-/// breaker decides alone (the stack still serves: a fleet that cannot be
-/// joined is no reason to refuse traffic).
-#[cfg(feature = "fleet")]
-fn start_fleet(
-    policy: &Policy,
-    clock: &Clock,
-    strict: bool,
-) -> Result<Option<Arc<crate::fleet::stack::StackFleet>>, BuildError> {
-    use crate::fleet::stack::{StackFleet, StartError};
-    match StackFleet::new(policy, clock.clone()) {
-        Ok(fleet) => Ok(fleet),
-        Err(StartError::Policy(err)) if strict => Err(err.into()),
-        Err(StartError::NoRuntime) if strict => Err(BuildError::FleetNeedsRuntime),
-        Err(StartError::Policy(err)) => {
-            tracing::error!(%err, "brownout: the [fleet] section cannot be used; each breaker decides alone");
-            Ok(None)
-        }
-        Err(StartError::NoRuntime) => {
-            tracing::error!(
-                "brownout: the stack was built outside a tokio runtime; its [fleet] section needs one, \
-                 so each breaker decides alone (build it inside the runtime to share them)"
-            );
-            Ok(None)
-        }
     }
 }
 

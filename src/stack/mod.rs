@@ -58,6 +58,7 @@ mod handle;
 mod health;
 mod layer;
 mod route;
+mod shared;
 pub mod trust;
 #[cfg(feature = "watch")]
 mod watch;
@@ -69,7 +70,7 @@ use tower::Service;
 
 use crate::classify::Classify;
 use crate::clock::saturating_nanos;
-use crate::core::gate::Entry;
+use crate::core::gate::{Entry, Gate, Waiter};
 use crate::deadline::DeadlineOf;
 use crate::fallback::Fallback;
 use crate::priority::PriorityOf;
@@ -95,7 +96,7 @@ pub use self::trust::{TrustFn, TrustOf, Trusted, TrustedCaller, TrustedOnly, tru
 #[cfg(feature = "watch")]
 pub use self::watch::{DEBOUNCE, PolicyWatcher};
 
-use self::layer::Shared;
+use self::shared::Shared;
 
 /// The route label of requests without a route.
 pub const DEFAULT_ROUTE: &str = "default";
@@ -144,47 +145,101 @@ where
             .map_err(|e| self.fallback.inner_error(e))
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let priority = self.priority.priority_of(&req, &self.shared.classes);
         let left = self.deadline.deadline_of(&req);
-        let key = self.route.route_of(&req).unwrap_or(DEFAULT_ROUTE);
-        let entered = self.shared.gates.with(
-            key,
-            |key: &str| Arc::<str>::from(key),
-            |gate| {
-                let deadline =
-                    left.map(|left| gate.clock().now().saturating_add(saturating_nanos(left)));
-                gate.enter(priority, deadline).map(|entry| match entry {
-                    Entry::Now(permit) => (Entry::Now(permit), None, deadline),
-                    wait => (wait, Some(gate.clone()), deadline),
-                })
-            },
-        );
+        let route = self.route.route_of(&req);
+        if route.is_none() {
+            if let Some(gate) = self.shared.default_gate.get() {
+                // The default route's gate, built already: no lookup, and
+                // no borrow of the request left to keep it from moving.
+                let deadline = deadline_at(gate, left);
+                return match gate.enter(priority, deadline) {
+                    Ok(Entry::Wait(waiter)) => {
+                        let gate = gate.clone();
+                        self.wait(gate, waiter, req, deadline)
+                    }
+                    entered => self.respond_now(entered, req, deadline),
+                };
+            }
+        }
+        let (entered, waiting_at, deadline) = self.shared.with_gate(route, |gate| {
+            let deadline = deadline_at(gate, left);
+            match gate.enter(priority, deadline) {
+                Ok(Entry::Wait(waiter)) => (Ok(Entry::Wait(waiter)), Some(gate.clone()), deadline),
+                entered => (entered, None, deadline),
+            }
+        });
+        match (entered, waiting_at) {
+            (Ok(Entry::Wait(waiter)), Some(gate)) => self.wait(gate, waiter, req, deadline),
+            (entered, _) => self.respond_now(entered, req, deadline),
+        }
+    }
+}
+
+/// The request's own deadline on `gate`'s clock, from the time it has
+/// `left`.
+#[inline(always)]
+fn deadline_at(gate: &Gate, left: Option<std::time::Duration>) -> Option<u64> {
+    left.map(|left| gate.clock().now().saturating_add(saturating_nanos(left)))
+}
+
+impl<S, F, R, P, D, C> Brownout<S, F, R, P, D, C> {
+    /// The response future of a request seated in `gate`'s room.
+    #[inline(never)]
+    fn wait<Req>(
+        &mut self,
+        gate: Arc<Gate>,
+        waiter: Waiter,
+        req: Req,
+        deadline: Option<u64>,
+    ) -> ResponseFuture<S, Req, C, F, D>
+    where
+        S: Service<Req> + Clone,
+        C: Classify<S::Response, S::Error> + Clone,
+        F: Fallback<Req, C::Response, S::Error> + Clone,
+        D: Clone,
+    {
+        // Keep the service that was polled ready for this request, and
+        // leave a fresh clone for the next one.
+        let fresh = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, fresh);
+        ResponseFuture::waiting(
+            gate,
+            waiter,
+            ready,
+            req,
+            self.classifier.clone(),
+            self.fallback.clone(),
+            deadline,
+            self.deadline.clone(),
+        )
+    }
+
+    /// The response future of a request admitted or turned away at once
+    /// (never one that waits).
+    #[inline(always)]
+    fn respond_now<Req>(
+        &mut self,
+        entered: Result<Entry, crate::Rejected>,
+        req: Req,
+        deadline: Option<u64>,
+    ) -> ResponseFuture<S, Req, C, F, D>
+    where
+        S: Service<Req>,
+        C: Classify<S::Response, S::Error> + Clone,
+        F: Fallback<Req, C::Response, S::Error> + Clone,
+    {
         match entered {
-            Ok((Entry::Now(permit), _, deadline)) => ResponseFuture::calling(
+            Ok(Entry::Now(permit)) => ResponseFuture::calling(
                 self.inner.call(req),
                 permit,
                 self.classifier.clone(),
                 self.fallback.clone(),
                 deadline,
             ),
-            Ok((Entry::Wait(waiter), Some(gate), deadline)) => {
-                // Keep the service that was polled ready for this request,
-                // and leave a fresh clone for the next one.
-                let fresh = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, fresh);
-                ResponseFuture::waiting(
-                    gate,
-                    waiter,
-                    ready,
-                    req,
-                    self.classifier.clone(),
-                    self.fallback.clone(),
-                    deadline,
-                    self.deadline.clone(),
-                )
-            }
-            Ok((Entry::Wait(_), None, _)) => unreachable!("a waiter keeps its gate"),
+            Ok(Entry::Wait(_)) => unreachable!("a seated request is answered by `wait`"),
             Err(rejected) => ResponseFuture::answering(self.fallback.fallback(rejected, Some(req))),
         }
     }

@@ -6,12 +6,14 @@
 mod control;
 mod state;
 mod thresholds;
+mod ticket;
 mod window;
 mod word;
 
 pub(crate) use self::control::Manual;
 pub use self::control::Until;
-pub(crate) use self::state::{BreakerCore, Ticket, Transition};
+pub(crate) use self::state::{BreakerCore, Transition};
+pub(crate) use self::ticket::Ticket;
 pub use self::word::MAX_PROBES;
 
 /// Where a breaker stands.

@@ -27,54 +27,8 @@ use super::BreakerState;
 use super::thresholds::Thresholds;
 use super::window::{Sample, Window};
 
+use super::ticket::{Ticket, TicketKind};
 use super::word::{TAG_CLOSED, TAG_HALF_OPEN, TAG_OPEN, Word};
-
-/// What an admitted call holds until it ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ticket {
-    generation: u32,
-    kind: TicketKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum TicketKind {
-    /// Admitted by a closed breaker: the outcome goes into the window.
-    Closed,
-    /// One of half-open's probes.
-    Probe,
-    /// Admitted whatever the state (forced closed, or shadow mode in place
-    /// of a rejection): the outcome is not a sample.
-    Untracked,
-}
-
-impl Ticket {
-    /// The ticket of a call no breaker tracks.
-    pub(crate) const UNTRACKED: Ticket = Ticket {
-        generation: 0,
-        kind: TicketKind::Untracked,
-    };
-
-    /// Whether the call is one of half-open's probes.
-    pub(crate) fn is_probe(self) -> bool {
-        self.kind == TicketKind::Probe
-    }
-
-    /// The ticket in the low 40 bits of a word, and back with `from_bits`
-    /// (a permit keeps whole words).
-    pub(crate) const fn to_bits(self) -> u64 {
-        self.generation as u64 | (self.kind as u64) << 32
-    }
-
-    pub(crate) const fn from_bits(bits: u64) -> Self {
-        let kinds = [TicketKind::Closed, TicketKind::Probe, TicketKind::Untracked];
-        let kind = kinds[((bits >> 32) & 0xff) as usize % kinds.len()];
-        Ticket {
-            generation: bits as u32,
-            kind,
-        }
-    }
-}
 
 /// A state change, for metrics and tracing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +246,7 @@ impl BreakerCore {
     }
 
     /// Records how an admitted call ended; `elapsed` is its duration.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn complete(
         &self,
         ticket: Ticket,
@@ -311,12 +265,15 @@ impl BreakerCore {
                 if word.tag() != TAG_CLOSED || word.generation() != ticket.generation {
                     return None; // admitted before the breaker last moved
                 }
-                self.window.record(now, sample);
+                let recorded = self.window.record(now, sample);
                 // Judged after every outcome, successes included: the
                 // success that brings the window to `minimum_calls`, or
                 // one recorded after a time window dropped older
                 // successes, can be the one that makes the rates count.
-                let totals = self.window.totals(now);
+                let totals = match recorded {
+                    Some(totals) => totals,
+                    None => self.window.totals(now),
+                };
                 if totals.calls >= self.limits.minimum_calls()
                     && self
                         .limits
@@ -352,6 +309,12 @@ impl BreakerCore {
         }
     }
 
+    /// A read-modify-write of the state word that changes nothing: a
+    /// waiter has just been seated (see `Gate::after_seating`).
+    pub(crate) fn touch(&self) {
+        self.word.fetch_add(0, AcqRel);
+    }
+
     /// Gives back the slot of an admitted call that ended without an
     /// outcome (its future was dropped): a probe slot is reopened for
     /// another call; a closed-state call leaves no trace.
@@ -377,6 +340,7 @@ impl BreakerCore {
         }
     }
 
+    #[inline(never)]
     fn probe_done(&self, generation: u32, sample: Sample, now: Nanos) -> Option<Transition> {
         let probes = self.limits.probes();
         let mut current = self.word.load(Acquire);
@@ -409,6 +373,7 @@ impl BreakerCore {
     }
 
     /// Closed → open, if the word is still the closed state of `generation`.
+    #[cold]
     fn trip(&self, generation: u32, now: Nanos) -> Option<Transition> {
         let mut cold = self.cold.lock().unwrap_or_else(|e| e.into_inner());
         let word = Word(self.word.load(Acquire));

@@ -87,9 +87,15 @@ impl Thresholds {
     /// Whether a set of calls is bad enough to open (or reopen) the breaker.
     #[inline]
     pub(super) fn trips(&self, calls: u64, failures: u64, slow: u64) -> bool {
+        // A count of 0 is a rate of exactly 0: no division for it (a
+        // window of successes is judged after every call).
+        let rate = |count: u64| match count {
+            0 => 0.0,
+            count => count as f64 / calls as f64,
+        };
         calls > 0
-            && (failures as f64 / calls as f64 >= self.failure_rate.load()
-                || slow as f64 / calls as f64 >= self.slow_call_rate.load())
+            && (rate(failures) >= self.failure_rate.load()
+                || rate(slow) >= self.slow_call_rate.load())
     }
 }
 

@@ -42,11 +42,18 @@ impl Window {
         }
     }
 
+    /// Records one call's outcome; returns the window's totals when
+    /// recording read them anyway (a count window full of successes that
+    /// one more success leaves unchanged), so that the caller need not
+    /// read them again.
     #[inline]
-    pub(crate) fn record(&self, now: Nanos, sample: Sample) {
+    pub(crate) fn record(&self, now: Nanos, sample: Sample) -> Option<Totals> {
         match self {
             Window::Count(w) => w.record(sample),
-            Window::Time(w) => w.record(now, sample),
+            Window::Time(w) => {
+                w.record(now, sample);
+                None
+            }
         }
     }
 
@@ -97,8 +104,10 @@ impl CountWindow {
         }
     }
 
+    /// Records `sample`; returns the totals if it read them: a full
+    /// window of successes, which one more success leaves as it is.
     #[inline]
-    fn record(&self, sample: Sample) {
+    fn record(&self, sample: Sample) -> Option<Totals> {
         let bits = (u8::from(sample.failed) * FAILED) | (u8::from(sample.slow) * SLOW);
         // A full window of successes is unchanged by one more success:
         // three shared loads instead of two writes to contended lines.
@@ -107,7 +116,11 @@ impl CountWindow {
             && self.slow.load(Relaxed) == 0
             && self.next.load(Relaxed) >= self.ring.len() as u64
         {
-            return;
+            return Some(Totals {
+                calls: self.ring.len() as u64,
+                failures: 0,
+                slow: 0,
+            });
         }
         let at = self.next.fetch_add(1, Relaxed) % self.ring.len() as u64;
         let old = self.ring[at as usize].swap(bits, Relaxed);
@@ -115,6 +128,7 @@ impl CountWindow {
             adjust(&self.failures, old & FAILED != 0, bits & FAILED != 0);
             adjust(&self.slow, old & SLOW != 0, bits & SLOW != 0);
         }
+        None
     }
 
     fn totals(&self) -> Totals {
@@ -297,6 +311,10 @@ mod tests {
                 slow: 0
             }
         );
+        // A full window of successes: one more success changes nothing,
+        // and recording it says what the totals are.
+        assert_eq!(w.record(OK), Some(w.totals()));
+        assert_eq!(w.record(FAIL), None);
         w.reset();
         assert_eq!(w.totals(), Totals::default());
     }

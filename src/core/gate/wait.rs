@@ -40,7 +40,7 @@ impl Gate {
     /// Admits a call now, or seats it in the waiting room when it cannot be
     /// admitted yet but could be before its wait runs out. `deadline` is the
     /// request's own, if it has one.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn enter(
         self: &Arc<Self>,
         priority: Priority,
@@ -48,7 +48,7 @@ impl Gate {
     ) -> Result<Entry, Rejected> {
         let now = self.clock.now();
         if deadline.is_some_and(|deadline| deadline <= now) {
-            return Err(self.rejected(self.with_hint(Reason::Deadline, now), priority));
+            return Err(self.past_deadline(priority, now));
         }
         // A room reloaded to capacity 0 is no room: the call is admitted or
         // rejected now, as by a gate built without one.
@@ -71,6 +71,26 @@ impl Gate {
                 Err(_) => {}
             }
         }
+        self.seat(room, priority, now, deadline)
+    }
+
+    /// A request whose own deadline has already passed, answered at once.
+    #[cold]
+    fn past_deadline(&self, priority: Priority, now: Nanos) -> Rejected {
+        self.rejected(self.with_hint(Reason::Deadline, now), priority)
+    }
+
+    /// [`enter`](Self::enter) for a call that was not admitted at once, or
+    /// arrived while others wait: admits it if it would overtake nobody,
+    /// else seats it in the room (or says why not).
+    #[inline(never)]
+    fn seat(
+        self: &Arc<Self>,
+        room: &Room,
+        priority: Priority,
+        now: Nanos,
+        deadline: Option<Nanos>,
+    ) -> Result<Entry, Rejected> {
         let seated = room.with(|queues| {
             // Callers of the same or a more important class already wait:
             // queue behind them rather than take a slot before them (but
@@ -114,6 +134,9 @@ impl Gate {
                 priority,
             }))
         });
+        if let Ok(Entry::Wait(_)) = &seated {
+            self.after_seating();
+        }
         seated.map_err(|rejected| self.rejected(rejected, priority))
     }
 

@@ -223,7 +223,15 @@ impl LimitCore {
     /// Gives back a slot whose call ended without an outcome.
     #[inline]
     pub(crate) fn release(&self) {
-        self.hot.0.fetch_sub(ONE_INFLIGHT, Release);
+        // AcqRel, as `complete`'s addition: a release that reads a
+        // seating's `touch` must see that waiter (see `Gate::after_seating`).
+        self.hot.0.fetch_sub(ONE_INFLIGHT, AcqRel);
+    }
+
+    /// A read-modify-write of the in-flight word that changes nothing: a
+    /// waiter has just been seated (see `Gate::after_seating`).
+    pub(crate) fn touch(&self) {
+        self.hot.0.fetch_add(0, AcqRel);
     }
 
     /// Gives back the slot of a call abandoned because its *caller's*
@@ -257,6 +265,16 @@ impl LimitCore {
             self.dropped.fetch_add(1, Relaxed);
         }
         let samples = samples_of(word);
+        let sum = word & RTT_MASK;
+        let full = samples >= FULL_SAMPLES || sum >= FULL_UNITS;
+        let start = self.window_start.load(Relaxed);
+        let elapsed = now.saturating_sub(start);
+        if !full && elapsed < MIN_WINDOW {
+            // No window closes before `MIN_WINDOW`, whatever its samples
+            // and mean RTT: most completions stop here, before the
+            // division below.
+            return None;
+        }
         let fast = self.round_trip_windows.load(Relaxed) != 0;
         let needed = if fast {
             (u64::from(self.limit.load(Relaxed)) / 2).clamp(1, MIN_SAMPLES)
@@ -266,10 +284,6 @@ impl LimitCore {
         if samples < needed {
             return None;
         }
-        let sum = word & RTT_MASK;
-        let full = samples >= FULL_SAMPLES || sum >= FULL_UNITS;
-        let start = self.window_start.load(Relaxed);
-        let elapsed = now.saturating_sub(start);
         // One mean RTT of this window's own samples (less a sixteenth: the
         // sum is rounded to its units, and a window of one call lasts
         // exactly its latency).

@@ -497,11 +497,12 @@ impl Room {
         self.waiting.store(queues.len(), Release);
         // Pairs with the fence in `waiting_after_release`: a waiter seated
         // here, whose next look at the gate (under this lock) comes after
-        // this fence, either sees the capacity a concurrent call gives
-        // back, or that call sees it waiting and hands it over. Without
+        // this fence, either sees the capacity a concurrent change gives
+        // back, or that change sees it waiting and hands it over. Without
         // both fences each side may read the other's old value (the
         // store-buffering pattern) and the waiter sleeps through its
-        // wake-up until its wait runs out.
+        // wake-up until its wait runs out. (A finished call, the common
+        // change, needs no fence: see `Gate::wake_room_after_release`.)
         fence(SeqCst);
         result
     }
