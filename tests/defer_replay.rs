@@ -15,7 +15,7 @@ mod tempdir;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brownout::defer::{Deferred, Load, MIN_BACKOFF};
+use brownout::defer::{DeferStore, Deferred, Load, MIN_BACKOFF};
 use brownout::fallback::RejectAsError;
 use brownout::priority::Priority;
 use brownout::sim::{ServiceTime, SimBackend};
@@ -30,6 +30,50 @@ use tempdir::TempDir;
 const BACKLOG: usize = 600;
 const CAPACITY: usize = 10;
 const SERVICE: Duration = Duration::from_millis(100);
+
+/// `n` requests deferred straight into `store`, numbered in their bodies,
+/// of `classes` classes in turn (mixed).
+async fn defer_backlog(store: &Arc<dyn DeferStore>, n: usize, classes: usize) {
+    for i in 0..n {
+        let request = Deferred {
+            priority: (i % classes) as u8,
+            method: "POST".into(),
+            uri: "/applications".into(),
+            headers: vec![],
+            body: Bytes::from(format!("{i}")),
+            arrived: store.now(),
+            idempotency_key: None,
+        };
+        store.append(request).await.unwrap();
+    }
+}
+
+/// `sim` as an HTTP back end that records each replay's class and number
+/// in `order` as it arrives.
+fn recording(
+    sim: SimBackend,
+    order: Arc<Mutex<Vec<(u8, usize)>>>,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let sim = sim.clone();
+        let order = order.clone();
+        async move {
+            let rank = req.extensions().get::<Priority>().unwrap().rank();
+            let body = req.into_body().collect_bytes().await;
+            let n: usize = String::from_utf8(body.to_vec()).unwrap().parse().unwrap();
+            order.lock().unwrap().push((rank, n));
+            sim.oneshot(()).await.map_err(BoxError::from)?;
+            Ok::<_, BoxError>(Response::new(Full::<Bytes>::from("ok")))
+        }
+    })
+}
 
 #[tokio::test(start_paused = true)]
 async fn a_backlog_drains_at_capacity_within_the_limit_most_important_first() {
@@ -73,18 +117,7 @@ async fn drain(reserve: f64, ideal: Duration) {
     let store = route.store().clone();
 
     // The backlog, straight into the store: a third per class, mixed.
-    for i in 0..BACKLOG {
-        let request = Deferred {
-            priority: (i % 3) as u8,
-            method: "POST".into(),
-            uri: "/applications".into(),
-            headers: vec![],
-            body: Bytes::from(format!("{i}")),
-            arrived: store.now(),
-            idempotency_key: None,
-        };
-        store.append(request).await.unwrap();
-    }
+    defer_backlog(&store, BACKLOG, 3).await;
 
     let sim = SimBackend::builder()
         .capacity(CAPACITY)
@@ -94,21 +127,7 @@ async fn drain(reserve: f64, ideal: Duration) {
         .unwrap();
     let handle = sim.handle();
     let order: Arc<Mutex<Vec<(u8, usize)>>> = Arc::default();
-    let backend = {
-        let order = order.clone();
-        tower::service_fn(move |req: Request<Full<Bytes>>| {
-            let sim = sim.clone();
-            let order = order.clone();
-            async move {
-                let rank = req.extensions().get::<Priority>().unwrap().rank();
-                let body = req.into_body().collect_bytes().await;
-                let n: usize = String::from_utf8(body.to_vec()).unwrap().parse().unwrap();
-                order.lock().unwrap().push((rank, n));
-                sim.oneshot(()).await.map_err(BoxError::from)?;
-                Ok::<_, BoxError>(Response::new(Full::<Bytes>::from("ok")))
-            }
-        })
-    };
+    let backend = recording(sim, order.clone());
     let layer = BrownoutLayer::from_policy(&policy).http();
     let replay = layer.clone().fallback(RejectAsError).layer(backend);
     let replayer = deferral.replay(route, replay, Load::of(&layer, "/applications"));
@@ -195,18 +214,7 @@ async fn an_open_breaker_sees_one_replay_at_a_time_and_none_is_lost() {
     let deferral = brownout::defer::Deferral::open(&policy).await.unwrap();
     let route = deferral.route("/applications").unwrap();
     let store = route.store().clone();
-    for i in 0..N {
-        let request = Deferred {
-            priority: (i % 3) as u8,
-            method: "POST".into(),
-            uri: "/applications".into(),
-            headers: vec![],
-            body: Bytes::from(format!("{i}")),
-            arrived: store.now(),
-            idempotency_key: None,
-        };
-        store.append(request).await.unwrap();
-    }
+    defer_backlog(&store, N, 3).await;
 
     let sim = SimBackend::builder()
         .capacity(CAPACITY)
@@ -216,21 +224,7 @@ async fn an_open_breaker_sees_one_replay_at_a_time_and_none_is_lost() {
         .unwrap();
     let handle = sim.handle();
     let order: Arc<Mutex<Vec<(u8, usize)>>> = Arc::default();
-    let backend = {
-        let order = order.clone();
-        tower::service_fn(move |req: Request<Full<Bytes>>| {
-            let sim = sim.clone();
-            let order = order.clone();
-            async move {
-                let rank = req.extensions().get::<Priority>().unwrap().rank();
-                let body = req.into_body().collect_bytes().await;
-                let n: usize = String::from_utf8(body.to_vec()).unwrap().parse().unwrap();
-                order.lock().unwrap().push((rank, n));
-                sim.oneshot(()).await.map_err(BoxError::from)?;
-                Ok::<_, BoxError>(Response::new(Full::<Bytes>::from("ok")))
-            }
-        })
-    };
+    let backend = recording(sim, order.clone());
     let layer = BrownoutLayer::from_policy(&policy).http();
     let stack = layer.clone().fallback(RejectAsError).layer(backend);
     // Every replay that reaches the stack, by the virtual instant it came.
@@ -333,18 +327,7 @@ async fn a_back_end_still_down_sees_one_replay_at_a_time() {
     let deferral = brownout::defer::Deferral::open(&policy).await.unwrap();
     let route = deferral.route("/applications").unwrap();
     let store = route.store().clone();
-    for i in 0..N {
-        let request = Deferred {
-            priority: (i % 3) as u8,
-            method: "POST".into(),
-            uri: "/applications".into(),
-            headers: vec![],
-            body: Bytes::from(format!("{i}")),
-            arrived: store.now(),
-            idempotency_key: None,
-        };
-        store.append(request).await.unwrap();
-    }
+    defer_backlog(&store, N, 3).await;
     let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
     // Every call, by the virtual instant it came, and what was served.
     let calls: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
@@ -466,18 +449,7 @@ async fn live_bulk_traffic_is_served_while_a_backlog_drains() {
     let deferral = brownout::defer::Deferral::open(&policy).await.unwrap();
     let route = deferral.route("/applications").unwrap();
     let store = route.store().clone();
-    for i in 0..N {
-        let request = Deferred {
-            priority: (i % 2) as u8,
-            method: "POST".into(),
-            uri: "/applications".into(),
-            headers: vec![],
-            body: Bytes::from(format!("{i}")),
-            arrived: store.now(),
-            idempotency_key: None,
-        };
-        store.append(request).await.unwrap();
-    }
+    defer_backlog(&store, N, 2).await;
 
     let sim = SimBackend::builder()
         .capacity(LIMIT)

@@ -252,6 +252,19 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
         gate.limiter().map(|limit| limit.limit())
     }
 
+    /// The calls in flight past which `route`'s callers of class
+    /// `priority` wait for a slot (their share of the limit, as admission
+    /// reckons it), if the route has a limit.
+    pub(crate) fn class_cap(
+        &self,
+        route: &str,
+        priority: crate::priority::Priority,
+    ) -> Option<u32> {
+        self.gate_of(route)?
+            .limiter()
+            .map(|limit| limit.cap(priority))
+    }
+
     /// Calls in flight on `route` now, if the route has been seen: those
     /// within its limit and, in shadow mode, those let past it.
     pub fn inflight(&self, route: &str) -> Option<u32> {

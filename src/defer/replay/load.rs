@@ -50,15 +50,11 @@ impl Load {
         crate::BrownoutLayer<F, R, P, D, C>: Clone + Send + Sync + 'static,
     {
         let limit = layer.limit(route)?;
-        let policy = layer.policy();
-        let reserve = policy
-            .routes
-            .get(route)
-            .and_then(|overrides| overrides.limit.reserve)
-            .unwrap_or(policy.limit.reserve);
+        // Past the last class counts as the last.
+        let least = crate::priority::Priority::new(u8::MAX);
         Some(Load {
             limit,
-            lowest: lowest_share(limit, reserve, layer.classes().len()),
+            lowest: layer.class_cap(route, least).unwrap_or(limit),
             inflight: layer.inflight(route).unwrap_or(0),
             waiting: u32::try_from(layer.waiting(route)).unwrap_or(u32::MAX),
             breaker: layer.state(route),
@@ -109,15 +105,4 @@ impl Load {
     pub fn live(self, replays: usize) -> usize {
         (self.inflight as usize).saturating_sub(replays)
     }
-}
-
-/// The calls in flight past which the least important of `classes`
-/// waits: `1 - reserve` of `limit`, rounded as the limiter rounds a class's
-/// share, at least one.
-fn lowest_share(limit: u32, reserve: f64, classes: usize) -> u32 {
-    if classes <= 1 || !reserve.is_finite() {
-        return limit;
-    }
-    let share = 1.0 - reserve.clamp(0.0, 0.99);
-    ((f64::from(limit) * share).round() as u32).clamp(1, limit.max(1))
 }

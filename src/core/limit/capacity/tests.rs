@@ -46,11 +46,11 @@ fn pressed(limit: f64, samples: u32, rtt: f64, duration: f64, failed: u32) -> Wi
     }
 }
 
-#[test]
-fn failures_of_a_step_up_that_went_back_do_not_start_a_test_below_it() {
+/// A learner that knows a 400 ms back end and, demand pressing on a
+/// limit of 100 at that latency, has stepped above it; and its limit.
+fn stepping_up() -> (Capacity, f64) {
     let mut capacity = Capacity::default();
     capacity.update(100.0, &idle_round(0.4));
-    // Demand presses on the limit at the unloaded latency: a step up.
     let mut limit = 100.0;
     for _ in 0..10 {
         limit = capacity.update(limit, &pressed(limit, 100, 0.4, 0.4, 0));
@@ -58,8 +58,14 @@ fn failures_of_a_step_up_that_went_back_do_not_start_a_test_below_it() {
             break;
         }
     }
+    assert!(limit > 100.0, "a step up: {limit}");
+    (capacity, limit)
+}
+
+#[test]
+fn failures_of_a_step_up_that_went_back_do_not_start_a_test_below_it() {
+    let (mut capacity, mut limit) = stepping_up();
     let above = limit;
-    assert!(above > 100.0, "a step up: {above}");
     // It meets failures: back to the limit below it.
     limit = capacity.update(limit, &pressed(above, 100, 0.6, 0.6, 30));
     assert_eq!(limit, 100.0);
@@ -75,15 +81,7 @@ fn failures_of_a_step_up_that_went_back_do_not_start_a_test_below_it() {
 
 #[test]
 fn failures_that_outlast_a_step_up_that_went_back_are_judged() {
-    let mut capacity = Capacity::default();
-    capacity.update(100.0, &idle_round(0.4));
-    let mut limit = 100.0;
-    for _ in 0..10 {
-        limit = capacity.update(limit, &pressed(limit, 100, 0.4, 0.4, 0));
-        if limit > 100.0 {
-            break;
-        }
-    }
+    let (mut capacity, mut limit) = stepping_up();
     // The back end fails a third of the calls from the step on, at
     // the limit below it too: after the calls from above have
     // finished, a test below begins.

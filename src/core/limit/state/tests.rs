@@ -43,14 +43,19 @@ fn acquire_sheds_at_the_class_cap_and_release_frees() {
     assert_eq!(core.inflight(), 10);
 }
 
-#[test]
-fn an_outage_counts_from_the_last_window_that_served_not_the_last_window() {
+/// A one-class limiter of `initial` learning with `capacity`.
+fn capacity_core(initial: u32) -> LimitCore {
     let policy = LimitPolicy {
-        initial: 64,
+        initial,
         algorithm: crate::policy::Algorithm::Capacity,
         ..LimitPolicy::default()
     };
-    let core = LimitCore::new(&policy, 1, 0);
+    LimitCore::new(&policy, 1, 0)
+}
+
+#[test]
+fn an_outage_counts_from_the_last_window_that_served_not_the_last_window() {
+    let core = capacity_core(64);
     let ms = 1_000_000;
     // A round of calls served at 400 ms (a limit of 64 closes a window
     // at 32).
@@ -81,12 +86,7 @@ fn an_outage_counts_from_the_last_window_that_served_not_the_last_window() {
 
 #[test]
 fn a_window_closes_after_one_round_trip_and_enough_samples() {
-    let policy = LimitPolicy {
-        initial: 64,
-        algorithm: crate::policy::Algorithm::Capacity,
-        ..LimitPolicy::default()
-    };
-    let core = LimitCore::new(&policy, 1, 0);
+    let core = capacity_core(64);
     let ms = 1_000_000;
     for _ in 0..64 {
         core.acquire(Priority::new(0)).unwrap();
