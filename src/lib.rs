@@ -197,7 +197,7 @@ pub use crate::breaker::{BreakerState, CircuitBreaker, CircuitBreakerLayer};
 pub use crate::fallback::FallbackLayer;
 pub use crate::limit::{AdaptiveLimit, AdaptiveLimitLayer};
 pub use crate::policy::{
-    BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Policy, PolicyError, PriorityPolicy,
+    BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Policy, PolicyError, PriorityPolicy, Trip,
     WaitingRoomPolicy, WindowPolicy,
 };
 pub use crate::priority::Priority;

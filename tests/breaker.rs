@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use brownout::{
     BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreaker, CircuitBreakerLayer, Mode, Reason,
-    Rejected, WindowPolicy,
+    Rejected, Trip, WindowPolicy,
 };
 use tokio::sync::oneshot;
 use tokio::time::advance;
@@ -80,13 +80,15 @@ type Svc = CircuitBreaker<Backend>;
 type Fut = <Svc as Service<Req>>::Future;
 
 /// A policy whose numbers are easy to follow: a count window of 10,
-/// verdicts from 4 calls, trip at 50% failures (slow calls alone never
+/// verdicts from 4 calls, open at 50% failures (the classic breaker, whose
+/// open / probe / close machine these tests follow; slow calls alone never
 /// trip), open 10 s doubling up to 80 s, no jitter, 2 probes.
 fn policy() -> BreakerPolicy {
     BreakerPolicy {
         window: WindowPolicy::Count { size: 10 },
         failure_rate: 0.5,
         slow_call_rate: 1.0,
+        trip: Trip::Open,
         slow_call_duration: Duration::from_secs(1),
         minimum_calls: 4,
         open_for: Duration::from_secs(10),

@@ -3,13 +3,18 @@
 
 use std::time::Duration;
 
-use brownout::{BreakerPolicy, BreakerState, CircuitBreakerLayer, Reason, Rejected, WindowPolicy};
+use brownout::{
+    BreakerPolicy, BreakerState, CircuitBreakerLayer, Reason, Rejected, Trip, WindowPolicy,
+};
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 fn policy() -> BreakerPolicy {
     BreakerPolicy {
         window: WindowPolicy::Count { size: 10 },
         minimum_calls: 4,
+        // Opens at the threshold (the overflow breaker sees the failing
+        // key's calls among the others').
+        trip: Trip::Open,
         open_for: Duration::from_secs(10),
         ..BreakerPolicy::default()
     }

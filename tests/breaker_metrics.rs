@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use brownout::{
-    BackoffPolicy, BreakerPolicy, CircuitBreaker, CircuitBreakerLayer, Mode, WindowPolicy,
+    BackoffPolicy, BreakerPolicy, CircuitBreaker, CircuitBreakerLayer, Mode, Trip, WindowPolicy,
 };
 use metrics_util::debugging::DebuggingRecorder;
 use tokio::sync::oneshot;
@@ -106,6 +106,7 @@ fn policy(mode: Mode) -> BreakerPolicy {
         window: WindowPolicy::Count { size: 10 },
         failure_rate: 0.5,
         slow_call_rate: 1.0,
+        trip: Trip::Open,
         slow_call_duration: Duration::from_secs(1),
         minimum_calls: 4,
         open_for: Duration::from_secs(10),

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use brownout::{
     BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreaker, CircuitBreakerLayer, Mode, Reason,
-    Rejected, WindowPolicy,
+    Rejected, Trip, WindowPolicy,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -103,6 +103,10 @@ impl Cfg {
             },
             failure_rate: self.failure_rate.as_f64(),
             slow_call_rate: self.slow_call_rate.as_f64(),
+            // The model is of the classic breaker, which opens at its
+            // thresholds (`Trip::Throttle` has its own tests in
+            // src/core/breaker/throttle_tests.rs).
+            trip: Trip::Open,
             slow_call_duration: Duration::from_millis(self.slow_ms),
             minimum_calls: self.minimum_calls as u32,
             open_for: Duration::from_millis(self.open_for_ms),

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use brownout::classify::{GrpcBody, GrpcCode, GrpcErrorsAsFailures};
 use brownout::{
-    BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreakerLayer, Reason, Rejected, WindowPolicy,
+    BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreakerLayer, Reason, Rejected, Trip,
+    WindowPolicy,
 };
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response};
@@ -154,6 +155,8 @@ fn policy(minimum_calls: u32) -> BreakerPolicy {
     BreakerPolicy {
         window: WindowPolicy::Count { size: 10 },
         minimum_calls,
+        // Opens at the threshold: what these tests read is the verdict.
+        trip: Trip::Open,
         open_for: Duration::from_secs(10),
         open_backoff: BackoffPolicy {
             jitter: 0.0,

@@ -8,7 +8,9 @@ use std::io;
 use std::time::Duration;
 
 use brownout::classify::ServerErrorsAsFailures;
-use brownout::{BreakerPolicy, BreakerState, CircuitBreakerLayer, Reason, Rejected, WindowPolicy};
+use brownout::{
+    BreakerPolicy, BreakerState, CircuitBreakerLayer, Reason, Rejected, Trip, WindowPolicy,
+};
 use http::Response;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 
@@ -21,6 +23,8 @@ fn layer(minimum_calls: u32) -> CircuitBreakerLayer<ServerErrorsAsFailures> {
     CircuitBreakerLayer::new(BreakerPolicy {
         window: WindowPolicy::Count { size: 10 },
         minimum_calls,
+        // Opens at the threshold: what these tests read is the verdict.
+        trip: Trip::Open,
         open_for: Duration::from_secs(30),
         ..BreakerPolicy::default()
     })

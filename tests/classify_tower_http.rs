@@ -7,7 +7,7 @@ use std::io;
 use std::time::Duration;
 
 use brownout::classify::TowerHttp;
-use brownout::{BreakerPolicy, BreakerState, CircuitBreakerLayer, WindowPolicy};
+use brownout::{BreakerPolicy, BreakerState, CircuitBreakerLayer, Trip, WindowPolicy};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response};
 use http_body_util::{BodyExt, Full};
@@ -19,6 +19,8 @@ fn policy() -> BreakerPolicy {
         window: WindowPolicy::Count { size: 10 },
         minimum_calls: 3,
         failure_rate: 0.5,
+        // Opens at the threshold: what these tests read is the verdict.
+        trip: Trip::Open,
         open_for: Duration::from_secs(30),
         ..BreakerPolicy::default()
     }

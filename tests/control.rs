@@ -28,11 +28,13 @@ const TRANSITIONS: &str = "brownout_breaker_transitions_total";
 /// A breaker that judges 5 calls of a window of 10, opens for a minute and
 /// probes with 2; a roomy limit; a waiting room that holds a call 30 s (a
 /// call waits for a breaker that probes within that, and is turned away at
-/// once by one that opens for longer).
+/// once by one that opens for longer). The classic breaker, which opens at
+/// its threshold: these tests act on its states.
 const POLICY: &str = r#"
 [breaker]
 window = { kind = "count", size = 10 }
 minimum_calls = 5
+trip = "open"
 open_for = "60s"
 open_backoff = { jitter = 0.0 }
 half_open_probes = 2
@@ -330,10 +332,11 @@ async fn a_standalone_breaker_is_controlled_on_its_layer() {
 
 /// A fixed limit of 1 and a room of 10 that holds a call 30 s; the
 /// breaker opens for a minute after 5 failures (longer than a wait: calls
-/// are turned away at once).
+/// are turned away at once), at its threshold (the classic breaker).
 const TIGHT: &str = r#"
 [breaker]
 minimum_calls = 5
+trip = "open"
 open_for = "60s"
 open_backoff = { jitter = 0.0 }
 

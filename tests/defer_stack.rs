@@ -93,6 +93,7 @@ fn app(route: &str) -> App {
         window = {{ kind = "count", size = 10 }}
         minimum_calls = 4
         failure_rate = 0.5
+        trip = "open"
         open_for = "5s"
         open_backoff = {{ multiplier = 1.0, max = "5s", jitter = 0.0 }}
         half_open_probes = 1

@@ -147,10 +147,14 @@ async fn see_route(fleet: &[Replica]) {
     }
 }
 
-/// Whether `replica` answers `Open` without calling the back end.
+/// Whether `replica`'s breaker is open and answers `Open` without calling
+/// the back end (a closed breaker that throttles answers some calls `Open`
+/// too).
 async fn answers_open(replica: &Replica, back_end: &BackEnd) -> bool {
     let before = back_end.calls();
-    replica.send().await == Err(Reason::Open) && back_end.calls() == before
+    replica.send().await == Err(Reason::Open)
+        && back_end.calls() == before
+        && replica.state() == Some(BreakerState::Open)
 }
 
 /// Sends to `replica` until its own breaker opens (at most 100 requests).
@@ -192,7 +196,10 @@ async fn four_stacks_open_together_probe_once_per_period_close_together_and_outl
         let before = back_end.calls();
         let mut all = true;
         for replica in &fleet {
-            all &= replica.send().await == Err(Reason::Open);
+            // Open, not merely throttling: a closed breaker that throttles
+            // also answers some calls `Open` without calling the back end.
+            all &= replica.send().await == Err(Reason::Open)
+                && replica.state() == Some(BreakerState::Open);
         }
         all && back_end.calls() == before
     })

@@ -15,7 +15,7 @@ use std::time::Duration;
 use brownout::breaker::MAX_PROBES;
 use brownout::policy::{Algorithm, Format, MAX_CLASSES, Order};
 use brownout::{
-    BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Policy, PolicyError, PriorityPolicy,
+    BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Policy, PolicyError, PriorityPolicy, Trip,
     WaitingRoomPolicy, WindowPolicy,
 };
 
@@ -58,6 +58,7 @@ fn custom_policy() -> Policy {
             },
             failure_rate: 0.25,
             slow_call_rate: 0.75,
+            trip: Trip::Open,
             slow_call_duration: Duration::from_millis(1500),
             minimum_calls: 7,
             open_for: Duration::from_secs(10),
@@ -101,6 +102,7 @@ const CUSTOM_TOML: &str = r#"
 window = { kind = "time", size = "30s", buckets = 6 }
 failure_rate = 0.25
 slow_call_rate = 0.75
+trip = "open"
 slow_call_duration = "1s 500ms"
 minimum_calls = 7
 open_for = "10s"
@@ -142,6 +144,7 @@ breaker:
     buckets: 6
   failure_rate: 0.25
   slow_call_rate: 0.75
+  trip: open
   slow_call_duration: 1500ms
   minimum_calls: 7
   open_for: 10s
@@ -177,7 +180,7 @@ priority:
 
 const CUSTOM_JSON: &str = r#"{"breaker": {
   "window": {"kind": "time", "size": "30s", "buckets": 6},
-  "failure_rate": 0.25, "slow_call_rate": 0.75, "slow_call_duration": "1500ms",
+  "failure_rate": 0.25, "slow_call_rate": 0.75, "trip": "open", "slow_call_duration": "1500ms",
   "minimum_calls": 7, "open_for": "10s",
   "open_backoff": {"multiplier": 1.5, "max": "90m", "jitter": 0.0, "reset_after": "1h"},
   "half_open_probes": 5, "mode": "shadow"
@@ -503,7 +506,7 @@ const BAD_TOML: &[(&str, &str)] = &[
     (
         "[breaker]\nfailure_ratio = 0.5\n",
         "breaker.failure_ratio: unknown field `failure_ratio`, expected one of `window`, `failure_rate`, \
-         `slow_call_rate`, `slow_call_duration`, `minimum_calls`, `open_for`, `open_backoff`, \
+         `slow_call_rate`, `trip`, `slow_call_duration`, `minimum_calls`, `open_for`, `open_backoff`, \
          `half_open_probes`, `mode` (TOML line 2, column 1)",
     ),
     (
@@ -733,7 +736,7 @@ fn bad_yaml_inputs_name_field_and_value() {
         (
             "breaker:\n  failure_ratio: 0.5\n",
             "breaker.failure_ratio: unknown field `failure_ratio`, expected one of `window`, `failure_rate`, \
-             `slow_call_rate`, `slow_call_duration`, `minimum_calls`, `open_for`, `open_backoff`, \
+             `slow_call_rate`, `trip`, `slow_call_duration`, `minimum_calls`, `open_for`, `open_backoff`, \
              `half_open_probes`, `mode` (YAML line 2, column 3)",
         ),
         (
@@ -984,14 +987,14 @@ mod props {
             jitter in prop_oneof![0.0..1.0f64, Just(0.0)],
             reset_after in proptest::option::of(positive_duration()),
             half_open_probes in 1..=MAX_PROBES,
-            mode in mode(),
+            (mode, trip) in (mode(), trip()),
         ) -> BreakerPolicy {
             let most = match window {
                 WindowPolicy::Count { size } => size as usize,
                 WindowPolicy::Time { .. } => u32::MAX as usize,
             };
             BreakerPolicy {
-                window, failure_rate, slow_call_rate, slow_call_duration,
+                window, failure_rate, slow_call_rate, trip, slow_call_duration,
                 minimum_calls: minimum_calls.index(most) as u32 + 1,
                 open_for,
                 open_backoff: BackoffPolicy {
@@ -1003,6 +1006,10 @@ mod props {
                 half_open_probes, mode,
             }
         }
+    }
+
+    fn trip() -> impl Strategy<Value = Trip> {
+        prop_oneof![Just(Trip::Throttle), Just(Trip::Open)]
     }
 
     fn mode() -> impl Strategy<Value = Mode> {
@@ -1055,10 +1062,10 @@ mod props {
             open_for in duration(),
             open_backoff in backoff(),
             half_open_probes in count(1100),
-            mode in mode(),
+            (mode, trip) in (mode(), trip()),
         ) -> BreakerPolicy {
             BreakerPolicy {
-                window, failure_rate, slow_call_rate, slow_call_duration, minimum_calls,
+                window, failure_rate, slow_call_rate, trip, slow_call_duration, minimum_calls,
                 open_for, open_backoff, half_open_probes, mode,
             }
         }

@@ -13,7 +13,7 @@ use brownout::policy::{
     WaitingRoomOverride,
 };
 use brownout::{
-    BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Policy, WaitingRoomPolicy, WindowPolicy,
+    BackoffPolicy, BreakerPolicy, LimitPolicy, Mode, Policy, Trip, WaitingRoomPolicy, WindowPolicy,
 };
 
 use support::policy::{DESIGN_NO_MAINTENANCE_TOML, error, load};
@@ -702,6 +702,10 @@ mod props {
         ]
     }
 
+    fn trip() -> impl Strategy<Value = Trip> {
+        prop_oneof![Just(Trip::Throttle), Just(Trip::Open)]
+    }
+
     fn mode() -> impl Strategy<Value = Mode> {
         prop_oneof![
             Just(Mode::Enforce),
@@ -749,10 +753,10 @@ mod props {
             open_for in of(duration()),
             open_backoff in backoff_override(),
             half_open_probes in of(0u32..40),
-            mode in of(mode()),
+            (mode, trip) in (of(mode()), of(trip())),
         ) -> BreakerOverride {
             BreakerOverride {
-                window, failure_rate, slow_call_rate, slow_call_duration, minimum_calls,
+                window, failure_rate, slow_call_rate, trip, slow_call_duration, minimum_calls,
                 open_for, open_backoff, half_open_probes, mode,
             }
         }
@@ -853,7 +857,7 @@ mod props {
             backoff in (of(1.0..4.0f64), of((300u64..3600).prop_map(Duration::from_secs)),
                         of(0.0..0.99f64), of((1u64..3600).prop_map(Duration::from_secs))),
             half_open_probes in of(1u32..=3),
-            mode in of(mode()),
+            (mode, trip) in (of(mode()), of(trip())),
             limit in (of(algorithm()), of(10u32..=100), of(1u32..=10), of(100u32..=1000),
                       of(0.0..0.99f64)),
             room in (of(0u32..=1000), of((100u64..60_000).prop_map(Duration::from_millis)),
@@ -865,7 +869,7 @@ mod props {
             let (capacity, max_wait, order, codel_interval, codel_target, deadline_header) = room;
             RoutePolicy {
                 breaker: BreakerOverride {
-                    window, failure_rate, slow_call_rate, slow_call_duration, minimum_calls,
+                    window, failure_rate, slow_call_rate, trip, slow_call_duration, minimum_calls,
                     open_for,
                     open_backoff: BackoffOverride { multiplier, max, jitter, reset_after },
                     half_open_probes, mode,

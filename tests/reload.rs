@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use brownout::policy::{Algorithm, WindowPolicy};
 use brownout::priority::{Classes, Priority, priority_fn};
-use brownout::{BreakerState, BrownoutLayer, Mode, Policy, Reason, Rejected};
+use brownout::{BreakerState, BrownoutLayer, Mode, Policy, Reason, Rejected, Trip};
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 /// A request: its class and how the back end treats it.
@@ -53,6 +53,9 @@ fn base_policy() -> Policy {
     policy.breaker.window = WindowPolicy::Count { size: 10 };
     policy.breaker.minimum_calls = 4;
     policy.breaker.failure_rate = 0.9;
+    // Opens at its threshold: these tests follow the classic breaker's
+    // state through reloads.
+    policy.breaker.trip = Trip::Open;
     policy.limit.algorithm = Algorithm::Fixed;
     policy.limit.initial = 10;
     policy

@@ -383,13 +383,6 @@ fn drill(args: &Args) -> Result<bool, String> {
         humantime::format_duration(plan.total),
         report::count(requests.round() as u64)
     );
-    let jitter = policy.breaker.open_backoff.jitter;
-    if jitter > 0.0 {
-        println!(
-            "  note: breaker.open_backoff.jitter {jitter} runs as 0, so that a seed gives the same \
-             figures (BrownoutLayer takes no seed for it yet)"
-        );
-    }
     for phase in plan.phases.iter().filter(|p| p.maintenance.is_some()) {
         println!(
             "  note: phase {:?} is planned maintenance: brownout's policy gets a [[maintenance]] \

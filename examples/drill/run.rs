@@ -436,13 +436,10 @@ pub fn wall_start() -> SystemTime {
 /// The policy brownout runs with in the drill: `policy`, plus a
 /// `[[maintenance]]` window for each phase the scenario marks as planned
 /// maintenance (from its start to its end on the drill's wall clock,
-/// [`wall_start`] at virtual time zero), and without breaker jitter.
-///
-/// The composed stack takes no seed for its breaker's jitter yet, and
-/// jitter drawn from a fresh seed would make two runs of a seed differ.
+/// [`wall_start`] at virtual time zero). The breaker's jitter runs as
+/// written, drawn from the scenario's seed (`BrownoutLayer::seed`).
 pub fn drill_policy(policy: &Policy, plan: &Plan) -> Policy {
     let mut policy = policy.clone();
-    policy.breaker.open_backoff.jitter = 0.0;
     for phase in &plan.phases {
         if let Some(message) = &phase.maintenance {
             let window =
@@ -553,6 +550,7 @@ async fn run_in_paused_time(
             let deferring = opened.as_ref().map(|(deferring, ..)| deferring.clone());
             let layer = BrownoutLayer::from_policy(&policy)
                 .clock(clock)
+                .seed(plan.seed)
                 .priority(priority_fn(|call: &Call, classes: &Classes| {
                     classes.clamp(Priority::new(call.class))
                 }))

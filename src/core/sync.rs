@@ -8,9 +8,13 @@
 #[cfg(not(brownout_loom))]
 pub(crate) use std::sync::Mutex;
 #[cfg(not(brownout_loom))]
-pub(crate) use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence};
+pub(crate) use std::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence,
+};
 
 #[cfg(brownout_loom)]
 pub(crate) use loom::sync::Mutex;
 #[cfg(brownout_loom)]
-pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence};
+pub(crate) use loom::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence,
+};

@@ -20,8 +20,9 @@ use crate::breaker::MAX_PROBES;
 /// ```toml
 /// [breaker]
 /// window = { kind = "count", size = 100 }     # or { kind = "time", size = "30s" }
-/// failure_rate = 0.5                          # open at >= this share of failures
-/// slow_call_rate = 1.0                        # open at >= this share of slow calls
+/// failure_rate = 0.5                          # act at >= this share of failures
+/// slow_call_rate = 1.0                        # act at >= this share of slow calls
+/// trip = "throttle"                           # throttle | open: what acting means
 /// slow_call_duration = "5s"
 /// minimum_calls = 20                          # no verdict before this many calls
 /// open_for = "5s"                             # first open period
@@ -39,11 +40,18 @@ use crate::breaker::MAX_PROBES;
 pub struct BreakerPolicy {
     /// Which recent calls the failure and slow-call rates are computed over.
     pub window: WindowPolicy,
-    /// The breaker opens when at least this share of the window failed, in (0, 1].
+    /// The breaker acts (see [`trip`](Self::trip)) when at least this share
+    /// of the window failed, in (0, 1].
     pub failure_rate: f64,
-    /// The breaker opens when at least this share of the window was slow, in (0, 1].
-    /// `1.0` (the default) opens only when every call in the window was slow.
+    /// The breaker acts when at least this share of the window was slow, in
+    /// (0, 1]. `1.0` (the default) acts only when every call in the window
+    /// was slow.
     pub slow_call_rate: f64,
+    /// What the breaker does once a rate reaches its threshold: throttle
+    /// (the default: reject a share of calls that grows with how far the
+    /// rate is past its threshold, and open only when no call in the window
+    /// went well) or open at once (the classic breaker).
+    pub trip: Trip,
     /// A call that takes at least this long is slow; more than zero.
     #[serde(with = "duration")]
     pub slow_call_duration: Duration,
@@ -69,6 +77,7 @@ impl Default for BreakerPolicy {
             window: WindowPolicy::default(),
             failure_rate: 0.5,
             slow_call_rate: 1.0,
+            trip: Trip::Throttle,
             slow_call_duration: Duration::from_secs(5),
             minimum_calls: 20,
             open_for: Duration::from_secs(5),
@@ -380,6 +389,42 @@ impl BackoffPolicy {
         }
         Ok(())
     }
+}
+
+/// What a closed breaker does once its window's failure rate (or slow-call
+/// rate) reaches its threshold.
+///
+/// A classic breaker opens: every call is rejected until the probes pass.
+/// That is right for a back end that is down, and wrong for one that still
+/// serves most calls: a back end timing out half of its calls because it
+/// became slow would lose the half it serves too. `throttle` follows Google
+/// SRE's client-side adaptive throttling instead, with the threshold `t` as
+/// its knob: of the next calls it rejects the share
+///
+/// ```text
+/// p = max(0, (calls - good / (1 - t)) / (calls + 1))
+/// ```
+///
+/// where `good` is the window's calls that did not fail (for the failure
+/// rule) or were not slow (for the slow-call rule), the larger of the two.
+/// At the threshold `p` is 0, past it `p` grows in proportion, and `p`
+/// reaches 1 (the breaker opens, probes and closes as a classic one does)
+/// when no call in the window went well. With `failure_rate = 0.5` this is
+/// SRE's `K = 2`: nothing is rejected while at least half the calls
+/// succeed. A threshold of 1 behaves the same in both modes.
+///
+/// Rejected calls are answered at once with [`Reason::Open`](crate::Reason::Open);
+/// waiters already in the room are not throttled again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Trip {
+    /// Reject a share of calls that grows past the threshold; open only
+    /// when no call in the window went well.
+    #[default]
+    Throttle,
+    /// Open at the threshold (the classic circuit breaker).
+    Open,
 }
 
 /// What the breaker does with its verdict.

@@ -14,7 +14,7 @@ mod priority;
 mod route;
 mod waiting_room;
 
-pub use breaker::{BackoffPolicy, BreakerPolicy, Mode, WindowPolicy};
+pub use breaker::{BackoffPolicy, BreakerPolicy, Mode, Trip, WindowPolicy};
 pub(crate) use budget::Zone;
 pub use budget::{BudgetPolicy, BudgetStore, BudgetWindow};
 pub use defer::{ByteSize, DEFERRABLE_REASONS, DeferPolicy, DeferStoreKind};

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::duration;
 use super::{
-    BackoffPolicy, BreakerPolicy, DeferPolicy, LimitPolicy, Mode, Order, Policy, PolicyError,
+    BackoffPolicy, BreakerPolicy, DeferPolicy, LimitPolicy, Mode, Order, Policy, PolicyError, Trip,
     WaitingRoomPolicy, WindowPolicy,
 };
 use crate::policy::Algorithm;
@@ -138,6 +138,7 @@ section_override! {
         window: value WindowPolicy,
         failure_rate: value f64,
         slow_call_rate: value f64,
+        trip: value Trip,
         #[serde(with = "duration::option")]
         slow_call_duration: value Duration,
         minimum_calls: value u32,

@@ -73,6 +73,12 @@ pub struct RouteHealth {
     pub next_probe_at: Option<SystemTime>,
     /// How long from the snapshot until that probe, in milliseconds.
     pub next_probe_in_ms: Option<u64>,
+    /// The share of new calls a closed breaker turns away while the
+    /// back end fails or is slow past the thresholds but still serves
+    /// (`trip = "throttle"`), in [0, 1); left out of the serialised form
+    /// when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub throttled: f64,
     // Budget and deferral counts belong here, once a route can report
     // them: one `Option<…>` field per section (`#[serde(skip_serializing_if
     // = "Option::is_none")]`, so that routes without a budget or deferral
@@ -102,8 +108,13 @@ impl RouteHealth {
             next_probe_at: next_probe.map(|(at, _)| at),
             next_probe_in_ms: next_probe
                 .map(|(_, wait)| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+            throttled: gate.throttled_share(),
         }
     }
+}
+
+fn is_zero(share: &f64) -> bool {
+    *share == 0.0
 }
 
 /// A list of pairs as an object, in the list's order.

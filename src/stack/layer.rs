@@ -118,6 +118,7 @@ impl BrownoutLayer {
             policy: Arc::new(policy.clone()),
             max_routes: DEFAULT_MAX_ROUTES,
             clock: None,
+            seed: None,
             listener: None,
             custom_limit: None,
             #[cfg(feature = "defer")]
@@ -150,6 +151,16 @@ impl<F, R, P, D, C> BrownoutLayer<F, R, P, D, C> {
     /// Uses `clock` instead of the detected one. Starts the stack afresh.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.settings.clock = Some(clock);
+        self.shared = self.settings.build();
+        self
+    }
+
+    /// Seeds the jitter of every route's breaker open periods (each route
+    /// mixes in its name), so that a run can be replayed: the drill uses
+    /// its scenario's seed. Without it each breaker draws a fresh seed.
+    /// Starts the stack afresh: call it while building the layer.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.settings.seed = Some(seed);
         self.shared = self.settings.build();
         self
     }

@@ -90,6 +90,16 @@ pub(crate) fn route_spec<'a>(
     }
 }
 
+/// A route's breaker seed: the layer's, mixed with the route's name
+/// (FNV-1a), the same in every run.
+fn seed_for(seed: u64, route: &str) -> u64 {
+    route
+        .bytes()
+        .fold(seed ^ 0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
 /// What the stack's gates are built from. The setters that rebuild the
 /// gates ([`max_routes`](super::BrownoutLayer::max_routes),
 /// [`clock`](super::BrownoutLayer::clock)) change one field and rebuild from all
@@ -100,6 +110,9 @@ pub(super) struct Settings {
     pub(super) max_routes: usize,
     /// `None`: detected when the gates are built.
     pub(super) clock: Option<Clock>,
+    /// Seeds the breakers' jitter (each route's from this and its name);
+    /// `None`: a fresh seed per breaker.
+    pub(super) seed: Option<u64>,
     pub(super) listener: Option<SharedListener>,
     /// The application's own limit algorithm, for `algorithm = "custom"`.
     pub(super) custom_limit: Option<crate::limit::CustomAlgorithm>,
@@ -131,6 +144,7 @@ impl Settings {
         let clock = self.clock.clone().unwrap_or_else(Clock::detect);
         let listener = self.listener.clone();
         let custom_limit = self.custom_limit.clone();
+        let seed = self.seed;
         let budget = match &policy.budget {
             None => None,
             Some(budget) => {
@@ -179,9 +193,13 @@ impl Settings {
                     (Some(fleet), Some(route)) => Some(fleet.listener_for(route, listener.clone())),
                     _ => listener.clone(),
                 };
+                // Each route draws its own jitter from the layer's seed, so
+                // that routes of one replica do not probe in step either.
+                let seed = seed.map(|seed| seed_for(seed, route.map_or("", |r| &**r)));
                 Gate::new(GateSpec {
                     listener: listener.clone(),
                     custom_limit: custom_limit.clone(),
+                    seed,
                     ..route_spec(&effective, &classes, label, clock.clone())
                 })
             })
@@ -252,6 +270,7 @@ mod tests {
             policy: Arc::new(Policy::default()),
             max_routes,
             clock: None,
+            seed: None,
             listener: None,
             custom_limit: None,
             #[cfg(feature = "defer")]

@@ -6,6 +6,8 @@
 mod control;
 mod state;
 mod thresholds;
+#[cfg(test)]
+mod throttle_tests;
 mod ticket;
 mod window;
 mod word;

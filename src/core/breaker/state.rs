@@ -20,11 +20,11 @@ use std::sync::atomic::Ordering::*;
 use std::time::Duration;
 
 use crate::clock::Nanos;
-use crate::core::sync::{AtomicU8, AtomicU64, Mutex};
+use crate::core::sync::{AtomicU8, AtomicU32, AtomicU64, Mutex};
 use crate::policy::{BreakerPolicy, Mode};
 
 use super::BreakerState;
-use super::thresholds::Thresholds;
+use super::thresholds::{Thresholds, Verdict};
 use super::window::{Sample, Window};
 
 use super::ticket::{Ticket, TicketKind};
@@ -79,12 +79,23 @@ impl Cold {
 #[derive(Debug)]
 pub(crate) struct BreakerCore {
     word: AtomicU64,
+    /// The share of new calls a closed breaker rejects, in units of 2^-32
+    /// (`trip = "throttle"`; 0 almost always). Next to the word: the
+    /// admitted path reads both.
+    throttle: AtomicU32,
+    /// Closed-state calls that failed in a row (see `failing_now`).
+    failing: AtomicU32,
     /// When the current open period ends; written only while the word is
     /// not `Open`, under `cold`, before the word is published.
     open_until: AtomicU64,
     mode: AtomicU8,
     window: Window,
     limits: Thresholds,
+    /// The running sum of the throttled shares drawn: a call is rejected
+    /// when its share carries the sum past a multiple of 2^32, so that
+    /// exactly the share is rejected, evenly spread, with no randomness.
+    /// Written only while throttling.
+    credit: AtomicU64,
     cold: Mutex<Cold>,
 }
 
@@ -92,10 +103,13 @@ impl BreakerCore {
     pub(crate) fn new(policy: &BreakerPolicy, seed: u64) -> Self {
         Self {
             word: AtomicU64::new(Word::new(TAG_CLOSED, 0).0),
+            throttle: AtomicU32::new(0),
+            failing: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             mode: AtomicU8::new(mode_to_u8(policy.mode)),
             window: Window::new(&policy.window),
             limits: Thresholds::new(policy),
+            credit: AtomicU64::new(0),
             cold: Mutex::new(Cold {
                 level: 0,
                 closed_at: None,
@@ -135,6 +149,11 @@ impl BreakerCore {
             TAG_OPEN if now < self.open_until.load(Relaxed) => BreakerState::Open,
             _ => BreakerState::HalfOpen,
         }
+    }
+
+    /// Whether the state word is closed (the mode aside).
+    pub(crate) fn is_closed(&self) -> bool {
+        Word(self.word.load(Acquire)).tag() == TAG_CLOSED
     }
 
     /// When an open breaker lets its next probe through; `None` unless the
@@ -274,14 +293,20 @@ impl BreakerCore {
                     Some(totals) => totals,
                     None => self.window.totals(now),
                 };
-                if totals.calls >= self.limits.minimum_calls()
-                    && self
-                        .limits
-                        .trips(totals.calls, totals.failures, totals.slow)
-                {
-                    self.trip(ticket.generation, now)
+                let verdict = if self.failing_now(failed) {
+                    Verdict::Open
+                } else if totals.calls >= self.limits.minimum_calls() {
+                    self.limits
+                        .verdict(totals.calls, totals.failures, totals.slow)
                 } else {
-                    None
+                    Verdict::Throttle(0)
+                };
+                match verdict {
+                    Verdict::Open => self.trip(ticket.generation, now),
+                    Verdict::Throttle(share) => {
+                        self.set_throttle(share);
+                        None
+                    }
                 }
             }
             TicketKind::Probe => self.probe_done(ticket.generation, sample, now),
@@ -306,6 +331,55 @@ impl BreakerCore {
         } else {
             self.cancel(ticket);
             None
+        }
+    }
+
+    /// Whether a new call to a closed breaker is one of the share it
+    /// throttles (`trip = "throttle"`). A read of the share, and while it is
+    /// not 0 one read-modify-write of the credit.
+    #[inline]
+    pub(crate) fn throttles(&self) -> bool {
+        let share = u64::from(self.throttle.load(Relaxed));
+        if share == 0 || !matches!(self.mode(), Mode::Enforce | Mode::Shadow) {
+            return false;
+        }
+        let before = self.credit.fetch_add(share, Relaxed);
+        (before.wrapping_add(share) >> 32) != (before >> 32)
+    }
+
+    /// The share of new calls a closed breaker rejects now, in [0, 1].
+    pub(crate) fn throttled_share(&self) -> f64 {
+        f64::from(self.throttle.load(Relaxed)) / 4_294_967_295.0
+    }
+
+    /// Counts a failure into the run of failures in a row (a success ends
+    /// it); whether the run says the back end fails every call now: twice
+    /// `minimum_calls` failures in a row, with `trip = "throttle"`.
+    ///
+    /// A throttling breaker opens when no call in its window went well,
+    /// and a back end that goes down at once would otherwise pass failing
+    /// calls until the successes before it leave the window; a back end
+    /// that still serves half of its calls fails twice `minimum_calls` in a
+    /// row about once in 2^40 calls.
+    #[inline]
+    fn failing_now(&self, failed: bool) -> bool {
+        if !failed {
+            // Healthy traffic only reads the line.
+            if self.failing.load(Relaxed) != 0 {
+                self.failing.store(0, Relaxed);
+            }
+            return false;
+        }
+        let run = u64::from(self.failing.fetch_add(1, Relaxed)) + 1;
+        self.limits.throttles() && run >= 2 * self.limits.minimum_calls()
+    }
+
+    #[inline]
+    fn set_throttle(&self, share: u32) {
+        // A store only when it changes: a healthy back end's completions
+        // only read the line.
+        if self.throttle.load(Relaxed) != share {
+            self.throttle.store(share, Relaxed);
         }
     }
 
@@ -390,6 +464,8 @@ impl BreakerCore {
         };
         let period = self.open_period(&mut cold);
         self.open_until.store(now.saturating_add(period), Relaxed);
+        self.throttle.store(0, Relaxed);
+        self.failing.store(0, Relaxed);
         // The closed word only changes under this lock, so a plain store is
         // safe: admit never writes a closed word.
         self.word
@@ -427,6 +503,8 @@ impl BreakerCore {
             return None;
         }
         self.window.reset();
+        self.throttle.store(0, Relaxed);
+        self.failing.store(0, Relaxed);
         let next = Word::new(TAG_CLOSED, seen.next_generation());
         if !self.replace_half_open(seen.generation(), next) {
             return None;
@@ -530,6 +608,8 @@ impl BreakerCore {
         let was_open_until = self.open_until.load(Relaxed);
         if clear {
             self.window.reset();
+            self.throttle.store(0, Relaxed);
+            self.failing.store(0, Relaxed);
             cold.level = 0;
             cold.closed_at = None;
         }

@@ -3,8 +3,8 @@
 use std::sync::atomic::Ordering::*;
 
 use crate::clock::{Nanos, saturating_nanos};
-use crate::core::sync::{AtomicU32, AtomicU64};
-use crate::policy::BreakerPolicy;
+use crate::core::sync::{AtomicBool, AtomicU32, AtomicU64};
+use crate::policy::{BreakerPolicy, Trip};
 
 use super::MAX_PROBES;
 
@@ -15,6 +15,8 @@ use super::MAX_PROBES;
 pub(super) struct Thresholds {
     pub(super) failure_rate: AtomicF64,
     pub(super) slow_call_rate: AtomicF64,
+    /// `trip = "throttle"`.
+    pub(super) throttles: AtomicBool,
     pub(super) slow_call: AtomicU64,
     pub(super) minimum_calls: AtomicU64,
     pub(super) open_for: AtomicU64,
@@ -30,6 +32,7 @@ impl Thresholds {
         let thresholds = Self {
             failure_rate: AtomicF64::default(),
             slow_call_rate: AtomicF64::default(),
+            throttles: AtomicBool::new(true),
             slow_call: AtomicU64::new(0),
             minimum_calls: AtomicU64::new(0),
             open_for: AtomicU64::new(0),
@@ -48,6 +51,8 @@ impl Thresholds {
         let backoff = &policy.open_backoff;
         self.failure_rate.store(policy.failure_rate);
         self.slow_call_rate.store(policy.slow_call_rate);
+        self.throttles
+            .store(matches!(policy.trip, Trip::Throttle), Relaxed);
         self.slow_call
             .store(saturating_nanos(policy.slow_call_duration), Relaxed);
         self.minimum_calls
@@ -79,6 +84,12 @@ impl Thresholds {
         self.open_for.load(Relaxed)
     }
 
+    /// `trip = "throttle"`.
+    #[inline]
+    pub(super) fn throttles(&self) -> bool {
+        self.throttles.load(Relaxed)
+    }
+
     #[inline]
     pub(super) fn probes(&self) -> u32 {
         self.probes.load(Relaxed)
@@ -96,6 +107,55 @@ impl Thresholds {
         calls > 0
             && (rate(failures) >= self.failure_rate.load()
                 || rate(slow) >= self.slow_call_rate.load())
+    }
+}
+
+/// What a closed breaker's window says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Reject this share of new calls, in units of 2^-32 (0: none).
+    Throttle(u32),
+    /// Open.
+    Open,
+}
+
+impl Thresholds {
+    /// What a closed breaker does about a window of `calls`, `failures` of
+    /// them failed and `slow` of them slow (`trip`; see [`Trip`] for the
+    /// share throttled).
+    #[inline]
+    pub(super) fn verdict(&self, calls: u64, failures: u64, slow: u64) -> Verdict {
+        if failures == 0 && slow == 0 {
+            return Verdict::Throttle(0);
+        }
+        if !self.throttles() {
+            return match self.trips(calls, failures, slow) {
+                true => Verdict::Open,
+                false => Verdict::Throttle(0),
+            };
+        }
+        let rules = [
+            (failures, self.failure_rate.load()),
+            (slow, self.slow_call_rate.load()),
+        ];
+        let mut share: f64 = 0.0;
+        for (bad, threshold) in rules {
+            if bad == 0 || (bad as f64) < threshold * calls as f64 {
+                continue; // the rule is not past its threshold
+            }
+            if bad >= calls {
+                return Verdict::Open; // no call went well
+            }
+            // At a threshold of 1 only an all-bad window acts (above).
+            if threshold < 1.0 {
+                let good = (calls - bad) as f64;
+                let rejected = (calls as f64 - good / (1.0 - threshold)) / (calls as f64 + 1.0);
+                share = share.max(rejected);
+            }
+        }
+        // Saturating float-to-int conversion; a share that rounds to 1
+        // still lets one call in 2^32 through, as a throttle must.
+        Verdict::Throttle((share.clamp(0.0, 1.0) * 4_294_967_295.0) as u32)
     }
 }
 

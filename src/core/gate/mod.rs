@@ -210,6 +210,9 @@ impl Gate {
     #[inline(always)]
     pub(crate) fn admit(self: &Arc<Self>, priority: Priority) -> Result<Permit, Rejected> {
         let now = self.clock.now();
+        if let Err(rejected) = self.throttle(now) {
+            return Err(self.rejected(rejected, priority));
+        }
         match self.acquire(priority, now, Asker::Arrival, None) {
             Ok(taken) => Ok(self.permit(taken, now)),
             Err(rejected) => Err(self.rejected(rejected, priority)),
@@ -349,6 +352,30 @@ impl Gate {
         admission.verdict.map_err(open_rejection)
     }
 
+    /// Draws an arrival against the share of calls a closed breaker
+    /// throttles (`trip = "throttle"`; the share is 0, and this one load,
+    /// unless the back end fails past a threshold). One of the share is
+    /// rejected as `Open` with the gate's retry hint, before the limit and
+    /// the room: not worth a seat, the rejection is the point (in shadow
+    /// mode it is counted and let through). Drawn once per arrival: a
+    /// waiter let out of the room was drawn when it came.
+    #[inline(always)]
+    pub(in crate::core) fn throttle(&self, now: Nanos) -> Result<(), Rejected> {
+        match &self.breaker {
+            Some(breaker) if breaker.throttles() => self.throttled(now),
+            _ => Ok(()),
+        }
+    }
+
+    #[cold]
+    fn throttled(&self, now: Nanos) -> Result<(), Rejected> {
+        if self.shadow() {
+            self.would_reject(Reason::Open);
+            return Ok(());
+        }
+        Err(self.with_hint(Reason::Open, now))
+    }
+
     /// The breaker's state now (closed for a gate without a breaker). A
     /// maintenance window that has ended without a call since is ended
     /// first, so the state read is the half-open one that follows it.
@@ -362,6 +389,15 @@ impl Gate {
         match &self.breaker {
             Some(breaker) => breaker.state(now),
             None => BreakerState::Closed,
+        }
+    }
+
+    /// The share of new calls the closed breaker throttles now (0 when it
+    /// is not closed, or has no breaker).
+    pub(crate) fn throttled_share(&self) -> f64 {
+        match &self.breaker {
+            Some(breaker) if breaker.is_closed() => breaker.throttled_share(),
+            _ => 0.0,
         }
     }
 

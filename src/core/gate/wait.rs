@@ -50,6 +50,9 @@ impl Gate {
         if deadline.is_some_and(|deadline| deadline <= now) {
             return Err(self.past_deadline(priority, now));
         }
+        if let Err(rejected) = self.throttle(now) {
+            return Err(self.rejected(rejected, priority));
+        }
         // A room reloaded to capacity 0 is no room: the call is admitted or
         // rejected now, as by a gate built without one.
         let room = match &self.room {

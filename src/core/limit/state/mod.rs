@@ -86,9 +86,10 @@ struct Learning {
     custom: Option<CustomAlgorithm>,
     /// The limit as the algorithm holds it (fractional steps accumulate).
     limit: f64,
-    /// When the last window with a call served in it closed: an outage
-    /// is measured from there (windows of calls that all failed, the
-    /// breaker's probes timing out, close all through it).
+    /// When the last window in which most calls were served closed: an
+    /// outage is measured from there (windows of calls that failed, the
+    /// breaker's probes timing out, close all through it, and the window
+    /// of the probes that find the back end again is mostly failures).
     served_at: Nanos,
 }
 
@@ -344,7 +345,11 @@ impl LimitCore {
             // samples are dropped rather than waited for.
             Err(_) => return None,
         };
-        if samples > dropped.saturating_add(censored) {
+        // Served, if most of its calls were: the breaker's probes that
+        // pass, in a window of calls that hung until they timed out, are
+        // the outage's end, not service during it.
+        let served = samples.saturating_sub(dropped.saturating_add(censored));
+        if served > 0 && served >= samples - served {
             learning.served_at = now;
         }
         let previous_rtt = self.rtt.load(Relaxed) as f64;
