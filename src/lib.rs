@@ -110,6 +110,7 @@
 //! | you see | it means |
 //! |---|---|
 //! | `brownout_breaker_state` at 2, `..._transitions_total{to="open"}` rising every few minutes | the back end is down; the breaker probes it with backoff; callers get an answer at once |
+//! | `brownout_breaker_throttle` above 0 with `brownout_breaker_state` at 0, `reason="open"` rising | the back end fails (or is slow) past a threshold but still serves: the breaker turns away that share of new calls, and opens only if nothing succeeds (`trip = "throttle"`) |
 //! | `brownout_requests_total{outcome="rejected",reason="shed"}` rising, `brownout_limit` well below its usual value | the back end runs at reduced capacity; the limit found it, and sheds the excess, `bulk` first (`brownout_shed_total{priority}`) |
 //! | `brownout_waiting` high, `brownout_wait_seconds` near `max_wait`, `reason="queue_timeout"` rising | the room holds more than the back end drains: lower `max_wait` or `capacity`, so callers get their answer sooner |
 //! | `outcome="would_reject"` in `shadow` mode | what `enforce` would reject: tune thresholds until it matches the incidents you want caught |

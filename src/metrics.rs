@@ -13,6 +13,7 @@
 //! |---|---|---|---|
 //! | `brownout_requests_total` | counter | `route`, `outcome`, `reason` | every request's one outcome: `served` (the inner service answered), `rejected` (with its reason; a rejection a fallback answered is counted here too), `cancelled` (the caller dropped the request before its answer); in shadow mode also `would_reject` (with the reason enforce mode would have given) and `would_wait` (a request the waiting room would have held), both of which were served |
 //! | `brownout_breaker_state` | gauge | `route` | 0 closed, 1 half-open, 2 open, 3 forced open; forced closed lets every call through and reads 0 (its transitions say `to="forced_closed"`) |
+//! | `brownout_breaker_throttle` | gauge | `route` | the share of new calls a closed breaker turns away (`trip = "throttle"`): 0 while the back end is within the thresholds, growing to 1 as it fails past them |
 //! | `brownout_breaker_transitions_total` | counter | `route`, `from`, `to` | state changes |
 //! | `brownout_latency_seconds` | histogram | `route`, `outcome` | time to the inner answer of served calls, `outcome` = `success` or `failure` |
 //! | `brownout_limit` | gauge | `route` | calls the adaptive limit allows in flight |
@@ -63,6 +64,8 @@ pub const REQUESTS_TOTAL: &str = "brownout_requests_total";
 /// Breaker state: 0 closed (or forced closed), 1 half-open, 2 open,
 /// 3 forced open.
 pub const BREAKER_STATE: &str = "brownout_breaker_state";
+/// The share of new calls a closed, throttling breaker turns away.
+pub const BREAKER_THROTTLE: &str = "brownout_breaker_throttle";
 /// Breaker state changes, by `from` and `to`.
 pub const BREAKER_TRANSITIONS_TOTAL: &str = "brownout_breaker_transitions_total";
 /// Time to the inner service's answer, for served requests.
@@ -107,6 +110,11 @@ pub fn describe() {
             BREAKER_STATE,
             Unit::Count,
             "Circuit breaker state: 0 closed (or forced closed: every call goes through), 1 half-open, 2 open, 3 forced open (every call rejected)"
+        );
+        metrics::describe_gauge!(
+            BREAKER_THROTTLE,
+            Unit::Count,
+            "Share of new calls a closed breaker turns away while the back end fails or is slow past its thresholds but still serves (trip = throttle), 0 to 1"
         );
         metrics::describe_counter!(
             BREAKER_TRANSITIONS_TOTAL,
@@ -205,6 +213,7 @@ struct Handles {
     latency_success: Histogram,
     latency_failure: Histogram,
     breaker_state: Gauge,
+    breaker_throttle: Gauge,
     limit: Gauge,
     inflight: Gauge,
     /// One per priority class, by rank; empty without a limit.
@@ -241,6 +250,7 @@ impl Handles {
             latency_success: latency("success"),
             latency_failure: latency("failure"),
             breaker_state: metrics::gauge!(BREAKER_STATE, "route" => route.clone()),
+            breaker_throttle: metrics::gauge!(BREAKER_THROTTLE, "route" => route.clone()),
             limit: metrics::gauge!(LIMIT, "route" => route.clone()),
             inflight: metrics::gauge!(INFLIGHT, "route" => route.clone()),
             shed: per_class(limit_classes)
@@ -400,6 +410,12 @@ impl RouteMetrics {
             }
         };
         handles.breaker_state.set(value);
+    }
+
+    /// The share a throttling breaker turns away moved (rare: only while
+    /// the back end fails past a threshold); a use, for a lazy route.
+    pub(crate) fn breaker_throttle(&self, share: f64) {
+        self.handles().breaker_throttle.set(share);
     }
 
     /// Counts a breaker transition. Transitions are rare, so the handle is

@@ -40,6 +40,7 @@ fn every_exported_metric_has_help_text() {
     let constants = [
         metrics::REQUESTS_TOTAL,
         metrics::BREAKER_STATE,
+        metrics::BREAKER_THROTTLE,
         metrics::BREAKER_TRANSITIONS_TOTAL,
         metrics::LATENCY_SECONDS,
         metrics::LIMIT,

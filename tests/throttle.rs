@@ -4,12 +4,16 @@
 //! (never seated in the waiting room), every request is accounted for, and
 //! shadow mode only counts what it would have turned away.
 
+mod support;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use brownout::policy::{Algorithm, WindowPolicy};
 use brownout::{BreakerState, BrownoutLayer, Mode, Policy, Reason, Rejected};
+use metrics_util::debugging::DebuggingRecorder;
+use support::metrics::{Gauges, Seen};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
@@ -176,4 +180,42 @@ async fn a_throttled_arrival_is_answered_at_once_while_the_others_wait() {
         }
     }
     assert_eq!(at_once + waiting, 40);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_gauge_shows_the_share_and_goes_back_to_zero() {
+    let recorder = DebuggingRecorder::new();
+    let mut seen = Seen::new(recorder.snapshotter(), Gauges::Last);
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let layer = BrownoutLayer::from_policy(&policy());
+    let healthy = Arc::new(AtomicBool::new(false));
+    let svc = layer.layer(tower::service_fn({
+        let healthy = healthy.clone();
+        let calls = Arc::new(AtomicU64::new(0));
+        move |()| {
+            let ok =
+                healthy.load(Ordering::SeqCst) || calls.fetch_add(1, Ordering::SeqCst) % 4 == 0;
+            async move {
+                match ok {
+                    true => Ok(()),
+                    false => Err::<(), BoxError>("back end failed".into()),
+                }
+            }
+        }
+    }));
+    let gauge =
+        |seen: &mut Seen| seen.gauge(brownout::metrics::BREAKER_THROTTLE, &[("route", "default")]);
+    for _ in 0..200 {
+        let _ = svc.clone().oneshot(()).await;
+    }
+    let share = gauge(&mut seen).expect("the gauge was set");
+    assert!((0.45..=0.52).contains(&share), "{share}");
+    assert_eq!(share, layer.snapshot().routes[0].throttled);
+    // The back end recovers: successes push the failures out of the window.
+    healthy.store(true, Ordering::SeqCst);
+    for _ in 0..200 {
+        let _ = svc.clone().oneshot(()).await;
+    }
+    assert_eq!(gauge(&mut seen), Some(0.0));
+    assert_eq!(layer.snapshot().routes[0].throttled, 0.0);
 }

@@ -76,6 +76,9 @@ impl Gate {
                 opened = transition.to == BreakerState::Open;
                 self.report(transition);
             }
+            if let Some(share) = breaker.throttle_news() {
+                self.metrics.breaker_throttle(share);
+            }
         }
         if let Some(limit) = &self.limit {
             if over {
@@ -110,6 +113,9 @@ impl Gate {
                 }
                 self.report(transition);
             }
+            if let Some(share) = breaker.throttle_news() {
+                self.throttle_moved(share);
+            }
         }
         if let Some(limit) = &self.limit {
             if over {
@@ -124,6 +130,11 @@ impl Gate {
             }
         }
         self.after_sample(opened, changed);
+    }
+
+    #[cold]
+    fn throttle_moved(&self, share: f64) {
+        self.metrics.breaker_throttle(share);
     }
 
     /// Hands what a finished call freed to the room; if the breaker just

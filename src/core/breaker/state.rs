@@ -83,6 +83,8 @@ pub(crate) struct BreakerCore {
     /// (`trip = "throttle"`; 0 almost always). Next to the word: the
     /// admitted path reads both.
     throttle: AtomicU32,
+    /// The share last told to the gauge (see `throttle_news`).
+    reported: AtomicU32,
     /// Closed-state calls that failed in a row (see `failing_now`).
     failing: AtomicU32,
     /// When the current open period ends; written only while the word is
@@ -104,6 +106,7 @@ impl BreakerCore {
         Self {
             word: AtomicU64::new(Word::new(TAG_CLOSED, 0).0),
             throttle: AtomicU32::new(0),
+            reported: AtomicU32::new(0),
             failing: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             mode: AtomicU8::new(mode_to_u8(policy.mode)),
@@ -345,6 +348,18 @@ impl BreakerCore {
         }
         let before = self.credit.fetch_add(share, Relaxed);
         (before.wrapping_add(share) >> 32) != (before >> 32)
+    }
+
+    /// The share throttled, if it moved since it was last asked: for the
+    /// gauge. Two loads of the state word's line while it stays put.
+    #[inline]
+    pub(crate) fn throttle_news(&self) -> Option<f64> {
+        let share = self.throttle.load(Relaxed);
+        if share == self.reported.load(Relaxed) {
+            return None;
+        }
+        self.reported.store(share, Relaxed);
+        Some(f64::from(share) / 4_294_967_295.0)
     }
 
     /// The share of new calls a closed breaker rejects now, in [0, 1].
