@@ -472,12 +472,14 @@ async fn five_days_of_maintenance_and_three_of_outage_leave_memory_where_the_fir
         "every request of the window gets the maintenance answer\n{report}"
     );
     // The refusing back end is reached only through the breaker's probes:
-    // at most `half_open_probes` (3) every open period (10 s at most, 5 s
-    // at least once); brownout answers the rest at once.
+    // at most `half_open_probes` every open period (the policy's
+    // `open_for` at least, jitter off); brownout answers the rest at once.
+    let breaker = &policy.breaker;
     let secs = (down.at - window.at).as_secs();
     let probes = delta(window, down, backend_err);
+    let periods = secs * 1000 / breaker.open_for.as_millis() as u64;
     assert!(
-        probes > 0 && probes <= 3 * secs / 10 + 3,
+        probes > 0 && probes <= u64::from(breaker.half_open_probes) * (periods + 1),
         "{}: {probes} calls reached the back end in {secs} s\n{report}",
         down.name
     );
