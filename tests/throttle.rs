@@ -219,3 +219,28 @@ async fn the_gauge_shows_the_share_and_goes_back_to_zero() {
     assert_eq!(gauge(&mut seen), Some(0.0));
     assert_eq!(layer.snapshot().routes[0].throttled, 0.0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_maintenance_window_answers_with_its_own_reason_while_throttling() {
+    use brownout::clock::Clock;
+    use brownout::policy::MaintenanceWindow;
+    use std::time::SystemTime;
+
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+    let start = t0 + Duration::from_secs(60);
+    let mut policy = policy();
+    policy.maintenance = vec![
+        MaintenanceWindow::new(start, start + Duration::from_secs(3600)).with_message("Upgrade."),
+    ];
+    let layer = BrownoutLayer::from_policy(&policy).clock(Clock::tokio_at(t0));
+    run(&layer, Arc::new(AtomicU64::new(0)), 200).await;
+    assert!(layer.snapshot().routes[0].throttled > 0.4, "throttling");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let svc = layer.layer(three_in_four_fail(Arc::new(AtomicU64::new(0))));
+    for _ in 0..100 {
+        let err = svc.clone().oneshot(HOLD).await.unwrap_err();
+        let rejected = err.downcast_ref::<Rejected>().expect("brownout's answer");
+        assert_eq!(rejected.reason(), Reason::Maintenance);
+        assert_eq!(rejected.message(), Some("Upgrade."));
+    }
+}

@@ -369,6 +369,11 @@ impl Gate {
 
     #[cold]
     fn throttled(&self, now: Nanos) -> Result<(), Rejected> {
+        if self.maintenance.inside(now).is_some() {
+            // A maintenance window in force answers with its own reason
+            // and message (the stages that follow give it).
+            return Ok(());
+        }
         if self.shadow() {
             self.would_reject(Reason::Open);
             return Ok(());
