@@ -100,6 +100,7 @@ fn policy() -> BreakerPolicy {
         },
         half_open_probes: 2,
         mode: Mode::Enforce,
+        probe_after: 0,
     }
 }
 

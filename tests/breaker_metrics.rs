@@ -118,6 +118,7 @@ fn policy(mode: Mode) -> BreakerPolicy {
         },
         half_open_probes: 2,
         mode,
+        probe_after: 0,
     }
 }
 

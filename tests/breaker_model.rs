@@ -118,6 +118,7 @@ impl Cfg {
             },
             half_open_probes: self.probes as u32,
             mode: Mode::Enforce,
+            probe_after: 0,
         }
     }
 }

@@ -69,6 +69,7 @@ fn custom_policy() -> Policy {
                 reset_after: Some(Duration::from_secs(3600)),
             },
             half_open_probes: 5,
+            probe_after: 40,
             mode: Mode::Shadow,
         },
         limit: LimitPolicy {
@@ -107,6 +108,7 @@ slow_call_duration = "1s 500ms"
 minimum_calls = 7
 open_for = "10s"
 half_open_probes = 5
+probe_after = 40
 mode = "shadow"
 
 [breaker.open_backoff]
@@ -154,6 +156,7 @@ breaker:
     jitter: 0.0
     reset_after: 1h
   half_open_probes: 5
+  probe_after: 40
   mode: shadow
 limit:
   algorithm: vegas
@@ -183,7 +186,7 @@ const CUSTOM_JSON: &str = r#"{"breaker": {
   "failure_rate": 0.25, "slow_call_rate": 0.75, "trip": "open", "slow_call_duration": "1500ms",
   "minimum_calls": 7, "open_for": "10s",
   "open_backoff": {"multiplier": 1.5, "max": "90m", "jitter": 0.0, "reset_after": "1h"},
-  "half_open_probes": 5, "mode": "shadow"
+  "half_open_probes": 5, "mode": "shadow", "probe_after": 40
 },
 "limit": {"algorithm": "vegas", "initial": 40, "min": 4, "max": 400, "reserve": 0.3},
 "waiting_room": {"capacity": 250, "max_wait": "30s", "order": "adaptive_lifo",
@@ -507,7 +510,7 @@ const BAD_TOML: &[(&str, &str)] = &[
         "[breaker]\nfailure_ratio = 0.5\n",
         "breaker.failure_ratio: unknown field `failure_ratio`, expected one of `window`, `failure_rate`, \
          `slow_call_rate`, `trip`, `slow_call_duration`, `minimum_calls`, `open_for`, `open_backoff`, \
-         `half_open_probes`, `mode` (TOML line 2, column 1)",
+         `half_open_probes`, `mode`, `probe_after` (TOML line 2, column 1)",
     ),
     (
         "[breaker]\nwindow = { kind = \"count\", sizee = 100 }\n",
@@ -737,7 +740,7 @@ fn bad_yaml_inputs_name_field_and_value() {
             "breaker:\n  failure_ratio: 0.5\n",
             "breaker.failure_ratio: unknown field `failure_ratio`, expected one of `window`, `failure_rate`, \
              `slow_call_rate`, `trip`, `slow_call_duration`, `minimum_calls`, `open_for`, `open_backoff`, \
-             `half_open_probes`, `mode` (YAML line 2, column 3)",
+             `half_open_probes`, `mode`, `probe_after` (YAML line 2, column 3)",
         ),
         (
             "breaker:\n  window: { kind: count, sizee: 3 }\n",
@@ -987,7 +990,7 @@ mod props {
             jitter in prop_oneof![0.0..1.0f64, Just(0.0)],
             reset_after in proptest::option::of(positive_duration()),
             half_open_probes in 1..=MAX_PROBES,
-            (mode, trip) in (mode(), trip()),
+            (mode, trip, probe_after) in (mode(), trip(), any::<u32>()),
         ) -> BreakerPolicy {
             let most = match window {
                 WindowPolicy::Count { size } => size as usize,
@@ -1003,7 +1006,7 @@ mod props {
                     jitter,
                     reset_after,
                 },
-                half_open_probes, mode,
+                half_open_probes, mode, probe_after,
             }
         }
     }
@@ -1062,11 +1065,11 @@ mod props {
             open_for in duration(),
             open_backoff in backoff(),
             half_open_probes in count(1100),
-            (mode, trip) in (mode(), trip()),
+            (mode, trip, probe_after) in (mode(), trip(), any::<u32>()),
         ) -> BreakerPolicy {
             BreakerPolicy {
                 window, failure_rate, slow_call_rate, trip, slow_call_duration, minimum_calls,
-                open_for, open_backoff, half_open_probes, mode,
+                open_for, open_backoff, half_open_probes, mode, probe_after,
             }
         }
     }

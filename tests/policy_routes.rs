@@ -753,11 +753,11 @@ mod props {
             open_for in of(duration()),
             open_backoff in backoff_override(),
             half_open_probes in of(0u32..40),
-            (mode, trip) in (of(mode()), of(trip())),
+            (mode, trip, probe_after) in (of(mode()), of(trip()), of(0u32..1000)),
         ) -> BreakerOverride {
             BreakerOverride {
                 window, failure_rate, slow_call_rate, trip, slow_call_duration, minimum_calls,
-                open_for, open_backoff, half_open_probes, mode,
+                open_for, open_backoff, half_open_probes, mode, probe_after,
             }
         }
     }
@@ -857,7 +857,7 @@ mod props {
             backoff in (of(1.0..4.0f64), of((300u64..3600).prop_map(Duration::from_secs)),
                         of(0.0..0.99f64), of((1u64..3600).prop_map(Duration::from_secs))),
             half_open_probes in of(1u32..=3),
-            (mode, trip) in (of(mode()), of(trip())),
+            (mode, trip, probe_after) in (of(mode()), of(trip()), of(0u32..1000)),
             limit in (of(algorithm()), of(10u32..=100), of(1u32..=10), of(100u32..=1000),
                       of(0.0..0.99f64)),
             room in (of(0u32..=1000), of((100u64..60_000).prop_map(Duration::from_millis)),
@@ -872,7 +872,7 @@ mod props {
                     window, failure_rate, slow_call_rate, trip, slow_call_duration, minimum_calls,
                     open_for,
                     open_backoff: BackoffOverride { multiplier, max, jitter, reset_after },
-                    half_open_probes, mode,
+                    half_open_probes, mode, probe_after,
                 },
                 limit: LimitOverride { algorithm, initial, min, max: max_limit, reserve },
                 waiting_room: WaitingRoomOverride {

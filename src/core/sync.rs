@@ -9,12 +9,12 @@
 pub(crate) use std::sync::Mutex;
 #[cfg(not(brownout_loom))]
 pub(crate) use std::sync::atomic::{
-    AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence,
+    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence,
 };
 
 #[cfg(brownout_loom)]
 pub(crate) use loom::sync::Mutex;
 #[cfg(brownout_loom)]
 pub(crate) use loom::sync::atomic::{
-    AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence,
+    AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, fence,
 };

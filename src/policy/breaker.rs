@@ -28,6 +28,7 @@ use crate::breaker::MAX_PROBES;
 /// open_for = "5s"                             # first open period
 /// open_backoff = { multiplier = 2.0, max = "5m", jitter = 0.1 }
 /// half_open_probes = 3                        # calls let through to test
+/// probe_after = 0                             # probe early after this many turned away (0: never)
 /// mode = "enforce"                            # enforce | shadow | forced_open | forced_closed
 /// ```
 ///
@@ -69,6 +70,15 @@ pub struct BreakerPolicy {
     pub half_open_probes: u32,
     /// Whether the breaker rejects, only reports, or is forced one way.
     pub mode: Mode,
+    /// After this many calls turned away in one of its own open periods,
+    /// the breaker probes at once rather than at the period's end (0, the
+    /// default: only at its end). Busy traffic then finds a back end that
+    /// came back within `probe_after` of its calls, however long the
+    /// period, while sparse traffic is probed as often as the periods say;
+    /// a dead back end gets `half_open_probes` failing calls per
+    /// `probe_after` turned away. Periods set by hand or by the fleet end
+    /// only at their end.
+    pub probe_after: u32,
 }
 
 impl Default for BreakerPolicy {
@@ -84,6 +94,7 @@ impl Default for BreakerPolicy {
             open_backoff: BackoffPolicy::default(),
             half_open_probes: 3,
             mode: Mode::Enforce,
+            probe_after: 0,
         }
     }
 }

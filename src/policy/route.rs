@@ -147,6 +147,7 @@ section_override! {
         open_backoff: section BackoffOverride,
         half_open_probes: value u32,
         mode: value Mode,
+        probe_after: value u32,
     }
 }
 

@@ -4,6 +4,8 @@
 //! ([`control`]).
 
 mod control;
+#[cfg(test)]
+mod probe_tests;
 mod state;
 mod thresholds;
 #[cfg(test)]

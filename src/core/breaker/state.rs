@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering::*;
 use std::time::Duration;
 
 use crate::clock::Nanos;
-use crate::core::sync::{AtomicU8, AtomicU32, AtomicU64, Mutex};
+use crate::core::sync::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Mutex};
 use crate::policy::{BreakerPolicy, Mode};
 
 use super::BreakerState;
@@ -91,6 +91,10 @@ pub(crate) struct BreakerCore {
     /// not `Open`, under `cold`, before the word is published.
     open_until: AtomicU64,
     mode: AtomicU8,
+    /// Calls still to turn away in this open period before its probes go
+    /// early (`probe_after`); [`NEVER_EARLY`] for a period that ends only
+    /// at its end (set by hand or by the fleet, or `probe_after = 0`).
+    early: AtomicI64,
     window: Window,
     limits: Thresholds,
     /// The running sum of the throttled shares drawn: a call is rejected
@@ -110,6 +114,7 @@ impl BreakerCore {
             failing: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             mode: AtomicU8::new(mode_to_u8(policy.mode)),
+            early: AtomicI64::new(NEVER_EARLY),
             window: Window::new(&policy.window),
             limits: Thresholds::new(policy),
             credit: AtomicU64::new(0),
@@ -210,7 +215,7 @@ impl BreakerCore {
                 }
                 TAG_OPEN => {
                     let until = self.open_until.load(Relaxed);
-                    if now < until {
+                    if now < until && !self.probe_early() {
                         return (Err(Some(until - now)), false);
                     }
                     // The open period is over: this call is the first probe.
@@ -239,6 +244,29 @@ impl BreakerCore {
                 Err(seen) => current = seen,
             }
         }
+    }
+
+    /// Counts a call the open breaker turns away; whether it is the one
+    /// after which the period's probes go early (`probe_after`). One
+    /// relaxed load while the period ends only at its end, else one
+    /// read-modify-write (a rejection's metrics cost as much).
+    #[inline]
+    fn probe_early(&self) -> bool {
+        if self.early.load(Relaxed) == NEVER_EARLY {
+            return false;
+        }
+        self.early.fetch_sub(1, Relaxed) <= 1
+    }
+
+    /// Arms the early probe of an open period the breaker's own verdict
+    /// set (`probe_after`).
+    fn arm_early(&self) {
+        let early = match self.limits.probe_after.load(Relaxed) {
+            0 => NEVER_EARLY,
+            // The call after `after` turned away probes.
+            after => i64::from(after) + 1,
+        };
+        self.early.store(early, Relaxed);
     }
 
     /// Moves the breaker to half-open with no probe out, whatever its state
@@ -481,6 +509,7 @@ impl BreakerCore {
         self.open_until.store(now.saturating_add(period), Relaxed);
         self.throttle.store(0, Relaxed);
         self.failing.store(0, Relaxed);
+        self.arm_early();
         // The closed word only changes under this lock, so a plain store is
         // safe: admit never writes a closed word.
         self.word
@@ -502,6 +531,7 @@ impl BreakerCore {
         cold.level = cold.level.saturating_add(1);
         let period = self.open_period(&mut cold);
         self.open_until.store(now.saturating_add(period), Relaxed);
+        self.arm_early();
         let next = Word::new(TAG_OPEN, seen.next_generation());
         self.replace_half_open(seen.generation(), next)
             .then_some(Transition {
@@ -575,6 +605,9 @@ impl BreakerCore {
     }
 }
 
+/// `early` of an open period that ends only at its end.
+const NEVER_EARLY: i64 = i64::MAX;
+
 const fn mode_to_u8(mode: Mode) -> u8 {
     match mode {
         Mode::Enforce => 0,
@@ -630,6 +663,8 @@ impl BreakerCore {
         }
         if tag == TAG_OPEN {
             self.open_until.store(open_until, Relaxed);
+            // A period set by hand (or by the fleet) ends at its end.
+            self.early.store(NEVER_EARLY, Relaxed);
         }
         let mut current = self.word.load(Acquire);
         loop {

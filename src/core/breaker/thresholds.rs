@@ -25,6 +25,8 @@ pub(super) struct Thresholds {
     pub(super) jitter: AtomicF64,
     pub(super) reset_after: AtomicU64,
     pub(super) probes: AtomicU32,
+    /// `probe_after` (0: never early).
+    pub(super) probe_after: AtomicU32,
 }
 
 impl Thresholds {
@@ -41,6 +43,7 @@ impl Thresholds {
             jitter: AtomicF64::default(),
             reset_after: AtomicU64::new(0),
             probes: AtomicU32::new(1),
+            probe_after: AtomicU32::new(0),
         };
         thresholds.store(policy);
         thresholds
@@ -67,6 +70,7 @@ impl Thresholds {
             .store(saturating_nanos(reset_after), Relaxed);
         self.probes
             .store(policy.half_open_probes.clamp(1, MAX_PROBES), Relaxed);
+        self.probe_after.store(policy.probe_after, Relaxed);
     }
 
     #[inline]
