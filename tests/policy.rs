@@ -1653,3 +1653,24 @@ mod props {
         Ok(())
     }
 }
+
+#[test]
+fn probe_after_is_refused_beside_a_fleet() {
+    let fleet = "[fleet]\nurl = \"redis://127.0.0.1:6379\"\n";
+    let err = Policy::from_toml(&format!("[breaker]\nprobe_after = 200\n{fleet}")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "breaker.probe_after: 200 must be 0 with a [fleet] section: the fleet's probe lease paces the probes"
+    );
+    let err = Policy::from_toml(&format!(
+        "[routes.\"/slots\".breaker]\nprobe_after = 5\n{fleet}"
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("routes.\"/slots\".breaker.probe_after: 5 must be 0"),
+        "{err}"
+    );
+    Policy::from_toml(fleet).expect("0, the default, is fine");
+    Policy::from_toml("[breaker]\nprobe_after = 200\n").expect("fine without a fleet");
+}

@@ -77,7 +77,8 @@ pub struct BreakerPolicy {
     /// period, while sparse traffic is probed as often as the periods say;
     /// a dead back end gets `half_open_probes` failing calls per
     /// `probe_after` turned away. Periods set by hand or by the fleet end
-    /// only at their end.
+    /// only at their end; with a `[fleet]` section it must be 0 (the
+    /// fleet's probe lease paces a shared route's probes).
     pub probe_after: u32,
 }
 

@@ -138,6 +138,25 @@ impl Policy {
         }
         if let Some(fleet) = &self.fleet {
             fleet.validate()?;
+            // The fleet's probe lease paces a shared route's probes; a
+            // replica probing early on its own would pass it by.
+            let early = |field: String, value: u32| match value {
+                0 => Ok(()),
+                value => Err(PolicyError::invalid(
+                    field,
+                    value,
+                    "must be 0 with a [fleet] section: the fleet's probe lease paces the probes",
+                )),
+            };
+            early("breaker.probe_after".to_owned(), self.breaker.probe_after)?;
+            for (key, route) in &self.routes {
+                if let Some(value) = route.breaker.probe_after {
+                    early(
+                        format!("{}.breaker.probe_after", route::route_path(key)),
+                        value,
+                    )?;
+                }
+            }
         }
         Ok(())
     }
