@@ -75,6 +75,22 @@ fn recording(
     })
 }
 
+/// `order` (class, number) holds each of `n` requests exactly once, most
+/// important class first and oldest first within a class.
+fn assert_each_once_in_order(order: &[(u8, usize)], n: usize) {
+    let mut seen: Vec<usize> = order.iter().map(|&(_, n)| n).collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..n).collect::<Vec<_>>(),
+        "each sent once, none lost"
+    );
+    assert!(
+        order.windows(2).all(|w| w[0] <= w[1]),
+        "most important class first, oldest first: {order:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_backlog_drains_at_capacity_within_the_limit_most_important_first() {
     // Every class may use the whole limit: the backlog drains at capacity.
@@ -295,17 +311,7 @@ async fn an_open_breaker_sees_one_replay_at_a_time_and_none_is_lost() {
         "the whole budget once a probe was served: {stats:?}"
     );
     let order = order.lock().unwrap().clone();
-    let mut seen: Vec<usize> = order.iter().map(|&(_, n)| n).collect();
-    seen.sort_unstable();
-    assert_eq!(
-        seen,
-        (0..N).collect::<Vec<_>>(),
-        "each sent once, none lost"
-    );
-    assert!(
-        order.windows(2).all(|w| w[0] <= w[1]),
-        "most important class first, oldest first: {order:?}"
-    );
+    assert_each_once_in_order(&order, N);
 }
 
 /// The same without brownout in front: a back end that answers `503`
@@ -396,17 +402,7 @@ async fn a_back_end_still_down_sees_one_replay_at_a_time() {
     }
     replayer.stop().await;
     let order = order.lock().unwrap().clone();
-    let mut seen: Vec<usize> = order.iter().map(|&(_, n)| n).collect();
-    seen.sort_unstable();
-    assert_eq!(
-        seen,
-        (0..N).collect::<Vec<_>>(),
-        "each served once, none lost"
-    );
-    assert!(
-        order.windows(2).all(|w| w[0] <= w[1]),
-        "most important class first, oldest first: {order:?}"
-    );
+    assert_each_once_in_order(&order, N);
 }
 
 /// Live bulk callers while a backlog of urgent and normal requests
@@ -552,17 +548,7 @@ async fn live_bulk_traffic_is_served_while_a_backlog_drains() {
         handle.stats()
     );
     assert!(drained, "the backlog drained while live traffic left room");
-    let mut seen: Vec<usize> = order.iter().map(|&(_, n)| n).collect();
-    seen.sort_unstable();
-    assert_eq!(
-        seen,
-        (0..N).collect::<Vec<_>>(),
-        "each sent once, none lost"
-    );
-    assert!(
-        order.windows(2).all(|w| w[0] <= w[1]),
-        "most important class first, oldest first"
-    );
+    assert_each_once_in_order(&order, N);
     assert!(
         handle.stats().peak_concurrent <= LIMIT,
         "never past the limit"

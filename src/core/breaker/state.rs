@@ -141,6 +141,11 @@ impl BreakerCore {
     pub(crate) fn reconfigure(&self, policy: &BreakerPolicy) {
         self.limits.store(policy);
         self.set_mode(policy.mode);
+        if !self.limits.throttles() {
+            // Reloaded to `trip = "open"`: nothing is throttled from now on
+            // (the next outcome judges the window the classic way).
+            self.set_throttle(0);
+        }
     }
 
     /// The state as seen by a caller at `now` (an open breaker whose period

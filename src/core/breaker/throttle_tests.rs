@@ -197,3 +197,17 @@ fn closing_after_an_open_period_forgets_the_share() {
     assert_eq!(b.throttled_share(), 0.0);
     assert_eq!(throttled_of(&b, 100), 0);
 }
+
+#[test]
+fn a_reload_to_trip_open_stops_throttling_at_once() {
+    let b = BreakerCore::new(&policy(0.5, 1.0), 1);
+    for i in 0..100 {
+        call(&b, i % 4 != 0, 1);
+    }
+    assert!(b.throttled_share() > 0.4);
+    b.reconfigure(&BreakerPolicy {
+        trip: Trip::Open,
+        ..policy(0.5, 1.0)
+    });
+    assert_eq!(throttled_of(&b, 100), 0);
+}
