@@ -25,7 +25,7 @@ use crate::policy::{BreakerPolicy, Mode};
 
 use super::BreakerState;
 use super::thresholds::{Thresholds, Verdict};
-use super::window::{Sample, Window};
+use super::window::{Sample, Totals, Window};
 
 use super::ticket::{Ticket, TicketKind};
 use super::word::{TAG_CLOSED, TAG_HALF_OPEN, TAG_OPEN, Word};
@@ -329,7 +329,7 @@ impl BreakerCore {
                     Some(totals) => totals,
                     None => self.window.totals(now),
                 };
-                let verdict = if self.failing_now(failed) {
+                let verdict = if self.failing_now(failed, &totals) {
                     Verdict::Open
                 } else if totals.calls >= self.limits.minimum_calls() {
                     self.limits
@@ -401,16 +401,21 @@ impl BreakerCore {
     }
 
     /// Counts a failure into the run of failures in a row (a success ends
-    /// it); whether the run says the back end fails every call now: twice
-    /// `minimum_calls` failures in a row, with `trip = "throttle"`.
+    /// it); whether the run says the back end fails every call now, with
+    /// `trip = "throttle"`: twice `minimum_calls` failures in a row, and a
+    /// run that the window's own failure share would make less often than
+    /// once in 2^20 calls.
     ///
     /// A throttling breaker opens when no call in its window went well,
     /// and a back end that goes down at once would otherwise pass failing
-    /// calls until the successes before it leave the window; a back end
-    /// that still serves half of its calls fails twice `minimum_calls` in a
-    /// row about once in 2^40 calls.
+    /// calls until the successes before it leave the window. One that
+    /// fails a steady share of its calls makes runs of its own: at half,
+    /// forty in a row about once in 2^40 calls; at five in six (a back end
+    /// ten times slower behind a timeout that still serves a sixth), one
+    /// in 1,700, which busy traffic meets every minute. Such a run is no
+    /// news; the throttle's share already answers it.
     #[inline]
-    fn failing_now(&self, failed: bool) -> bool {
+    fn failing_now(&self, failed: bool, window: &Totals) -> bool {
         if !failed {
             // Healthy traffic only reads the line.
             if self.failing.load(Relaxed) != 0 {
@@ -419,7 +424,21 @@ impl BreakerCore {
             return false;
         }
         let run = u64::from(self.failing.fetch_add(1, Relaxed)) + 1;
-        self.limits.throttles() && run >= 2 * self.limits.minimum_calls()
+        self.limits.throttles()
+            && run >= 2 * self.limits.minimum_calls()
+            && Self::unlikely_run(run, window)
+    }
+
+    /// Whether `run` failures in a row are rarer than once in 2^20 calls
+    /// at the window's failure share.
+    #[cold]
+    fn unlikely_run(run: u64, window: &Totals) -> bool {
+        if window.calls == 0 || window.failures >= window.calls {
+            return true;
+        }
+        let share = window.failures as f64 / window.calls as f64;
+        // share^run < 2^-20, in logarithms.
+        run as f64 * share.log2() < -20.0
     }
 
     #[inline]
@@ -475,10 +494,12 @@ impl BreakerCore {
             // Judge against the whole planned probe set: once the failures
             // alone reach the threshold no later probe can save it.
             let p = u64::from(probes);
-            if self
-                .limits
-                .trips(p, u64::from(next.failed()), u64::from(next.slow()))
-            {
+            if self.limits.probes_reopen(
+                p,
+                u64::from(next.completed()),
+                u64::from(next.failed()),
+                u64::from(next.slow()),
+            ) {
                 return self.reopen(word, now);
             }
             if next.completed() >= probes {

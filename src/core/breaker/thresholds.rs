@@ -114,6 +114,32 @@ impl Thresholds {
     }
 }
 
+impl Thresholds {
+    /// Whether a half-open breaker's probes, `probes` of them planned,
+    /// `completed` of them back, `failures` failed and `slow` slow, reopen
+    /// it: once the planned set is past a threshold whatever the probes
+    /// still out do. Throttling, only while no probe back went well by
+    /// that rule: as a closed window opens only when no call in it went
+    /// well, a back end that served a probe closes again and gets the
+    /// throttle's share (a dead one still reopens on as few probes as
+    /// the classic breaker).
+    #[inline]
+    pub(super) fn probes_reopen(
+        &self,
+        probes: u64,
+        completed: u64,
+        failures: u64,
+        slow: u64,
+    ) -> bool {
+        if !self.throttles() {
+            return self.trips(probes, failures, slow);
+        }
+        let rate = |count: u64| count as f64 / probes as f64;
+        (failures == completed && rate(failures) >= self.failure_rate.load())
+            || (slow == completed && rate(slow) >= self.slow_call_rate.load())
+    }
+}
+
 /// What a closed breaker's window says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verdict {

@@ -211,3 +211,61 @@ fn a_reload_to_trip_open_stops_throttling_at_once() {
     });
     assert_eq!(throttled_of(&b, 100), 0);
 }
+
+#[test]
+fn a_back_end_failing_a_steady_five_in_six_does_not_open_on_its_own_runs() {
+    // Forty failures in a row come once in 1,700 calls at five in six:
+    // busy traffic meets such a run every minute. The throttle answers
+    // the share; a run only as long as the share makes often is no news.
+    let b = BreakerCore::new(&policy(0.5, 1.0), 1);
+    for i in 0..600 {
+        call(&b, i % 6 != 0, 1);
+    }
+    for _ in 0..60 {
+        assert_eq!(call(&b, true, 1), None);
+    }
+    assert_eq!(b.state(1), BreakerState::Closed);
+    // (The old rule, twice `minimum_calls` in a row, opened at the 20th.)
+    // Once the window holds no call that went well, it opens.
+    let opened = (0..100).find_map(|_| call(&b, true, 1));
+    assert_eq!(opened.map(|t| t.to), Some(BreakerState::Open));
+}
+
+/// A breaker half-open by hand whose probes end `outcomes` (true: failed).
+fn probes(trip: Trip, outcomes: &[bool]) -> BreakerState {
+    let b = BreakerCore::new(
+        &BreakerPolicy {
+            trip,
+            half_open_probes: 3,
+            ..policy(0.5, 1.0)
+        },
+        1,
+    );
+    b.manual(super::Manual::HalfOpenNow, 2);
+    for &failed in outcomes {
+        call(&b, failed, 3);
+    }
+    b.state(3)
+}
+
+#[test]
+fn throttling_probes_reopen_only_while_none_went_well() {
+    // A dead back end reopens on as few probes as the classic breaker...
+    assert_eq!(probes(Trip::Throttle, &[true, true]), BreakerState::Open);
+    // ...but one that served a probe closes, and gets the throttle's
+    // share, as a closed window opens only when no call in it went well.
+    assert_eq!(
+        probes(Trip::Throttle, &[false, true, true]),
+        BreakerState::Closed
+    );
+    assert_eq!(
+        probes(Trip::Throttle, &[true, false, true]),
+        BreakerState::Closed
+    );
+    // The classic breaker reopens once the set is past its threshold.
+    assert_eq!(probes(Trip::Open, &[false, true, true]), BreakerState::Open);
+    assert_eq!(
+        probes(Trip::Open, &[false, false, false]),
+        BreakerState::Closed
+    );
+}

@@ -97,6 +97,8 @@ enum Step {
         share: f64,
         calls: u32,
         rate: f64,
+        /// Calls completed and failed in the rounds that ran at `to`.
+        at_to: (u32, u32),
     },
 }
 
@@ -169,6 +171,8 @@ pub(crate) struct Capacity {
     /// The lowest unloaded latency ever learned (0: none yet): what the
     /// back end is assumed to be once it is back from a long outage.
     fastest: f64,
+    /// The climb on calls served while failures are left to the breaker.
+    blind: blind::Blind,
 }
 
 impl Default for Capacity {
@@ -195,6 +199,7 @@ impl Default for Capacity {
             good: 0.0,
             load_blind: 0,
             fastest: 0.0,
+            blind: blind::Blind::default(),
         }
     }
 }
@@ -214,7 +219,8 @@ impl Capacity {
     /// Share of failed calls in a round that signals overload.
     const OVERLOAD: f64 = 0.1;
     /// Rounds during which failures shown not to depend on the load are
-    /// left to the breaker.
+    /// left to the breaker (twice as many after each such test in a row,
+    /// up to eight times).
     const LOAD_BLIND_ROUNDS: u32 = 20;
     /// Rounds in a step: one to take effect, one to measure.
     const STEP_ROUNDS: u32 = 2;
@@ -273,9 +279,10 @@ impl Capacity {
             share: before,
             calls,
             rate: delivered,
+            at_to,
         } = self.step
         {
-            return self.unload_round(window, (from, to, delivered), (before, calls), share, rate);
+            return self.unload_round(window, (from, to, delivered), (before, calls), at_to, rate);
         }
         // Over a tenth failing, by more than a round's chance: a back end
         // that fails a twentieth of its calls whatever the load (a tail of
@@ -294,6 +301,12 @@ impl Capacity {
                 // of the limit, nor of latency they cut short.
                 return limit;
             }
+            if self.load_blind > 0 {
+                // Failures that do not depend on the load: the breaker's
+                // business; what the back end serves still says whether
+                // it has room for more (`blind`).
+                return self.blind_round(limit, window, share, rate);
+            }
             if let Step::Up { from, .. } = self.step {
                 // The step up brought the failures (whether or not they
                 // have been seen to depend on the load): the limit below
@@ -311,12 +324,6 @@ impl Capacity {
                 self.rounds = 0;
                 self.settled = 0;
                 return from;
-            }
-            if self.load_blind > 0 {
-                // Failures that do not depend on the load: the breaker's
-                // business; latencies they cut short teach nothing.
-                self.load_blind -= 1;
-                return limit;
             }
             return self.overloaded(limit, window, share, rate);
         }
@@ -410,6 +417,7 @@ impl Capacity {
     }
 }
 
+mod blind;
 mod steps;
 #[cfg(test)]
 mod tests;

@@ -69,6 +69,7 @@ impl Capacity {
             share,
             calls: window.samples,
             rate,
+            at_to: (0, 0),
         };
         self.rounds = 0;
         self.settled = 0;
@@ -81,18 +82,32 @@ impl Capacity {
         window: &WindowSample,
         (from, to, delivered): (f64, f64, f64),
         (before, calls): (f64, u32),
-        share: f64,
+        (mut completed, mut failed): (u32, u32),
         rate: f64,
     ) -> f64 {
         self.rounds += 1;
         self.settled = if f64::from(window.max_inflight) > to.ceil() + 1.0 {
+            (completed, failed) = (0, 0);
             0
         } else {
             self.settled + 1
         };
+        if self.settled > 0 {
+            // Rounds at the lower limit are judged together: at a tenth
+            // of the limit a round may hold a handful of calls.
+            completed += window.samples;
+            failed += window.dropped;
+        }
         if self.settled < Self::STEP_ROUNDS && self.rounds < Self::MAX_STEP_ROUNDS {
+            if let Step::Unload { at_to, .. } = &mut self.step {
+                *at_to = (completed, failed);
+            }
             return to;
         }
+        let last = (
+            window.samples,
+            f64::from(window.dropped) / f64::from(window.samples.max(1)),
+        );
         self.rounds = 0;
         self.settled = 0;
         self.step = Step::Cruise;
@@ -102,12 +117,23 @@ impl Capacity {
         // standard error of the difference of two shares), so that a share
         // that is the same at both loads is not read as falling because
         // the rounds were small.
-        let pooled = (before * f64::from(calls) + share * f64::from(window.samples))
-            / f64::from(calls + window.samples);
-        let chance =
-            (pooled * (1.0 - pooled) * (1.0 / f64::from(calls) + 1.0 / f64::from(window.samples)))
-                .sqrt();
-        let fell = share <= Self::OVERLOAD.max(before * 0.5) && before - share > 2.0 * chance;
+        let fell_in = |(samples, share): (u32, f64)| {
+            let pooled = (before * f64::from(calls) + share * f64::from(samples))
+                / f64::from(calls + samples);
+            let chance =
+                (pooled * (1.0 - pooled) * (1.0 / f64::from(calls) + 1.0 / f64::from(samples)))
+                    .sqrt();
+            share <= Self::OVERLOAD.max(before * 0.5) && before - share > 2.0 * chance
+        };
+        // Judged on the last round, and on all the rounds at the lower
+        // limit together as well: at a tenth of the limit a round may hold
+        // a handful of calls, and one lucky round is no fall. (The rounds
+        // together alone would not do either: the round above was picked
+        // for failing more than its share, and more calls below make a
+        // fall of chance look like a fall.)
+        let together =
+            (completed > 0).then(|| (completed, f64::from(failed) / f64::from(completed)));
+        let fell = fell_in(last) && together.is_none_or(fell_in);
         if fell {
             // Failures fell with the load: it was overload. What the back
             // end delivered at the higher limit, at the latency it shows
@@ -126,12 +152,13 @@ impl Capacity {
                 self.unloaded = window.rtt;
             }
             self.good = self.good.min(self.estimate.max(self.good * 0.5));
+            self.end_blind();
         } else {
             // Failures do not depend on the load: go back, and leave them
             // to the breaker for a while.
             self.estimate = from;
             self.good = self.good.max(from);
-            self.load_blind = Self::LOAD_BLIND_ROUNDS;
+            self.start_blind(before.max(together.map_or(last.1, |(_, share)| share)));
         }
         self.estimate
     }

@@ -369,3 +369,62 @@ fn rounds_whose_callers_leave_bring_the_limit_to_what_succeeding_calls_use() {
     assert!(limits.iter().all(|&l| l >= 18.0), "{limits:?}");
     assert_eq!(capacity.unloaded, 0.4, "no baseline from abandoned calls");
 }
+
+#[test]
+fn one_lucky_small_round_at_a_tenth_of_the_limit_is_no_fall() {
+    // Four in five calls fail at 100 (a back end ten times slower behind
+    // a timeout); the test at a tenth sees 8 of 10, then 2 of 7.
+    let mut capacity = Capacity {
+        step: Step::Cruise,
+        estimate: 100.0,
+        unloaded: 0.4,
+        floor: 0.4,
+        met_queue: true,
+        good: 100.0,
+        ..Capacity::default()
+    };
+    let mut limit = capacity.update(100.0, &pressed(100.0, 100, 2.9, 2.9, 80));
+    assert!(limit <= 50.0, "a test below: {limit}");
+    limit = capacity.update(limit, &pressed(limit, 10, 2.9, 2.9, 8));
+    limit = capacity.update(limit, &pressed(limit, 7, 2.9, 2.9, 2));
+    // 2 of 7 alone would read as a fall; 10 of 17 is none.
+    assert_eq!(limit, 100.0);
+}
+
+/// A back end of 100 slots, eight times slower behind a timeout near its
+/// latency: half of its calls fail whatever the load, and calls past its
+/// slots queue and push more of them past the timeout. Demand presses on
+/// `limit`; a round of 2.7 s, its counts off by a few percent (a fixed
+/// sequence).
+fn slow_behind_a_timeout(limit: f64, round: usize) -> WindowSample {
+    let wobble = 1.0 + 0.04 * ((round * 7 % 5) as f64 - 2.0) / 2.0;
+    let busy = limit.floor();
+    let served_share = 0.5 * (100.0 / busy).min(1.0).powi(2);
+    let samples = (busy * wobble).round() as u32;
+    let failed = (f64::from(samples) * (1.0 - served_share)).round() as u32;
+    pressed(limit, samples, 2.7, 2.7, failed)
+}
+
+#[test]
+fn failures_that_do_not_depend_on_the_load_leave_a_climb_on_what_is_served() {
+    let mut capacity = Capacity::default();
+    capacity.update(60.0, &idle_round(0.4));
+    let mut limit = 60.0;
+    let limits: Vec<f64> = (0..400)
+        .map(|round| {
+            limit = capacity.update(limit, &slow_behind_a_timeout(limit, round));
+            limit
+        })
+        .collect();
+    // The unload tests found the failures the same at a lower limit; the
+    // climb found that more in flight served more, up to the slots, and
+    // that past them it served less.
+    let late = &limits[200..];
+    let near = late
+        .iter()
+        .filter(|&&l| (90.0..=110.0).contains(&l))
+        .count();
+    assert!(near * 10 >= late.len() * 8, "{limits:?}");
+    let past = late.iter().filter(|&&l| l > 120.0).count();
+    assert!(past * 10 <= late.len(), "{limits:?}");
+}
