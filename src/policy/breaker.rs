@@ -66,7 +66,8 @@ pub struct BreakerPolicy {
     pub open_backoff: BackoffPolicy,
     /// How many calls half-open lets through to test the back end, in
     /// 1..=[`MAX_PROBES`](crate::breaker::MAX_PROBES); all of them must pass
-    /// the thresholds for the breaker to close.
+    /// the thresholds for the breaker to close (with `trip = "throttle"`,
+    /// one that went well is enough once all are back: see [`Trip`]).
     pub half_open_probes: u32,
     /// Whether the breaker rejects, only reports, or is forced one way.
     pub mode: Mode,
@@ -420,10 +421,19 @@ impl BackoffPolicy {
 /// where `good` is the window's calls that did not fail (for the failure
 /// rule) or were not slow (for the slow-call rule), the larger of the two.
 /// At the threshold `p` is 0, past it `p` grows in proportion, and `p`
-/// reaches 1 (the breaker opens, probes and closes as a classic one does)
-/// when no call in the window went well. With `failure_rate = 0.5` this is
-/// SRE's `K = 2`: nothing is rejected while at least half the calls
-/// succeed. A threshold of 1 behaves the same in both modes.
+/// reaches 1 (the breaker opens, and probes as a classic one does) when no
+/// call in the window went well. With `failure_rate = 0.5` this is SRE's
+/// `K = 2`: nothing is rejected while at least half the calls succeed. A
+/// threshold of 1 behaves the same in both modes.
+///
+/// Two more rules keep it symmetrical. It also opens on a run of failures
+/// in a row (twice `minimum_calls`, and rarer than once in 2^20 calls at
+/// the window's own failure share: a back end that goes down at once,
+/// not one that fails a steady share and so makes runs of its own). And
+/// its half-open probes reopen it only while none of them went well: a
+/// back end that served a probe closes again and gets the throttle's
+/// share, while a dead one reopens on as few probes as the classic
+/// breaker.
 ///
 /// Rejected calls are answered at once with [`Reason::Open`](crate::Reason::Open);
 /// waiters already in the room are not throttled again.

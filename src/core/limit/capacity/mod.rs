@@ -45,7 +45,9 @@
 //!   the round's chance: errors, 5xx, timeouts, as the classifier says):
 //!   the next step tests a lower limit; if failures fall with the load
 //!   (by more than two rounds' chance) the back end was overloaded and
-//!   the lower limit stays, otherwise they are left to the breaker.
+//!   the lower limit stays, otherwise they are left to the breaker, and
+//!   the limit climbs on the calls served a second (`blind`: latency
+//!   says nothing while a timeout cuts the slow calls short).
 //!   Latency is not learned from calls that failure cut short. Failures
 //!   that a step up brought send the limit back to where it was before
 //!   it (which served without them), not to a test below it (the calls
