@@ -284,6 +284,8 @@ impl Capacity {
             at_to,
         } = self.step
         {
+            // (At `limit`, where the limit's minimum kept it above `to`.)
+            let to = to.max(limit);
             return self.unload_round(window, (from, to, delivered), (before, calls), at_to, rate);
         }
         // Over a tenth failing, by more than a round's chance: a back end
@@ -396,7 +398,12 @@ impl Capacity {
         // (Its calls were admitted a round trip before they complete, so
         // two such rounds in a row.)
         self.settled = match self.step {
-            Step::Down { to, .. } if f64::from(window.max_inflight) > to.ceil() + 1.0 => 0,
+            // (`limit`, not `to`, where the limit's minimum kept it above.)
+            Step::Down { to, .. }
+                if f64::from(window.max_inflight) > to.max(limit).ceil() + 1.0 =>
+            {
+                0
+            }
             _ => self.settled + 1,
         };
         // A step up is judged one round later still: its first rounds
