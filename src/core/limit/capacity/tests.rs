@@ -428,3 +428,24 @@ fn failures_that_do_not_depend_on_the_load_leave_a_climb_on_what_is_served() {
     let past = late.iter().filter(|&&l| l > 120.0).count();
     assert!(past * 10 <= late.len(), "{limits:?}");
 }
+
+#[test]
+fn a_test_below_the_limits_minimum_is_judged_at_the_minimum() {
+    // A test aimed at 7.9 runs at 10 where the limit's minimum is 10: its
+    // rounds, 10 calls in flight, ran entirely at the limit in force.
+    let mut capacity = Capacity {
+        step: Step::Cruise,
+        estimate: 79.0,
+        unloaded: 0.4,
+        floor: 0.4,
+        met_queue: true,
+        good: 79.0,
+        ..Capacity::default()
+    };
+    let to = capacity.update(79.0, &pressed(79.0, 70, 2.7, 2.7, 35));
+    assert!(to < 10.0, "a test at a tenth: {to}");
+    let limit = 10.0; // the minimum
+    capacity.update(limit, &pressed(limit, 10, 2.7, 2.7, 5));
+    let judged = capacity.update(limit, &pressed(limit, 10, 2.7, 2.7, 5));
+    assert_eq!(judged, 79.0, "judged after two rounds at the minimum");
+}
