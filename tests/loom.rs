@@ -182,17 +182,23 @@ fn assert_idle(limit: &Limit) {
 /// A breaker that opens on its first failure for exactly 1 s, then lets
 /// two probes through; one failed probe of the two reopens it.
 fn probing_breaker() -> Breaker {
-    let policy = Policy::from_toml(
+    probing_breaker_tripping("open")
+}
+
+/// [`probing_breaker`] with `trip = "{trip}"`.
+fn probing_breaker_tripping(trip: &str) -> Breaker {
+    let policy = Policy::from_toml(&format!(
         r#"
         [breaker]
-        window = { kind = "count", size = 4 }
+        window = {{ kind = "count", size = 4 }}
         minimum_calls = 1
         failure_rate = 0.5
         open_for = "1s"
-        open_backoff = { jitter = 0.0 }
+        open_backoff = {{ jitter = 0.0 }}
         half_open_probes = 2
-        "#,
-    )
+        trip = "{trip}"
+        "#
+    ))
     .expect("the model's policy loads");
     let breaker = Breaker::new(&policy.breaker);
     let call = breaker.admit(0).expect("closed");
@@ -271,6 +277,8 @@ fn exactly_half_open_probes_are_admitted_under_concurrent_admits_and_cancels() {
 /// kept probe holds.
 #[test]
 fn one_verdict_per_half_open_generation_and_stale_outcomes_are_ignored() {
+    // (The classic verdict, `trip = "open"`: one failure of two planned
+    // probes reopens whatever the other did.)
     check("probe verdicts and generations", 3, || {
         let breaker = Arc::new(probing_breaker());
         let verdicts = Arc::new(AtomicUsize::new(0));
@@ -336,6 +344,69 @@ fn one_verdict_per_half_open_generation_and_stale_outcomes_are_ignored() {
             }
         }
     });
+}
+
+/// `trip = "throttle"`: two probes, one succeeding and one failing, race
+/// each other and a third call that gives its slot back. A failing probe
+/// back before any that went well reopens the breaker; otherwise the set,
+/// once back, closes it. Whatever the interleaving: at most one verdict,
+/// the state agrees with it, and two probes back always give one.
+#[test]
+fn throttling_probes_reopen_only_while_none_went_well() {
+    // Interleavings in which the set closed the breaker (a classic one
+    // never does here: one failure of two reopens it).
+    static CLOSED: StdCounter = StdCounter::new(0);
+    check("throttling probe verdicts", 3, || {
+        let breaker = Arc::new(probing_breaker_tripping("throttle"));
+        let threads: Vec<_> = [Some(false), Some(true), None]
+            .into_iter()
+            .map(|fate| {
+                let breaker = breaker.clone();
+                thread::spawn(move || {
+                    let ticket = breaker.admit(PROBE_TIME)?;
+                    let Some(failed) = fate else {
+                        breaker.cancel(ticket);
+                        return None;
+                    };
+                    let transition = breaker.complete(ticket, failed, PROBE_TIME);
+                    Some((failed, transition.map(|(_, to)| to)))
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let back = results.iter().flatten().count();
+        let verdicts: Vec<_> = results
+            .iter()
+            .flatten()
+            .filter_map(|&(failed, to)| to.map(|to| (failed, to)))
+            .collect();
+        assert!(verdicts.len() <= 1, "{verdicts:?}");
+        match verdicts.first() {
+            Some(&(failed, BreakerState::Open)) => {
+                // Only the failing probe reopens, and only as the first back.
+                assert!(failed, "{results:?}");
+                assert_eq!(breaker.state(PROBE_TIME), BreakerState::Open);
+            }
+            Some(&(_, to)) => {
+                // The set came back with a probe gone well: it closes.
+                assert_eq!(to, BreakerState::Closed);
+                assert_eq!(back, 2, "{results:?}");
+                assert_eq!(breaker.state(PROBE_TIME), BreakerState::Closed);
+                CLOSED.fetch_add(1, Std);
+            }
+            None => {
+                // No verdict: the set is not back, and what is back went
+                // well (a failure alone, back first, would have reopened).
+                assert!(back < 2, "{results:?}");
+                assert!(
+                    results.iter().flatten().all(|&(failed, _)| !failed),
+                    "{results:?}"
+                );
+                assert_eq!(breaker.state(PROBE_TIME), BreakerState::HalfOpen);
+            }
+        }
+    });
+    assert!(CLOSED.load(Std) > 0, "no interleaving closed the breaker");
 }
 
 // ---- the waiting room -------------------------------------------------------
