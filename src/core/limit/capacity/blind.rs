@@ -16,9 +16,10 @@
 //! trying again later and later (as a step up that met failures does).
 //!
 //! The mode ends when its rounds run out (an unload test looks again, and
-//! each test in a row that finds the same waits twice as long), when a
+//! each test in a row that finds the same waits twice as long), or when a
 //! round fails clearly more than the test saw (the back end changed: test
-//! at once), or when a round fails no more than noise (the usual steps).
+//! at once). A round that fails no more than noise meanwhile is judged by
+//! the usual steps, and counts down the mode's rounds too.
 
 use super::{Capacity, Step};
 use crate::core::limit::algorithm::WindowSample;
