@@ -220,6 +220,9 @@ impl Capacity {
     const PROBE: f64 = 1.2;
     /// Share of failed calls in a round that signals overload.
     const OVERLOAD: f64 = 0.1;
+    /// The most of a limit shown to overload the back end that a test
+    /// below it may come back to.
+    const PAST_OVERLOAD: f64 = 0.8;
     /// Rounds during which failures shown not to depend on the load are
     /// left to the breaker (twice as many after each such test in a row,
     /// up to eight times).

@@ -142,12 +142,16 @@ impl Capacity {
             // that limit, and would keep a test that went too far too low
             // (a back end that slowed down times out the calls it had
             // already started, which looks like overload for a round).
+            // At most four fifths of the higher limit, though: it was
+            // shown to overload the back end, and the latency at the lower
+            // limit may still hold the queue it built (a back end at its
+            // slots' edge, twice slower, read 370 of 426 and ran away).
             let serves = if window.rtt > 0.0 {
                 delivered.max(rate) * window.rtt / self.utilization
             } else {
                 to
             };
-            self.estimate = serves.clamp(to, from);
+            self.estimate = serves.clamp(to, (from * Self::PAST_OVERLOAD).max(to));
             if window.rtt > 0.0 {
                 self.unloaded = window.rtt;
             }

@@ -449,3 +449,26 @@ fn a_test_below_the_limits_minimum_is_judged_at_the_minimum() {
     let judged = capacity.update(limit, &pressed(limit, 10, 2.7, 2.7, 5));
     assert_eq!(judged, 79.0, "judged after two rounds at the minimum");
 }
+
+#[test]
+fn a_limit_shown_to_overload_is_not_gone_back_to() {
+    // Cruising at 400, a fifth of the calls fail; at the lower limit none
+    // do, but latency still holds the queue the higher limit built: read
+    // by Little's law it would put the limit back at 390.
+    let mut capacity = Capacity {
+        step: Step::Cruise,
+        estimate: 400.0,
+        unloaded: 0.8,
+        floor: 0.8,
+        met_queue: true,
+        good: 400.0,
+        ..Capacity::default()
+    };
+    let mut limit = capacity.update(400.0, &pressed(400.0, 350, 2.6, 2.0, 50));
+    assert!(limit <= 200.0, "a test below: {limit}");
+    for _ in 0..2 {
+        limit = capacity.update(limit, &pressed(limit, 200, 2.6, 2.0, 0));
+    }
+    assert!(limit <= 320.0, "{limit}");
+    assert!(limit >= 200.0, "{limit}");
+}
