@@ -472,3 +472,22 @@ fn a_limit_shown_to_overload_is_not_gone_back_to() {
     assert!(limit <= 320.0, "{limit}");
     assert!(limit >= 200.0, "{limit}");
 }
+
+#[test]
+fn a_queue_that_grows_a_little_each_round_is_not_learned_as_the_back_end() {
+    // Demand below the limit, latency 1.5% longer each round: a queue
+    // forming inside the back end at its slots' edge. Learned at a fifth
+    // a round, the baseline would trail it by under the tolerance for
+    // good, and the limit would keep doubling on the calls in flight.
+    let mut capacity = Capacity::default();
+    for _ in 0..30 {
+        capacity.update(100.0, &idle_round(0.4));
+    }
+    let mut rtt: f64 = 0.4;
+    let seen = (0..80).any(|_| {
+        rtt *= 1.015;
+        capacity.update(100.0, &idle_round(rtt));
+        capacity.queued(rtt)
+    });
+    assert!(seen, "unloaded {} against {rtt}", capacity.unloaded);
+}
