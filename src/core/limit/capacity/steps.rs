@@ -176,14 +176,19 @@ impl Capacity {
         self.unloaded = if self.unloaded == 0.0 {
             window.rtt
         } else {
-            // Faster at once, slower slowly: a queue that forms a little
-            // each round inside the tolerance would otherwise be learned
-            // as the back end's own latency, round after round (a back end
-            // at its slots' edge grows one while demand stays below the
-            // limit). A back end that is really slower shows past the
-            // tolerance, and a step down tells it from a queue.
-            let weight = if window.rtt < self.unloaded { 0.2 } else { 0.1 };
-            self.unloaded + (window.rtt - self.unloaded) * weight
+            // At most twice the tolerance above the lowest learned: a
+            // queue that forms a little each round inside the tolerance
+            // would otherwise be learned as the back end's own latency,
+            // round after round (a back end at its slots' edge grows one
+            // while demand stays below the limit). A back end that is
+            // really slower shows past that, and a step down tells it from
+            // a queue (and moves the lowest).
+            let learned = self.unloaded + (window.rtt - self.unloaded) * 0.2;
+            if self.floor > 0.0 {
+                learned.min(self.floor * (1.0 + 2.0 * self.tolerance()))
+            } else {
+                learned
+            }
         };
         if self.floor == 0.0 || self.unloaded < self.floor {
             self.floor = self.unloaded;

@@ -477,8 +477,9 @@ fn a_limit_shown_to_overload_is_not_gone_back_to() {
 fn a_queue_that_grows_a_little_each_round_is_not_learned_as_the_back_end() {
     // Demand below the limit, latency 1.5% longer each round: a queue
     // forming inside the back end at its slots' edge. Learned at a fifth
-    // a round, the baseline would trail it by under the tolerance for
-    // good, and the limit would keep doubling on the calls in flight.
+    // a round with no bound, the baseline would trail it by under the
+    // tolerance for good, and the limit would keep doubling on the calls
+    // in flight.
     let mut capacity = Capacity::default();
     for _ in 0..30 {
         capacity.update(100.0, &idle_round(0.4));
