@@ -46,6 +46,21 @@ fn pressed(limit: f64, samples: u32, rtt: f64, duration: f64, failed: u32) -> Wi
     }
 }
 
+/// A learner holding `estimate` as the limit that served well, over a
+/// back end whose unloaded latency it knows as `unloaded` seconds, a
+/// queue already met.
+fn cruising(estimate: f64, unloaded: f64) -> Capacity {
+    Capacity {
+        step: Step::Cruise,
+        estimate,
+        unloaded,
+        floor: unloaded,
+        met_queue: true,
+        good: estimate,
+        ..Capacity::default()
+    }
+}
+
 /// A learner that knows a 400 ms back end and, demand pressing on a
 /// limit of 100 at that latency, has stepped above it; and its limit.
 fn stepping_up() -> (Capacity, f64) {
@@ -314,15 +329,7 @@ fn an_unload_test_that_went_too_far_is_read_with_the_rate_above_it() {
     // Cruising at 134 over a back end of 100 slots at 1.2 s, which
     // slows to 2 s: the calls it had started time out for a round
     // (30 of 115), and the test at a lower limit sees them stop.
-    let mut capacity = Capacity {
-        step: Step::Cruise,
-        estimate: 134.0,
-        unloaded: 1.2,
-        floor: 1.2,
-        met_queue: true,
-        good: 134.0,
-        ..Capacity::default()
-    };
+    let mut capacity = cruising(134.0, 1.2);
     let mut limit = capacity.update(134.0, &pressed(134.0, 115, 2.33, 2.19, 30));
     assert!(limit < 67.0, "a test at a lower limit: {limit}");
     for _ in 0..3 {
@@ -374,15 +381,7 @@ fn rounds_whose_callers_leave_bring_the_limit_to_what_succeeding_calls_use() {
 fn one_lucky_small_round_at_a_tenth_of_the_limit_is_no_fall() {
     // Four in five calls fail at 100 (a back end ten times slower behind
     // a timeout); the test at a tenth sees 8 of 10, then 2 of 7.
-    let mut capacity = Capacity {
-        step: Step::Cruise,
-        estimate: 100.0,
-        unloaded: 0.4,
-        floor: 0.4,
-        met_queue: true,
-        good: 100.0,
-        ..Capacity::default()
-    };
+    let mut capacity = cruising(100.0, 0.4);
     let mut limit = capacity.update(100.0, &pressed(100.0, 100, 2.9, 2.9, 80));
     assert!(limit <= 50.0, "a test below: {limit}");
     limit = capacity.update(limit, &pressed(limit, 10, 2.9, 2.9, 8));
@@ -433,15 +432,7 @@ fn failures_that_do_not_depend_on_the_load_leave_a_climb_on_what_is_served() {
 fn a_test_below_the_limits_minimum_is_judged_at_the_minimum() {
     // A test aimed at 7.9 runs at 10 where the limit's minimum is 10: its
     // rounds, 10 calls in flight, ran entirely at the limit in force.
-    let mut capacity = Capacity {
-        step: Step::Cruise,
-        estimate: 79.0,
-        unloaded: 0.4,
-        floor: 0.4,
-        met_queue: true,
-        good: 79.0,
-        ..Capacity::default()
-    };
+    let mut capacity = cruising(79.0, 0.4);
     let to = capacity.update(79.0, &pressed(79.0, 70, 2.7, 2.7, 35));
     assert!(to < 10.0, "a test at a tenth: {to}");
     let limit = 10.0; // the minimum
@@ -455,15 +446,7 @@ fn a_limit_shown_to_overload_is_not_gone_back_to() {
     // Cruising at 400, a fifth of the calls fail; at the lower limit none
     // do, but latency still holds the queue the higher limit built: read
     // by Little's law it would put the limit back at 390.
-    let mut capacity = Capacity {
-        step: Step::Cruise,
-        estimate: 400.0,
-        unloaded: 0.8,
-        floor: 0.8,
-        met_queue: true,
-        good: 400.0,
-        ..Capacity::default()
-    };
+    let mut capacity = cruising(400.0, 0.8);
     let mut limit = capacity.update(400.0, &pressed(400.0, 350, 2.6, 2.0, 50));
     assert!(limit <= 200.0, "a test below: {limit}");
     for _ in 0..2 {
